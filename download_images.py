@@ -1,0 +1,94 @@
+"""Step 1: turn PadChest zips and the OpenI DICOM archive into training-ready 8-bit PNGs.
+
+    python download_images.py --source gs://BUCKET/PREFIX --out OUT [--size 512] [--workers N]
+                              [--shard K/N] [--keep-archives] [--strict]
+
+Writes OUT/images/<ImageID>.png, OUT/manifest.csv and OUT/errors.csv (see data/ingest.py).
+"""
+import argparse
+import os
+import sys
+
+from google.api_core.exceptions import GoogleAPIError
+
+from data.ingest import ingest, summary_line
+
+DESCRIPTION = """\
+Ingest chest radiographs from archives into 8-bit grayscale PNGs.
+
+SOURCE is gs://BUCKET[/PREFIX] or a local folder (or one archive file). Archives
+(.zip, .tar, .tgz, .tar.gz) are streamed member by member, never unpacked to
+disk; loose .png/.jpg/.dcm files count too. Output:
+  OUT/images/<ImageID>.png   8-bit grayscale; longest side = --size, aspect ratio
+                             kept (cv2 INTER_AREA); smaller images are never upscaled
+  OUT/manifest.csv           ImageID, path, archive, member, width, height (original
+                             size), bits, photometric, status; sorted by archive, member
+  OUT/errors.csv             archive, member, reason for every member not ingested
+ImageID: the PNG file name for PadChest; CXR + file stem for OpenI DICOMs
+(1000_IM-0003-2001.dcm -> CXR1000_IM-0003-2001).
+Intensity: 16-bit PNGs use a robust window from the 0.5th to the 99.5th percentile;
+DICOMs get the modality LUT, the first VOI LUT or window, and MONOCHROME1 is
+inverted so lungs are dark. A rerun skips finished archives (resume after a crash).
+"""
+
+
+def parse_shard(text):
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like K/N, got {text!r}") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", required=True, help="gs://BUCKET[/PREFIX], a local folder, or one archive file")
+    p.add_argument("--out", required=True, help="output folder (images/, manifest.csv, errors.csv; .parts/ records finished "
+                        "archives for resuming). One run at a time per folder")
+    p.add_argument("--size", type=int, default=512,
+                   help="longest side of the written images in pixels, aspect ratio kept, never "
+                        "upscaled; 0 keeps the original size (default: 512)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes (default: number of CPU cores; 0 decodes in the main process)")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1),
+                   help="K/N: process only every N-th archive starting at K (0 <= K < N), so N machines "
+                        "split the work without overlap (default: 0/1, everything)")
+    p.add_argument("--download-dir", default=None,
+                   help="where archives from GCS are stored while processed; at most two at a time "
+                        "(default: OUT/.download)")
+    p.add_argument("--keep-archives", action="store_true",
+                   help="keep downloaded archives instead of deleting each once all its members are "
+                        "in manifest.csv or errors.csv")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when errors.csv has any row")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        p.error("--workers must be >= 0")
+    return args
+
+
+def main(argv=None):
+    args = get_args(argv)
+    if not args.source.startswith("gs://") and not os.path.exists(args.source):
+        print(f"error: source not found: {args.source}", file=sys.stderr)
+        return 2
+    try:
+        summary = ingest(args.source, args.out, size=args.size, workers=args.workers, shard=args.shard,
+                         keep_archives=args.keep_archives, download_dir=args.download_dir,
+                         progress=not args.quiet)
+    except (OSError, ValueError, GoogleAPIError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_line(summary))
+    if args.strict and summary["error_rows"]:
+        print(f"error: --strict and {summary['error_rows']} rows in {os.path.join(args.out, 'errors.csv')}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
