@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORK ?= work
 # pip prints one harmless line per local index folder that lacks a package; hide only those.
-PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+PIP_QUIET := sed "/is ignored: it is neither a file nor a directory/d"
 
 .PHONY: install install-dev demo test bench clean
 
@@ -25,10 +25,14 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
 install: $(VENV)/.runtime
 
 install-dev: $(VENV)/.dev
-	@# report.html is tested in headless Chromium; install Debian's package where we may.
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
-		echo "chromium not found and not installable here: the report browser test will be skipped"
+	@# Tests use two Debian tools: dcmtk (an independent DICOM renderer) and headless Chromium (report.html).
+	@missing=""; command -v dcmj2pnm >/dev/null || missing="$$missing dcmtk"; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian packages:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "not installed and not installable here:$$missing (the tests that need them are skipped)"; fi; \
+	fi
 
 test: install-dev
 	$(PY) -m pytest tests -q
