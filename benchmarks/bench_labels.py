@@ -1,0 +1,109 @@
+"""Time step 2 and step 3 at full size on the real label files shipped with torchxrayvision.
+
+- parse: the full PadChest CSV (160,861 rows) and the OpenI reports (3,955)
+- combine: labels + a fake manifest of every PadChest and OpenI ImageID (160,861 + 7,470), patient split
+- split, old vs new, on the same patients: scikit-multilearn's IterativeStratification as shipped vs
+  data.combine.RarestFirstStratification (rarest label first, constant-time bookkeeping): seconds and the
+  worst relative gap between a class's prevalence in val/test and in train (classes with >= 100
+  positive patients). The old one is quadratic, so it runs on --old-patients patients only.
+
+    python benchmarks/bench_labels.py [--old-patients 15000]
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from skmultilearn.model_selection import IterativeStratification  # noqa: E402
+
+from data.combine import RarestFirstStratification, combine, patient_labels  # noqa: E402
+from data.openi import openi_labels  # noqa: E402
+from data.padchest import CSV_NAME, padchest_labels  # noqa: E402
+
+
+def txrv_data():
+    import torchxrayvision
+    return os.path.join(os.path.dirname(torchxrayvision.__file__), "data")
+
+
+class timer:
+    """Wall and CPU seconds of a block (CPU too, because the machine may be shared)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+    def __str__(self):
+        return f"{self.wall:.2f} s wall, {self.cpu:.2f} s CPU"
+
+
+def folds(cls, y, seed=1):
+    np.random.seed(seed)
+    splitter = cls(n_splits=3, order=1, sample_distribution_per_fold=[0.8, 0.1, 0.1])
+    return [test for _, test in splitter.split(np.zeros((len(y), 1)), y)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old-patients", type=int, default=30000,
+                        help="patients for the old-vs-new split comparison (the old split is quadratic)")
+    args = parser.parse_args()
+    data = txrv_data()
+    padchest_csv = os.path.join(data, CSV_NAME + ".gz")
+    reports = os.path.join(data, "NLMCXR_reports.tgz")
+
+    raw = pd.read_csv(padchest_csv, usecols=["ImageID"], dtype=str)
+    with timer() as t:
+        padchest, _ = padchest_labels(padchest_csv)
+    print(f"parse PadChest ({len(raw)} rows -> {len(padchest)} images): {t}")
+    with timer() as t:
+        openi, _, _ = openi_labels(reports)
+    print(f"parse OpenI (3,955 reports -> {len(openi)} images, MeSH labels): {t}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        padchest.to_csv(os.path.join(tmp, "padchest_labels.csv"), index=False)
+        openi.to_csv(os.path.join(tmp, "openi_labels.csv"), index=False)
+        ids = pd.concat([raw["ImageID"], openi["ImageID"]], ignore_index=True)
+        png = "images/" + ids.str.replace(r"\.png$", "", regex=True) + ".png"
+        manifest = pd.DataFrame({"ImageID": ids, "path": png,
+                                 "archive": "", "member": ids, "width": 2048, "height": 2048, "bits": 16,
+                                 "photometric": "MONOCHROME2", "status": "ok"})
+        manifest.to_csv(os.path.join(tmp, "manifest.csv"), index=False)
+        with timer() as t:
+            frame, stats = combine(tmp, os.path.join(tmp, "manifest.csv"))
+            frame.to_csv(os.path.join(tmp, "combined.csv"), index=False)
+    print(f"combine + write ({len(manifest)} manifest rows -> {len(frame)} images of {stats['patients']} patients): "
+          f"{t} (target <= 10 s)")
+
+    # old vs new split on the same patients
+    _, y = patient_labels(frame)
+    y = y[np.random.RandomState(0).permutation(len(y))[:args.old_patients]]
+    results = {}
+    for name, cls in (("scikit-multilearn", IterativeStratification), ("rarest-first", RarestFirstStratification)):
+        t = time.perf_counter()
+        parts = folds(cls, y)
+        results[name] = (time.perf_counter() - t, worst_gap(y, parts))
+    (t_old, gap_old), (t_new, gap_new) = results.values()
+    print(f"split {len(y)} patients: scikit-multilearn {t_old:.2f} s (worst prevalence gap {gap_old:.0%}), "
+          f"rarest-first {t_new:.2f} s (worst gap {gap_new:.0%}): {t_old / t_new:.1f}x faster")
+
+
+def worst_gap(y, parts):
+    """Largest |prevalence in val or test - prevalence in train| / prevalence in train."""
+    common = y.sum(0) >= 100
+    train = y[parts[0]].mean(0)[common]
+    return max((np.abs(y[p].mean(0)[common] - train) / train).max() for p in parts[1:])
+
+
+if __name__ == "__main__":
+    main()

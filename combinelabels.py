@@ -1,0 +1,60 @@
+"""Step 3: per-source labels + image manifest -> combined.csv with a patient-level train/val/test split.
+
+    python combinelabels.py --labels labels/ --manifest work/manifest.csv --out combined.csv
+
+Only images in the manifest are kept (the rest are counted). Every image of a patient lands in the same
+split (OpenI has no patient ids: each report is its own patient); the split stratifies the 22 classes and
+the source over patients (scikit-multilearn's iterative stratification).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+from data.combine import combine, positives_table
+from data.padchest import LabelFileError
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--labels", required=True, help="folder with padchest_labels.csv and/or openi_labels.csv "
+                                                   "(parselabelfile.py's --out)")
+    p.add_argument("--manifest", required=True, help="manifest.csv written by download_images.py")
+    p.add_argument("--out", required=True, help="combined CSV to write")
+    p.add_argument("--uncertain", choices=["zeros", "ones", "ignore"], default="zeros",
+                   help="uncertain (-1) labels become 0 (zeros, default), 1 (ones) or stay -1 (ignore: "
+                        "masked out of the loss)")
+    p.add_argument("--val-frac", type=float, default=0.1, help="share of patients in val (default %(default)s)")
+    p.add_argument("--test-frac", type=float, default=0.1, help="share of patients in test (default %(default)s)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the split (default %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.perf_counter()
+    try:
+        frame, stats = combine(args.labels, args.manifest, args.uncertain, args.val_frac, args.test_frac, args.seed)
+    except (LabelFileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if os.path.dirname(args.out):
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    frame.to_csv(args.out, index=False)
+    if stats["missing_images"]:
+        print(f"labeled images not in the manifest (skipped): {stats['missing_images']}")
+    if stats["unlabeled_images"]:
+        print(f"manifest images without labels (skipped; e.g. PadChest 'exclude' rows): {stats['unlabeled_images']}")
+    if stats["duplicate_label_rows"]:
+        print(f"duplicate ImageIDs in the label files (first kept): {stats['duplicate_label_rows']}")
+    if len(frame):
+        print("positives per class per source and split:")
+        print(positives_table(frame).to_string())
+    splits = frame["split"].value_counts().to_dict()
+    print(f"done: {len(frame)} images of {stats['patients']} patients, split {splits}, "
+          f"uncertain -> {args.uncertain}, in {time.perf_counter() - start:.1f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

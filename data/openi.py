@@ -1,0 +1,296 @@
+"""OpenI (Indiana University, NLMCXR) reports: XML parsing and three label sources for the 22 classes.
+
+- mesh: the MeSH <major> terms people assigned to each report, mapped to the classes (default)
+- text: the built-in report labeler (data.report_labeler) run on FINDINGS + IMPRESSION
+- chexpert: an output CSV of the Stanford CheXpert labeler, its 14 observations mapped to the classes
+
+OpenI has no patient ids, so the report id (uId, e.g. 'CXR1000', from ecgen-radiology/1000.xml) is both
+PatientID and StudyID: every image of a report lands in the same split. Projection is not in the XML and
+is left empty.
+"""
+
+import os
+import re
+import sys
+import tarfile
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from data.classes import CLASSES
+from data.padchest import LabelFileError
+
+# Not findings: the indexers' markers for "nothing to code" and for a poor image.
+MESH_NON_FINDINGS = {"normal", "no indexing", "technical quality of image unsatisfactory"}
+
+# MeSH heading (the part before the first '/') -> classes. Follows the PadChest taxonomy, so the classes
+# mean the same on both sources: e.g. 'Opacity' is PadChest's 'increased density' (not 'infiltrates'),
+# 'Pulmonary Congestion' its 'hilar congestion' (not 'pulmonary edema'), 'Lung/hyperdistention' its
+# 'hyperinflated lung' (not 'copd signs'); those count as 'other findings'.
+MESH_HEADINGS = {
+    "pulmonary atelectasis": {"atelectasis"},
+    "cardiomegaly": {"cardiomegaly"},
+    "catheters, indwelling": {"catheter"},
+    "pulmonary disease, chronic obstructive": {"copd signs"},
+    "pleural effusion": {"pleural effusion"},
+    "hemothorax": {"pleural effusion"},
+    "hydropneumothorax": {"pleural effusion", "pneumothorax"},
+    "hemopneumothorax": {"pleural effusion", "pneumothorax"},
+    "emphysema": {"emphysema"},
+    "pulmonary emphysema": {"emphysema"},
+    "bullous emphysema": {"emphysema"},
+    "heart failure": {"heart insufficiency"},
+    "infiltrate": {"infiltrates"},
+    "consolidation": {"infiltrates"},
+    "airspace disease": {"infiltrates"},
+    "lung diseases, interstitial": {"infiltrates"},
+    "mass": {"mass"},
+    "nodule": {"nodule"},
+    "pneumonia": {"pneumonia"},
+    "pneumothorax": {"pneumothorax"},
+    "pulmonary edema": {"pulmonary edema"},
+    "pulmonary fibrosis": {"pulmonary fibrosis"},
+    "fibrosis": {"pulmonary fibrosis"},
+    "surgical instruments": {"surgery"},
+    "sutures": {"surgery"},
+    "mastectomy": {"surgery"},
+    "pneumonectomy": {"surgery"},
+    "spinal fusion": {"surgery"},
+    "breast implants": {"surgery"},
+    "stents": {"surgery"},
+    "scoliosis": {"thoracic cage deformation"},
+    "kyphosis": {"thoracic cage deformation"},
+    "funnel chest": {"thoracic cage deformation"},
+    "pectus carinatum": {"thoracic cage deformation"},
+    "tuberculosis": {"tuberculosis"},
+    # MeSH headings not used by the OpenI indexers but used by other MeSH-coded corpora
+    "pacemaker, artificial": {"electrical device"},
+    "defibrillators, implantable": {"electrical device"},
+    "central venous catheters": {"catheter"},
+}
+
+# CheXpert observation -> classes, as the original pipeline mapped them
+CHEXPERT_COLUMNS = {
+    "No Finding": "normal",
+    "Enlarged Cardiomediastinum": "other findings",
+    "Cardiomegaly": "cardiomegaly",
+    "Lung Lesion": "mass",
+    "Lung Opacity": "other findings",
+    "Edema": "pulmonary edema",
+    "Consolidation": "other findings",
+    "Pneumonia": "pneumonia",
+    "Atelectasis": "atelectasis",
+    "Pneumothorax": "pneumothorax",
+    "Pleural Effusion": "pleural effusion",
+    "Pleural Other": "other findings",
+    "Fracture": "thoracic cage deformation",
+    "Support Devices": "electrical device",
+}
+
+def mesh_term_classes(term):
+    """One MeSH <major> entry ('Aorta, Thoracic/tortuous/mild') -> set of classes; {'other findings'}
+    for a finding outside the 21 named classes; empty for 'normal' and the non-finding markers."""
+    parts = [p.strip().lower() for p in term.split("/")]
+    head, qualifiers = parts[0], set(parts[1:])
+    if head in MESH_NON_FINDINGS:
+        return set()
+    if head in MESH_HEADINGS:
+        return MESH_HEADINGS[head]
+    if head == "cardiac shadow" and "enlarged" in qualifiers:
+        return {"cardiomegaly"}
+    if head in ("aorta", "aorta, thoracic") and qualifiers & {"tortuous", "enlarged", "prominent"}:
+        return {"aortic elongation"}
+    if head == "implanted medical device":
+        # pacemakers and defibrillators unless the qualifier says valve or joint
+        if any("valve" in q for q in qualifiers):
+            return {"other findings"}  # PadChest 'artificial heart valve'
+        if qualifiers & {"humerus", "shoulder", "spine", "thoracic vertebrae", "cervical vertebrae"}:
+            return {"surgery"}  # PadChest 'prosthesis' / 'osteosynthesis material'
+        return {"electrical device"}
+    if head == "tube, inserted":
+        # tracheal tubes and chest drains are their own PadChest terms; the rest are feeding tubes
+        if qualifiers & {"trachea", "trachea, carina", "thorax"}:
+            return {"other findings"}
+        return {"nsg tube"}
+    return {"other findings"}
+
+
+def mesh_labels(major_terms):
+    """MeSH <major> entries of one report -> int8 vector over CLASSES (1/0)."""
+    row = np.zeros(len(CLASSES), dtype=np.int8)
+    found = set()
+    for term in major_terms:
+        found |= mesh_term_classes(term)
+        if term.strip().lower() == "normal":
+            row[CLASSES.index("normal")] = 1
+    named = found - {"other findings"}
+    for c in named:
+        row[CLASSES.index(c)] = 1
+    # 'other findings' only for a report whose findings fall outside every other class
+    if "other findings" in found and not row.any():
+        row[CLASSES.index("other findings")] = 1
+    return row
+
+
+def iter_report_files(source):
+    """(name, bytes) of every .xml report in a folder (recursively) or a .tgz/.tar archive."""
+    if os.path.isdir(source):
+        for root, _, files in os.walk(source):
+            for f in sorted(files):
+                if f.lower().endswith(".xml"):
+                    path = os.path.join(root, f)
+                    with open(path, "rb") as fh:
+                        yield path, fh.read()
+    elif os.path.isfile(source):
+        try:
+            with tarfile.open(source) as tar:
+                for member in tar:
+                    if member.isfile() and member.name.lower().endswith(".xml"):
+                        yield f"{source}:{member.name}", tar.extractfile(member).read()
+        except tarfile.TarError as e:
+            raise LabelFileError(f"{source}: not a readable tar archive: {e}") from None
+    else:
+        raise LabelFileError(f"{source}: no such folder or archive")
+
+
+_EXTRA_PART = re.compile(r"^(CXR\d+)_\d+_(IM-.*)$")
+
+
+def image_id(parent_image):
+    """The manifest's ImageID for a parentImage id. Report 1 names its images CXR1_1_IM-0001-3001 while
+    the DICOMs (and their metadata) are 1_IM-0001-3001.dcm, so the extra part is dropped."""
+    return _EXTRA_PART.sub(r"\1_\2", parent_image)
+
+
+def parse_report(data, name):
+    """One report's XML -> dict(ReportID, findings, impression, major, images). Raises ET.ParseError."""
+    root = ET.fromstring(data)
+    uid = root.find("uId")
+    report_id = uid.get("id") if uid is not None and uid.get("id") else None
+    if not report_id:
+        # fall back to the file number, the same id the uId carries
+        report_id = "CXR" + re.sub(r"\.xml$", "", os.path.basename(name.split(":")[-1]), flags=re.I)
+    sections = {}
+    for node in root.iter("AbstractText"):
+        sections[(node.get("Label") or "").upper()] = " ".join((node.text or "").split())
+    mesh = root.find("MeSH")
+    major = [" ".join((m.text or "").split()) for m in mesh.iter("major")] if mesh is not None else []
+    images = [image_id(p.get("id")) for p in root.iter("parentImage") if p.get("id")]
+    return {
+        "ReportID": report_id,
+        "findings": sections.get("FINDINGS", ""),
+        "impression": sections.get("IMPRESSION", ""),
+        "major": major,
+        "images": images,
+    }
+
+
+def read_reports(source):
+    """All reports, in file order -> (DataFrame one row per report, stats). Malformed XML is
+    counted, named on stderr and skipped."""
+    rows, malformed = [], []
+    for name, data in tqdm(iter_report_files(source), desc="OpenI reports", unit="report", disable=None,
+                           mininterval=0.5):
+        try:
+            rows.append(parse_report(data, name))
+        except ET.ParseError as e:
+            malformed.append(name)
+            print(f"warning: {name}: malformed XML, skipped ({e})", file=sys.stderr)
+    if not rows and not malformed:
+        raise LabelFileError(f"{source}: no .xml reports found")
+    reports = pd.DataFrame(rows, columns=["ReportID", "findings", "impression", "major", "images"])
+    stats = {
+        "reports": len(reports),
+        "images": int(reports["images"].map(len).sum()) if len(reports) else 0,
+        "reports_without_images": int((reports["images"].map(len) == 0).sum()) if len(reports) else 0,
+        "malformed_xml": len(malformed),
+        "malformed_files": malformed,
+    }
+    return reports, stats
+
+
+def report_text(reports):
+    """FINDINGS then IMPRESSION, the text a labeler reads, one string per report."""
+    return (reports["findings"].fillna("") + " " + reports["impression"].fillna("")).str.strip()
+
+
+def read_chexpert_csv(path, texts):
+    """CheXpert-labeler output (Reports + 14 observations) -> int8 array [len(texts), 22] aligned to
+    texts by report text (rows are matched on whitespace-normalized text)."""
+    try:
+        frame = pd.read_csv(path, dtype={"Reports": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise LabelFileError(f"{path}: cannot read as CSV: {e}") from None
+    missing = [c for c in ["Reports", *CHEXPERT_COLUMNS] if c not in frame.columns]
+    if missing:
+        raise LabelFileError(f"{path}: not a CheXpert labeler output, missing columns {missing} (row 1, the header)")
+    by_text = {}
+    for i in range(len(frame)):
+        values = np.zeros(len(CLASSES), dtype=np.int8)
+        for obs, cls in CHEXPERT_COLUMNS.items():
+            v = frame.at[i, obs]
+            if pd.isna(v) or v == "":
+                continue
+            try:
+                v = int(float(v))
+            except ValueError:
+                raise LabelFileError(f"{path}, row {i + 2}: {obs} is {v!r}, expected 1, 0, -1 or blank") from None
+            if v not in (1, 0, -1):
+                raise LabelFileError(f"{path}, row {i + 2}: {obs} is {v!r}, expected 1, 0, -1 or blank")
+            j = CLASSES.index(cls)
+            # several observations feed 'other findings': positive beats uncertain beats negative
+            if v == 1 or (v == -1 and values[j] != 1):
+                values[j] = v
+        text = " ".join(str(frame.at[i, "Reports"]).split()) if not pd.isna(frame.at[i, "Reports"]) else ""
+        by_text[text] = values
+    out = np.zeros((len(texts), len(CLASSES)), dtype=np.int8)
+    unmatched = 0
+    for i, t in enumerate(texts):
+        v = by_text.get(" ".join(t.split()))
+        if v is None:
+            unmatched += 1
+        else:
+            out[i] = v
+    return out, unmatched
+
+
+def report_labels(reports, source="mesh", chexpert_csv=None):
+    """Per-report int8 array [n_reports, 22] from one label source, and its stats."""
+    stats = {}
+    if source == "mesh":
+        values = np.stack([mesh_labels(m) for m in reports["major"]]) if len(reports) else \
+            np.zeros((0, len(CLASSES)), np.int8)
+    elif source == "text":
+        from data.report_labeler import label_reports
+        values = label_reports(report_text(reports).tolist())
+    elif source == "chexpert":
+        if not chexpert_csv:
+            raise LabelFileError("--openi-labels chexpert needs --chexpert-csv")
+        values, unmatched = read_chexpert_csv(chexpert_csv, report_text(reports).tolist())
+        stats["chexpert_unmatched_reports"] = unmatched
+    else:
+        raise ValueError(f"unknown OpenI label source {source!r}")
+    return values, stats
+
+
+def openi_labels(reports_source, source="mesh", chexpert_csv=None):
+    """OpenI reports (folder or .tgz) -> (labels DataFrame, one row per parentImage, stats)."""
+    reports, stats = read_reports(reports_source)
+    values, more = report_labels(reports, source, chexpert_csv)
+    stats.update(more)
+    index = np.repeat(np.arange(len(reports)), reports["images"].map(len).to_numpy())
+    ids = reports["ReportID"].to_numpy()[index]
+    out = pd.DataFrame({
+        "ImageID": [i for imgs in reports["images"] for i in imgs],
+        "PatientID": ids,
+        "StudyID": ids,
+        "Projection": "",
+        "Source": "openi",
+    })
+    dup = out["ImageID"].duplicated()
+    stats["duplicate_images"] = int(dup.sum())
+    labels = pd.DataFrame(values[index], columns=CLASSES)
+    out = pd.concat([out, labels], axis=1)[~dup.to_numpy()].reset_index(drop=True)
+    return out, reports, stats

@@ -1,0 +1,175 @@
+"""PadChest labels: the UMLS term hierarchy and the label CSV, mapped to the 22 classes.
+
+Every term of an image counts for each class that is the term itself or any of its ancestors in the
+PadChest taxonomy (a term can sit under several parents), so 'central venous catheter via jugular vein'
+is a 'catheter' and 'sternotomy' is 'surgery'.
+"""
+
+import ast
+import collections
+import os
+import re
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from data.classes import CLASSES
+
+TAXONOMY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "padchest_tree.csv")
+CSV_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+VIEWS = ("PA", "AP", "AP_horizontal", "L")
+REQUIRED_COLUMNS = ("ImageID", "StudyID", "PatientID", "Projection", "Labels")
+# Labels outside the tree. 'unchanged' is in the tree but says only "same as the previous study",
+# so like 'suboptimal study' it is neither a finding nor normal.
+NON_FINDINGS = {"suboptimal study", "unchanged"}
+SPECIAL = {"normal", "exclude"} | NON_FINDINGS
+# 'normal' and 'other findings' are rules, not tree terms
+TREE_CLASSES = [c for c in CLASSES if c not in ("normal", "other findings")]
+
+_TREE_LINE = re.compile(r"^(?P<indent>(?:│   |    )*)[├└]── (?P<name>.*?)\s*(?:\[.*\])?\s*\\*\s*$")
+
+
+class LabelFileError(ValueError):
+    """Bad input, with the file and row in the message."""
+
+
+def read_taxonomy(path=TAXONOMY):
+    """term -> set of its parents, from the tree drawn with ├── / └── (4 characters per level)."""
+    parents = collections.defaultdict(set)
+    stack = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            m = _TREE_LINE.match(line.rstrip("\n"))
+            if m is None:
+                raise LabelFileError(f"{path}, line {lineno}: not a tree line: {line.strip()[:80]!r}")
+            depth = len(m["indent"]) // 4
+            name = m["name"].strip().lower()
+            if depth > len(stack):
+                raise LabelFileError(f"{path}, line {lineno}: indented deeper than its parent")
+            del stack[depth:]
+            parents[name]  # every term is a key, roots included
+            if stack:
+                parents[name].add(stack[-1])
+            stack.append(name)
+    return dict(parents)
+
+
+def term_ancestors(parents):
+    """term -> set of all its ancestors; a term drawn under several parents gets all their lines."""
+    ancestors = {}
+
+    def visit(term, seen=()):
+        if term in ancestors:
+            return ancestors[term]
+        if term in seen:
+            raise LabelFileError(f"taxonomy has a cycle through {term!r}")
+        result = set()
+        for p in parents.get(term, ()):
+            result |= {p} | visit(p, seen + (term,))
+        ancestors[term] = result
+        return result
+
+    for term in parents:
+        visit(term)
+    return ancestors
+
+
+def term_classes(path=TAXONOMY):
+    """term -> set of class names it counts for (itself or an ancestor). Raises if a class is missing."""
+    parents = read_taxonomy(path)
+    missing = [c for c in TREE_CLASSES if c not in parents]
+    if missing:
+        raise LabelFileError(f"{path}: classes not found in the taxonomy: {missing}")
+    ancestors = term_ancestors(parents)
+    wanted = set(TREE_CLASSES)
+    return {t: ({t} | a) & wanted for t, a in ancestors.items()}
+
+
+def parse_labels_cell(cell, where):
+    """The Labels cell ("['a', ' b']", NaN, "['']") -> list of lower-case terms, blanks dropped."""
+    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+        return []
+    try:
+        value = ast.literal_eval(cell) if isinstance(cell, str) else cell
+    except (ValueError, SyntaxError):
+        raise LabelFileError(f"{where}: Labels is not a list: {str(cell)[:80]!r}") from None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise LabelFileError(f"{where}: Labels is not a list: {str(cell)[:80]!r}")
+    return [str(t).strip().lower() for t in value if str(t).strip()]
+
+
+def read_padchest_csv(path):
+    """The PadChest label CSV (plain or .gz), only the columns the labels need, as strings."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise LabelFileError(f"{path}: cannot read as CSV: {e}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise LabelFileError(f"{path}: missing columns {missing} (row 1, the header)")
+    return pd.read_csv(path, usecols=list(REQUIRED_COLUMNS), dtype=str)
+
+
+def padchest_labels(path, taxonomy=TAXONOMY, views=VIEWS):
+    """PadChest label CSV -> (labels DataFrame in the per-source layout, stats dict).
+
+    Drops and counts: images labeled 'exclude', images with no labels (NaN or only empty strings),
+    projections not in `views`. Unknown terms are counted in stats['unknown_terms'] and count as findings.
+    """
+    classes_of = term_classes(taxonomy)
+    frame = read_padchest_csv(path)
+    col = {c: i for i, c in enumerate(CLASSES)}
+    normal, other = col["normal"], col["other findings"]
+    values = np.zeros((len(frame), len(CLASSES)), dtype=np.int8)
+    keep = np.zeros(len(frame), dtype=bool)
+    stats = collections.Counter()
+    unknown = collections.Counter()
+    views = set(views) if views else None
+    cache = {}
+    rows = zip(frame["Labels"].to_numpy(), frame["Projection"].to_numpy())
+    for i, (cell, view) in enumerate(tqdm(rows, total=len(frame), desc="PadChest labels", unit="row",
+                                          disable=None, mininterval=0.5)):
+        key = cell if isinstance(cell, str) else None
+        if key not in cache:
+            # CSV row numbers count the header as row 1
+            cache[key] = parse_labels_cell(cell, f"{path}, row {i + 2}")
+        terms = cache[key]
+        if "exclude" in terms:
+            stats["dropped_exclude"] += 1
+            continue
+        if not terms:
+            stats["dropped_no_labels"] += 1
+            continue
+        if views is not None and view not in views:
+            stats[f"dropped_view_{view}"] += 1
+            continue
+        keep[i] = True
+        row = values[i]
+        finding = False
+        for t in terms:
+            if t == "normal":
+                row[normal] = 1
+            elif t in NON_FINDINGS:
+                pass
+            elif t in classes_of:
+                finding = True
+                for c in classes_of[t]:
+                    row[col[c]] = 1
+            else:
+                finding = True
+                unknown[t] += 1
+        if finding and not row.any():
+            row[other] = 1
+    out = frame.loc[keep, ["ImageID", "PatientID", "StudyID", "Projection"]].reset_index(drop=True)
+    out.insert(4, "Source", "padchest")
+    out = pd.concat([out, pd.DataFrame(values[keep], columns=CLASSES)], axis=1)
+    stats["rows"] = len(frame)
+    stats["kept"] = int(keep.sum())
+    stats = dict(stats)
+    stats["unknown_terms"] = dict(unknown.most_common())
+    return out, stats

@@ -1,0 +1,358 @@
+"""A rule-based radiology report labeler for the 22 classes: a pure-Python drop-in for the CheXpert labeler.
+
+Input: a CSV with one report per row and no header (the CheXpert labeler's input). Output: the report,
+then one column per class with 1 (positive), 0 (negative), -1 (uncertain) or blank (not mentioned).
+
+How it reads a report: mention phrases (with synonyms and abbreviations) are found with compiled regexes;
+each mention is negated or made uncertain by a trigger in the same clause (a trigger before it, like 'no',
+'without', 'may', or after it, like 'has resolved', 'cannot be excluded'). Clauses end at sentence
+punctuation and at words that turn the sentence ('but', 'however', 'although', 'there is', ...).
+Aggregation per class follows CheXpert: any positive -> 1, else any uncertain -> -1, else 0 when only
+negated mentions. 'other findings' is set only when no named class is positive or uncertain, and 'normal'
+when nothing is positive or uncertain at all.
+
+    python -m data.report_labeler --reports IN.csv --out OUT.csv
+    python -m data.report_labeler --evaluate-openi NLMCXR_reports.tgz
+"""
+
+import argparse
+import bisect
+import csv
+import re
+import sys
+import time
+
+import numpy as np
+
+from data.classes import CLASSES
+
+# Mention phrases per class: lower-case regexes matched on word boundaries; where two start at the same
+# word the first listed wins, so longer phrases go first. The classes follow the PadChest taxonomy (e.g.
+# hyperinflation and opacity are 'other findings', as 'hyperinflated lung' and 'increased density' are there).
+MENTIONS = {
+    "aortic elongation": [
+        r"(?:tortu\w+|torturous|ectatic|ectasia|unfold\w*|elongat\w+)(?:\W+\w+){0,4}?\W+aort\w*",
+        r"aort\w*(?:\W+\w+){0,4}?\W+(?:tortu\w+|torturous|ectatic|ectasia|unfold\w*|elongat\w+)",
+        r"(?:enlarged|prominent) (?:thoracic )?aort\w*", r"aortic (?:knob|arch) (?:is )?(?:enlarged|prominent)",
+    ],
+    "atelectasis": [r"atelecta\w*", r"collapse of the (?:\w+ )?(?:lobe|lung)", r"(?:lobar|lung) collapse"],
+    "cardiomegaly": [
+        r"cardiomegaly", r"cardiac enlargement", r"enlarge\w* (?:of the )?(?:heart|cardiac (?:silhouette|shadow))",
+        r"(?:heart|cardiac silhouette|cardiac shadow|heart size|cardiac size)(?: is| are| remains| appears| has)?"
+        r"(?: mildly| moderately| markedly| severely| slightly| again| still| stably| minimally)? enlarged",
+        r"enlarged (?:\w+ )?(?:heart|cardiac (?:silhouette|shadow|size))", r"cardiomegal\w*",
+        r"(?:heart|cardiac silhouette)(?: is| appears)? (?:mildly |moderately |markedly )?large", r"large heart",
+    ],
+    "catheter": [
+        r"picc", r"picc line", r"catheters?", r"central (?:venous )?lines?", r"(?:ij|subclavian|jugular) lines?",
+        r"(?:port|portacath|port-a-cath|mediport)", r"swan[- ]ganz", r"dialysis catheter", r"venous access",
+        r"tip (?:\w+ ){0,3}(?:svc|superior vena cava|cavoatrial junction|brachiocephalic)",
+    ],
+    "copd signs": [r"copd", r"chronic obstructive", r"obstructive (?:pulmonary|lung|airway)s? disease"],
+    "pleural effusion": [
+        r"(?:pleural )?effusions?", r"pleural fluid", r"fluid in the (?:\w+ )?(?:pleural space|fissure)",
+        r"hydropneumothora\w*", r"hemothora\w*", r"fluid (?:layering|collection)",
+    ],
+    "electrical device": [
+        r"pacemakers?", r"pacers?", r"aicd", r"icd", r"defibrillators?", r"pacing (?:leads?|wires?|device)",
+        r"(?:cardiac|dual[- ]chamber|single[- ]chamber|dual[- ]lead) (?:device|generator|leads?)", r"generator",
+        r"cardiac xxxx",  # OpenI's anonymizer blanked 'pacemaker' to XXXX: 17 of its 24 'cardiac XXXX' are devices
+        r"(?:nerve|vagal) stimulator", r"loop recorder",
+    ],
+    "emphysema": [r"(?<!subcutaneous )(?<!mediastinal )emphysem\w*", r"bullous"],
+    "heart insufficiency": [r"chf", r"(?:congestive )?heart failure", r"cardiac (?:failure|decompensation)"],
+    "infiltrates": [
+        r"infiltrat\w*", r"consolidat\w*", r"air[- ]?space (?:disease|process|consolidation)",
+        r"alveolar (?:infiltrat\w+|process|disease)", r"interstitial (?:lung )?disease",
+        r"interstitial (?:pneumonitis|infiltrat\w*)",
+    ],
+    "mass": [r"mass lesions?", r"mass(?:es)?", r"mass-?like", r"tumou?rs?", r"neoplasms?"],
+    "nodule": [r"nodules?", r"noduli?"],
+    "nsg tube": [
+        r"(?:ng|og|nasogastric|orogastric|feeding|dobhoff|dobbhoff|enteric|gastric|esophagogastric|nasoenteric)"
+        r" (?:suction )?(?:tubes?|catheter)", r"(?:ng|og|nasogastric|orogastric) (?:catheter|line)",
+    ],
+    "pneumonia": [r"pneumonias?", r"pneumonitis", r"bronchopneumonia"],
+    "pneumothorax": [r"(?<!hydro)(?<!hemo)pneumothora\w*", r"hydropneumothora\w*", r"hemopneumothora\w*", r"ptx",
+                     r"pleural air(?: collection)?", r"air collection"],
+    "pulmonary edema": [
+        r"(?:pulmonary |interstitial |alveolar )?edema", r"(?:pulmonary |interstitial |alveolar )?oedema",
+        r"fluid overload", r"volume overload",
+    ],
+    "pulmonary fibrosis": [r"(?:pulmonary |interstitial )?fibros\w+", r"fibrotic (?:changes?|lung disease)"],
+    "surgery": [
+        r"sternotomy(?: wires?)?", r"median sternotomy", r"sternal (?:wires?|sutures?)", r"(?:surgical )?clips?",
+        r"(?:surgical )?sutures?", r"cabg", r"bypass graft\w*", r"mastectomy", r"lobectomy", r"pneumonectomy",
+        r"thoracotomy", r"(?:spinal |cervical |thoracic )?fusion (?:hardware|rods?|plate)", r"(?:spinal )?fusion",
+        r"post ?(?:operative|surgical)", r"postoperative", r"prosthe\w+", r"hardware",
+        r"(?:breast )?implants?", r"stents?", r"wedge resection", r"resection",
+    ],
+    "thoracic cage deformation": [
+        r"(?:dextro|levo|rotoscolio|rotary )?scolio\w+", r"(?:dextro|levo)curvature", r"(?:spine|spinal) curvature",
+        r"curvature of the (?:\w+ )?spine", r"kyphos\w+", r"kyphotic", r"kyphoscolio\w+",
+        r"pectus (?:excavatum|carinatum)", r"funnel chest", r"chest wall deformity", r"thoracic cage deformit\w+",
+        r"cervical ribs?",
+    ],
+    "tuberculosis": [r"tuberculo\w+", r"tb", r"mycobacteri\w+"],
+    # findings outside the named classes: only to tell 'other findings' and 'normal' apart
+    "other findings": [
+        r"opacit\w+", r"densit\w+", r"granulom\w+", r"calcifi\w+", r"degenerative", r"spondylo\w+", r"osteophyt\w+",
+        r"scar\w*", r"cicatri\w+", r"hyperinflat\w+", r"hyperexpan\w+", r"hyperdisten\w+", r"hyperaera\w+",
+        r"(?:low|decreased|reduced) lung volumes?", r"hypoinflat\w+", r"hypoventilat\w+", r"(?:hiatal|hiatus) hernia",
+        r"hernia", r"fractur\w+", r"deformit\w+", r"congestion", r"(?:vascular|interstitial) (?:prominence|markings)",
+        r"prominen\w+ (?:of the )?(?:interstitial|bronchovascular|vascular) markings", r"bronchiectas\w+",
+        r"thicken\w+", r"blunt\w+", r"elevat\w+ (?:of the )?(?:right |left )?(?:hemi)?diaphragm\w*",
+        r"(?:hemi)?diaphragm\w* (?:is |are )?elevat\w+", r"eventration", r"flatten\w+", r"atheroscleros\w+",
+        r"atherosclerotic", r"lucenc\w+", r"cysts?", r"cystic", r"bullae?", r"cavit\w+", r"adenopathy",
+        r"lymphadenopathy", r"(?:enlarged|prominent) (?:\w+ )?(?:hil\w+|lymph nodes?|mediastin\w+)",
+        r"(?:hil\w+|mediastin\w+) (?:is |are )?(?:enlarged|prominent|widened)", r"widen\w+ (?:of the )?mediastin\w+",
+        r"pneumoperitoneum", r"free air", r"subcutaneous emphysema", r"pneumomediastinum", r"foreign bod\w+",
+        r"(?:endotracheal|tracheostomy|et|chest|thoracostomy) tubes?", r"tracheostomy", r"drain\w*",
+        r"(?:vp )?shunt(?: tubing| catheter)?", r"osteopeni\w+", r"osteoporo\w+", r"arthriti\w+",
+        r"sarcoid\w*", r"metasta\w+", r"lesions?", r"abnormalit\w+", r"aneurysm\w*", r"dilat\w+", r"shift",
+        r"volume loss", r"effacement", r"azygos lobe", r"nipple shadows?", r"epicardial fat", r"cardiac monitor",
+        r"(?:monitor|ecg|ekg) leads", r"wires?", r"hyperlucen\w+", r"bronchitis", r"airway disease",
+        r"(?:peribronchial|bronchial) (?:cuffing|wall thickening)", r"kerley", r"cephalization",
+    ],
+}
+
+# Words that negate a mention after them in the same clause
+NEGATION_BEFORE = [
+    r"no", r"not", r"without", r"negative for", r"free of", r"clear of", r"absence of", r"absent", r"resolved",
+    r"resolution of", r"removal of", r"removed", r"rule out", r"ruled out", r"r/o", r"neither", r"nor",
+    r"no evidence of", r"no signs? of", r"there is no", r"there are no", r"exclude[ds]?", r"negative",
+    r"interval clearing of", r"clearing of",
+]
+# ... and before them (the mention comes first): 'pneumothorax has resolved'
+NEGATION_AFTER = [
+    r"(?:is |are |has |have |has been |have been |was |were )?(?:resolved|removed|cleared|clear|absent)",
+    r"(?:is |are |was |were )?(?:not (?:seen|identified|present|visualized|evident|appreciated|demonstrated))",
+    r"(?:is |are )?no longer (?:seen|present|visualized|identified|evident|appreciated|demonstrated)?",
+    r"(?:is |are )?not",
+]
+UNCERTAIN_BEFORE = [
+    r"may", r"might", r"could", r"possibl[ey]", r"questionabl[ey]", r"question of",
+    r"cannot (?:be )?(?:exclude|excluded|rule out|ruled out)", r"can not (?:be )?(?:exclude|excluded|rule out)",
+    r"suggest\w*", r"suspicious for", r"suspect\w*", r"concern\w* for", r"worrisome for", r"differential",
+    r"versus", r"vs\.?", r"consider\w*", r"equivocal", r"vague", r"cannot", r"presumed",
+    r"either", r"favor\w*", r"evaluate for", r"assess for",
+    r"not (?:entirely |totally |completely )?(?:exclude|excluded)",
+]
+# hedges that override an earlier negation in the clause ('no effusion, possibly atelectasis'); weaker ones
+# like 'suggest' do not ('no opacity to suggest pneumonia')
+STRONG_UNCERTAIN = [r"may", r"might", r"could", r"possibl[ey]", r"versus", r"vs\.?"]
+# 'no change in the effusion' reports an effusion
+PSEUDO_NEGATION = r"\bno (?:\w+ )?(?:change|increase|decrease|progression)\b|\bnot (?:\w+ )?changed\b"
+UNCERTAIN_AFTER = [
+    r"(?:is |are |was |were )?(?:not|cannot be|can not be) (?:entirely |totally |completely )?(?:excluded|ruled out)",
+    r"(?:is |are )?(?:possible|suspected|questioned|likely|not excluded|versus|vs\.?)",
+    r"(?:could|may|might) (?:be|represent)",
+]
+# Where a negation or uncertainty stops: sentence ends and words that turn the sentence
+CLAUSE_BREAK = (
+    r"(?<!\d)\.(?!\d)|[;:!?\n]|\b(?:but|however|although|though|whereas|except|otherwise|which|while|"
+    r"apart from|aside from|there (?:is|are|has been|have been)|"
+    r"and (?:a|an|the|mild|small|moderate|large|there)|with (?:a|an|the|mild|small|moderate|large|interval|"
+    r"increas\w+|decreas\w+))\b"
+)
+
+
+def _alternation(phrases):
+    return r"\b(?:" + "|".join(phrases) + r")\b"
+
+
+MENTION_RE = [(c, re.compile(_alternation(p))) for c, p in MENTIONS.items()]
+NEG_BEFORE_RE = re.compile(_alternation(NEGATION_BEFORE))
+UNC_BEFORE_RE = re.compile(_alternation(UNCERTAIN_BEFORE))
+STRONG_UNC_RE = re.compile(_alternation(STRONG_UNCERTAIN))
+PSEUDO_NEG_RE = re.compile(PSEUDO_NEGATION)
+NEG_AFTER_RE = re.compile(r"^\W*(?:" + "|".join(NEGATION_AFTER) + r")\b")
+UNC_AFTER_RE = re.compile(r"^\W*(?:" + "|".join(UNCERTAIN_AFTER) + r")\b")
+BREAK_RE = re.compile(CLAUSE_BREAK)
+CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
+NAMED = [i for i, c in enumerate(CLASSES) if c not in ("normal", "other findings")]
+NOT_MENTIONED = -2  # internal marker for a blank cell
+
+
+def _clause_starts(text):
+    """Sorted start offsets of the clauses of text."""
+    return [0] + [m.end() for m in BREAK_RE.finditer(text)]
+
+
+def _last_end(regex, text):
+    """End offset of the last match of regex in text, or -1."""
+    end = -1
+    for m in regex.finditer(text):
+        end = m.end()
+    return end
+
+
+def _mention_value(text, start, end, clause_start, clause_end):
+    """1, 0 or -1 for one mention at text[start:end] inside text[clause_start:clause_end]."""
+    after = text[end:clause_end]
+    if UNC_AFTER_RE.match(after):
+        return -1
+    if NEG_AFTER_RE.match(after):
+        return 0
+    before = text[clause_start:start]
+    if "no " in before or "not " in before:
+        before = PSEUDO_NEG_RE.sub(lambda m: "_" * len(m.group()), before)
+    neg = _last_end(NEG_BEFORE_RE, before)
+    unc = _last_end(UNC_BEFORE_RE, before)
+    if neg >= 0 and not (unc > neg and STRONG_UNC_RE.search(before, neg)):
+        return 0
+    if unc >= 0:
+        return -1
+    return 1
+
+
+def label_report(text):
+    """One report -> list of 22 values: 1, 0, -1, or NOT_MENTIONED (-2)."""
+    text = " ".join(text.lower().split())
+    out = [NOT_MENTIONED] * len(CLASSES)
+    starts = _clause_starts(text)
+    bounds = starts[1:] + [len(text)]
+    taken = []  # spans already claimed by a named class, so 'pleural effusion' is not also 'other'
+    for cls, regex in MENTION_RE:
+        j = CLASS_INDEX[cls]
+        for m in regex.finditer(text):
+            s, e = m.span()
+            if cls == "other findings" and any(a <= s < b or a < e <= b for a, b in taken):
+                continue
+            k = bisect.bisect_right(starts, s) - 1
+            v = _mention_value(text, s, e, starts[k], bounds[k])
+            if cls != "other findings":
+                taken.append((s, e))
+            cur = out[j]
+            # positive beats uncertain beats negative (CheXpert's aggregation)
+            if cur == NOT_MENTIONED or v == 1 or (v == -1 and cur == 0):
+                out[j] = v
+    named = [out[i] for i in NAMED]
+    o = CLASS_INDEX["other findings"]
+    if any(v in (1, -1) for v in named):
+        out[o] = NOT_MENTIONED if out[o] == NOT_MENTIONED else 0
+    if not any(v in (1, -1) for v in named) and out[o] not in (1, -1):
+        out[CLASS_INDEX["normal"]] = 1
+    else:
+        out[CLASS_INDEX["normal"]] = NOT_MENTIONED
+    return out
+
+
+def label_reports(texts, blank=0):
+    """Many reports -> int8 array [n, 22]; not mentioned becomes `blank` (0 for the label CSVs)."""
+    values = np.array([label_report(t) for t in texts], dtype=np.int8).reshape(len(texts), len(CLASSES))
+    values[values == NOT_MENTIONED] = blank
+    return values
+
+
+# MeSH indexers code what a report asserts; measured on OpenI, counting 'uncertain' as negative agrees better
+UNCERTAIN_POSITIVE = False
+
+
+def evaluate(predicted, reference, classes=CLASSES, uncertain_positive=UNCERTAIN_POSITIVE):
+    """Per-class and overall (micro) precision/recall/F1 of predicted labels against the reference (1 is
+    positive; a predicted -1 counts as positive only with uncertain_positive). Returns a list of dicts:
+    class, tp, fp, fn, precision, recall, f1, support."""
+    pred = np.isin(predicted, (1, -1)) if uncertain_positive else predicted == 1
+    ref = reference == 1
+    rows = []
+
+    def row(name, p, r):
+        tp = int((p & r).sum())
+        fp = int((p & ~r).sum())
+        fn = int((~p & r).sum())
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        return {"class": name, "tp": tp, "fp": fp, "fn": fn, "precision": prec, "recall": rec, "f1": f1,
+                "support": tp + fn}
+
+    for i, c in enumerate(classes):
+        rows.append(row(c, pred[:, i], ref[:, i]))
+    rows.append(row("overall (micro, 22 classes)", pred, ref))
+    cx8 = [classes.index(c) for c in CHESTXRAY8_CLASSES]
+    rows.append(row("overall (micro, ChestX-ray8's 9)", pred[:, cx8], ref[:, cx8]))
+    return rows
+
+
+# The classes the ChestX-ray8 paper scored its labeler on, and its P/R/F1 on OpenI (Table 2)
+CHESTXRAY8_CLASSES = ["atelectasis", "cardiomegaly", "pleural effusion", "infiltrates", "mass", "nodule",
+                      "normal", "pneumonia", "pneumothorax"]
+CHESTXRAY8_F1 = {"atelectasis": 0.91, "cardiomegaly": 0.88, "pleural effusion": 0.87, "infiltrates": 0.80,
+                 "mass": 0.52, "nodule": 0.75, "normal": 0.93, "pneumonia": 0.77, "pneumothorax": 0.86,
+                 "overall (micro, ChestX-ray8's 9)": 0.90}
+
+
+def evaluate_openi(reports_source):
+    """Text labels against MeSH <major> labels on every OpenI report -> (rows from evaluate(), reports/s)."""
+    from data.openi import read_reports, report_labels, report_text
+
+    reports, _ = read_reports(reports_source)
+    # 'No Indexing' alone means the indexers coded nothing: no reference for those reports
+    indexed = reports["major"].map(lambda m: any(t.strip().lower() != "no indexing" for t in m))
+    reports = reports[indexed.to_numpy()].reset_index(drop=True)
+    reference, _ = report_labels(reports, "mesh")
+    texts = report_text(reports).tolist()
+    t = time.perf_counter()
+    predicted = label_reports(texts)
+    rate = len(texts) / (time.perf_counter() - t)
+    return evaluate(predicted, reference), rate
+
+
+def format_table(rows):
+    lines = [f"{'class':34s} {'P':>6s} {'R':>6s} {'F1':>6s} {'support':>8s}  ChestX-ray8 F1"]
+    for r in rows:
+        ref = CHESTXRAY8_F1.get(r["class"])
+        lines.append(f"{r['class']:34s} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f} {r['support']:8d}"
+                     + (f"  {ref:.2f}" if ref is not None else ""))
+    return "\n".join(lines)
+
+
+def read_report_csv(path):
+    """CheXpert-labeler input: one report per row, no header, first column."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [row[0] if row else "" for row in csv.reader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        print(f"error: {path}: cannot read reports: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def write_labeled_csv(path, texts, values):
+    """CheXpert-labeler output layout: Reports, then one column per class; blank = not mentioned."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["Reports", *CLASSES])
+        for t, row in zip(texts, values):
+            w.writerow([t, *("" if v == NOT_MENTIONED else f"{v:.1f}" for v in row)])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reports", help="CSV with one report per row and no header (CheXpert labeler input)")
+    parser.add_argument("--out", help="output CSV: Reports, then the 22 classes (1, 0, -1, blank = not mentioned)")
+    parser.add_argument("--evaluate-openi", metavar="DIR_OR_TGZ",
+                        help="score the labeler against OpenI's MeSH major labels and print the table")
+    args = parser.parse_args(argv)
+    if args.evaluate_openi:
+        from data.padchest import LabelFileError
+        try:
+            rows, rate = evaluate_openi(args.evaluate_openi)
+        except LabelFileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(format_table(rows))
+        print(f"labeled at {rate:,.0f} reports/s")
+        return
+    if not args.reports or not args.out:
+        parser.error("give --reports and --out, or --evaluate-openi")
+    texts = read_report_csv(args.reports)
+    t = time.perf_counter()
+    values = [label_report(x) for x in texts]
+    dt = time.perf_counter() - t
+    write_labeled_csv(args.out, texts, values)
+    print(f"labeled {len(texts)} reports in {dt:.2f} s ({len(texts) / max(dt, 1e-9):,.0f} reports/s) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The built-in report labeler: rules on single sentences, the CLI, and agreement with OpenI's MeSH codes."""
+
+import csv
+import importlib.util
+import os
+
+import pytest
+
+from data.classes import CLASSES
+from data.report_labeler import CHESTXRAY8_F1, NOT_MENTIONED, evaluate_openi, label_report, main
+
+REAL_TGZ = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
+                        "NLMCXR_reports.tgz")
+
+# F1 against MeSH <major> measured on all 3,955 reports (see the table in data/report_labeler.py's
+# --evaluate-openi), floors set a little below
+F1_FLOOR = {
+    "aortic elongation": 0.95, "atelectasis": 0.92, "cardiomegaly": 0.92, "catheter": 0.87, "copd signs": 0.94,
+    "pleural effusion": 0.91, "electrical device": 0.84, "emphysema": 0.95, "heart insufficiency": 0.85,
+    "infiltrates": 0.90, "mass": 0.68, "nodule": 0.82, "normal": 0.94, "nsg tube": 0.75, "other findings": 0.84,
+    "pneumonia": 0.85, "pneumothorax": 0.90, "pulmonary edema": 0.83, "pulmonary fibrosis": 0.82, "surgery": 0.68,
+    "thoracic cage deformation": 0.93, "tuberculosis": 0.45,
+    "overall (micro, 22 classes)": 0.89, "overall (micro, ChestX-ray8's 9)": 0.92,
+}
+
+
+def labels(text):
+    return {c: v for c, v in zip(CLASSES, label_report(text)) if v != NOT_MENTIONED}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Stable cardiomegaly with CHF.", {"cardiomegaly": 1, "heart insufficiency": 1}),
+    ("Findings consistent with COPD.", {"copd signs": 1}),
+    ("Right PICC line with tip in the SVC.", {"catheter": 1}),
+    ("NG tube tip in the stomach.", {"nsg tube": 1}),
+    ("Feeding tube courses below the diaphragm.", {"nsg tube": 1}),
+    ("Left chest wall pacemaker. AICD leads in the right ventricle.", {"electrical device": 1}),
+    ("Mild dextroscoliosis. Tortuous thoracic aorta.", {"thoracic cage deformation": 1, "aortic elongation": 1}),
+    ("The aorta is calcified and tortuous.", {"aortic elongation": 1}),
+    ("Interval removal of the left chest tube.", {"normal": 1, "other findings": 0}),
+])
+def test_mentions_and_synonyms(text, expected):
+    assert labels(text) == expected
+
+
+def test_sternotomy_wires_are_surgery():
+    assert labels("Median sternotomy wires are intact.")["surgery"] == 1
+    assert labels("Hyperinflated lungs.") == {"other findings": 1}  # PadChest's 'hyperinflated lung'
+
+
+def test_negation_uncertainty_and_clause_scope():
+    assert labels("No pleural effusion or pneumothorax.") == {"pleural effusion": 0, "pneumothorax": 0, "normal": 1}
+    assert labels("No pneumothorax, but there is a small right effusion.") == {"pneumothorax": 0,
+                                                                              "pleural effusion": 1}
+    assert labels("Negative for pneumothorax. Heart size is enlarged.") == {"pneumothorax": 0, "cardiomegaly": 1}
+    assert labels("Lungs are free of focal consolidation.")["infiltrates"] == 0
+    assert labels("The previously seen pneumothorax has resolved.")["pneumothorax"] == 0
+    assert labels("The central venous catheter has been removed.")["catheter"] == 0
+    assert labels("Possible right lower lobe pneumonia.") == {"pneumonia": -1}
+    assert labels("Pneumonia cannot be excluded.") == {"pneumonia": -1}
+    assert labels("Suggestive of early pulmonary edema.") == {"pulmonary edema": -1}
+    assert labels("Atelectasis versus scarring at the left base.")["atelectasis"] == -1
+    # a negation before a weak hedge wins; 'no change in' is not a negation
+    assert labels("No focal airspace opacity to suggest pneumonia.")["pneumonia"] == 0
+    assert labels("No significant change in right pneumothorax.") == {"pneumothorax": 1}
+    assert labels("Subcutaneous emphysema in the neck. No emphysema.")["emphysema"] == 0
+    # positive beats uncertain beats negative across mentions
+    assert labels("No effusion on the left. Small right effusion.")["pleural effusion"] == 1
+
+
+def test_normal_rule():
+    assert labels("No acute cardiopulmonary abnormality.")["normal"] == 1
+    assert "normal" not in labels("Possible small left effusion.")
+    assert "normal" not in labels("Stable calcified granuloma.")
+
+
+def test_cli_is_a_chexpert_labeler_drop_in(tmp_path, capsys):
+    reports = tmp_path / "reports.csv"
+    with open(reports, "w", newline="") as f:
+        csv.writer(f).writerows([["No pneumothorax. Mild cardiomegaly."], ["Possible pneumonia, with a comma."]])
+    out = tmp_path / "labeled.csv"
+    main(["--reports", str(reports), "--out", str(out)])
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Reports", *CLASSES]
+    first = dict(zip(rows[0], rows[1]))
+    second = dict(zip(rows[0], rows[2]))
+    assert first["Reports"] == "No pneumothorax. Mild cardiomegaly."
+    assert first["cardiomegaly"] == "1.0" and first["pneumothorax"] == "0.0" and first["mass"] == ""
+    assert second["pneumonia"] == "-1.0" and second["Reports"] == "Possible pneumonia, with a comma."
+    assert "labeled 2 reports" in capsys.readouterr().out
+
+
+def test_agreement_with_openi_mesh_labels():
+    rows, rate = evaluate_openi(REAL_TGZ)
+    f1 = {r["class"]: r["f1"] for r in rows}
+    assert set(f1) == set(F1_FLOOR)
+    low = {c: round(f1[c], 3) for c in F1_FLOOR if f1[c] < F1_FLOOR[c]}
+    assert not low, f"F1 below floor: {low}"
+    # above the ChestX-ray8 paper's labeler on each of its classes and overall
+    assert all(f1[c] > CHESTXRAY8_F1[c] for c in CHESTXRAY8_F1)
+    assert rows[CLASSES.index("normal")]["support"] == 1391
