@@ -1,0 +1,218 @@
+import ast
+import importlib.util
+import gzip
+import io
+import os
+import re
+import tarfile
+import xml.etree.ElementTree as ET
+import zipfile
+
+import cv2
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless
+
+from data import sample_world as sw
+from data.classes import CLASSES
+
+SMALL = dict(padchest_images=40, openi_reports=8, images_per_zip=15, progress=False)
+TERM_TO_CLASS = {term: name for name, terms in sw.PADCHEST_TERMS.items() for term in terms}
+MESH_TO_CLASS = {"Cardiomegaly": "cardiomegaly", "Pleural Effusion": "pleural effusion", "Nodule": "nodule",
+                 "Mass": "mass", "Pneumothorax": "pneumothorax", "Pulmonary Atelectasis": "atelectasis",
+                 "Catheters, Indwelling": "catheter", "Tube, Inserted": "nsg tube",
+                 "Pacemaker, Artificial": "electrical device"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("world"))
+    summary = sw.generate(out, seed=0, **SMALL)
+    return out, summary
+
+
+def read_files(root):
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            files[os.path.relpath(path, root)] = open(path, "rb").read()
+    return files
+
+
+def padchest_frame(out):
+    return pd.read_csv(os.path.join(out, "labels", sw.PADCHEST_CSV), keep_default_na=False)
+
+
+def dicoms(out):
+    with tarfile.open(os.path.join(out, "images", "NLMCXR_dcm.tgz")) as tar:
+        return {m.name: pydicom.dcmread(io.BytesIO(tar.extractfile(m).read())) for m in tar.getmembers()}
+
+
+def reports(out):
+    with tarfile.open(os.path.join(out, "labels", "NLMCXR_reports.tgz")) as tar:
+        return {m.name: ET.fromstring(tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()}
+
+
+def test_layout_and_summary(world):
+    out, summary = world
+    assert sorted(os.listdir(out)) == ["BBox_List_2017.csv", "images", "labels"]
+    assert sorted(os.listdir(os.path.join(out, "images"))) == ["0.zip", "1.zip", "2.zip", "NLMCXR_dcm.tgz"]
+    assert summary["padchest_images"] == 40 and summary["openi_reports"] == 8
+    assert set(sw.DRAWN_FINDINGS) <= set(CLASSES)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    small = dict(padchest_images=6, openi_reports=5, images_per_zip=4, progress=False)
+    sw.generate(str(tmp_path / "a"), seed=3, **small)
+    sw.generate(str(tmp_path / "b"), seed=3, **small)
+    sw.generate(str(tmp_path / "c"), seed=4, **small)
+    a, b, c = (read_files(str(tmp_path / k)) for k in "abc")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    assert a.keys() == c.keys()
+    assert a["labels/" + sw.PADCHEST_CSV] != c["labels/" + sw.PADCHEST_CSV]
+    assert a["images/0.zip"] != c["images/0.zip"] and a["images/NLMCXR_dcm.tgz"] != c["images/NLMCXR_dcm.tgz"]
+
+
+def test_padchest_csv_has_the_real_columns(world):
+    # find_spec locates the package data without importing torchxrayvision (and torch)
+    package = os.path.dirname(importlib.util.find_spec("torchxrayvision").origin)
+    real = os.path.join(package, "data",
+                        "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
+    with gzip.open(real, "rt") as f:
+        real_header = f.readline().rstrip("\n")
+    with open(os.path.join(world[0], "labels", sw.PADCHEST_CSV)) as f:
+        assert f.readline().rstrip("\n") == real_header
+
+
+def test_padchest_rows(world):
+    out, _ = world
+    frame = padchest_frame(out)
+    taxonomy = set(sw.taxonomy_cuis())
+    labels = [[t.strip() for t in ast.literal_eval(s)] for s in frame.Labels]
+    assert all(t in taxonomy or t == "normal" or t == "exclude" for terms in labels for t in terms)
+    assert sum(terms == ["exclude"] for terms in labels) == 2
+    assert sum(terms == ["normal"] for terms in labels) >= 5
+    assert set(frame.Projection) <= {"PA", "AP"}
+    assert set(frame.MethodLabel) == {"Physician", "RNN_model"}
+    assert (frame.groupby("PatientID").StudyID.nunique() > 1).any()
+    assert all(re.fullmatch(r"\d{38,39}_[a-z0-9]{6}\.png", i) for i in frame.ImageID)
+    assert all(i.startswith(str(s)) for i, s in zip(frame.ImageID, frame.StudyID))
+    for image_dir, group in frame.groupby("ImageDir"):
+        with zipfile.ZipFile(os.path.join(out, "images", f"{image_dir}.zip")) as zf:
+            assert sorted(zf.namelist()) == sorted(group.ImageID)
+
+
+def test_padchest_pngs_are_16bit_12bit_range_with_burned_in_pixels(world):
+    out, _ = world
+    frame = padchest_frame(out).set_index("ImageID")
+    saturated = 0
+    with zipfile.ZipFile(os.path.join(out, "images", "0.zip")) as zf:
+        for name in zf.namelist():
+            img = cv2.imdecode(np.frombuffer(zf.read(name), np.uint8), cv2.IMREAD_UNCHANGED)
+            assert img.dtype == np.uint16 and img.ndim == 2
+            assert img.shape == (frame.loc[name, "Rows_DICOM"], frame.loc[name, "Columns_DICOM"])
+            assert np.percentile(img, 99.9) <= 4095 and img.min() < 1000
+            saturated += img.max() > 60000
+    assert saturated >= 2  # hot pixels / markers that break a plain min-max window
+
+
+def test_dicoms_are_cr_monochrome1_some_jpeg2000(world):
+    out, summary = world
+    files = dicoms(out)
+    assert len(files) == summary["openi_dicoms"] > 0
+    syntaxes = [ds.file_meta.TransferSyntaxUID for ds in files.values()]
+    assert JPEG2000Lossless in syntaxes and any(s != JPEG2000Lossless for s in syntaxes)
+    for name, ds in files.items():
+        assert re.fullmatch(r"\d{4}_IM-\d{4}-\d001\.dcm", name)
+        assert ds.Modality == "CR" and ds.PhotometricInterpretation == "MONOCHROME1"
+        assert ds.BitsStored == 12 and ds.RescaleSlope == 1 and ds.RescaleIntercept == 0
+        assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
+        assert float(ds.WindowWidth) > 0
+        arr = ds.pixel_array
+        assert arr.shape == (ds.Rows, ds.Columns) and arr.max() <= 4095
+        # MONOCHROME1: the air outside the body is stored bright, the spine dark
+        assert arr[:5, :5].mean() > arr[int(0.8 * ds.Rows), ds.Columns // 2 - 3: ds.Columns // 2 + 3].mean() + 1000
+
+
+def test_reports_match_dicoms_and_boxes(world):
+    out, _ = world
+    files = dicoms(out)
+    boxes = pd.read_csv(os.path.join(out, "BBox_List_2017.csv"))
+    drawn = boxes.groupby("Image Index")["Finding Label"].agg(set).to_dict()
+    parents, without_image = set(), 0
+    for name, root in reports(out).items():
+        assert re.fullmatch(r"ecgen-radiology/\d+\.xml", name)
+        sections = {e.get("Label"): e.text for e in root.iter("AbstractText")}
+        assert set(sections) == {"COMPARISON", "INDICATION", "FINDINGS", "IMPRESSION"}
+        major = [e.text for e in root.iter("major")]
+        classes = {MESH_TO_CLASS[m.split("/")[0]] for m in major if m != "normal"}
+        assert (major == ["normal"]) == (not classes)
+        ids = [e.get("id") for e in root.iter("parentImage")]
+        without_image += not ids
+        parents |= set(ids)
+        for image_id in ids:
+            assert drawn.get(image_id, set()) == classes
+        if "pneumothorax" not in classes:
+            assert "pneumothorax" not in sections["FINDINGS"].replace("No pneumothorax", "").replace(
+                "or pneumothorax", "")
+    assert without_image == 3
+    assert parents == {"CXR" + n[:-4] for n in files}
+
+
+def test_boxes_match_labels_and_lie_inside_images(world):
+    out, _ = world
+    boxes = pd.read_csv(os.path.join(out, "BBox_List_2017.csv"))
+    assert list(boxes.columns) == ["Image Index", "Finding Label", "x", "y", "w", "h"]
+    assert set(boxes["Finding Label"]) <= set(sw.DRAWN_FINDINGS)
+    frame = padchest_frame(out)
+    sizes = {i: (r, c) for i, r, c in zip(frame.ImageID, frame.Rows_DICOM, frame.Columns_DICOM)}
+    sizes.update({"CXR" + n[:-4]: (ds.Rows, ds.Columns) for n, ds in dicoms(out).items()})
+    for b in boxes.itertuples():
+        rows, cols = sizes[b[1]]
+        assert b.w > 0 and b.h > 0 and b.x >= 0 and b.y >= 0 and b.x + b.w <= cols and b.y + b.h <= rows
+    drawn = boxes.groupby("Image Index")["Finding Label"].agg(set).to_dict()
+    for image_id, labels in zip(frame.ImageID, frame.Labels):
+        classes = {TERM_TO_CLASS[t.strip()] for t in ast.literal_eval(labels) if t.strip() not in ("normal", "exclude")}
+        assert drawn.get(image_id, set()) == classes
+
+
+SPECS = {
+    "atelectasis": {"zone": "lower", "terms": ["laminar atelectasis"]},
+    "cardiomegaly": {"terms": ["cardiomegaly"]},
+    "catheter": {"route": "jugular", "terms": ["central venous catheter via jugular vein"]},
+    "pleural effusion": {"size": "small", "terms": ["pleural effusion"]},
+    "electrical device": {"leads": 2, "terms": ["pacemaker", "dual chamber device"]},
+    "mass": {"zone": "upper", "terms": ["mass"]},
+    "nodule": {"zone": "middle", "count": 1, "terms": ["nodule"]},
+    "nsg tube": {"terms": ["NSG tube"]},
+    "pneumothorax": {"terms": ["pneumothorax"]},
+}
+
+
+@pytest.mark.parametrize("name", sw.DRAWN_FINDINGS)
+def test_each_finding_is_a_visible_localized_sign(name):
+    # The same seed draws the same anatomy; only the finding (and noise after it) differs.
+    finding = dict(SPECS[name], name=name, side="right")
+    for seed in range(3):
+        normal, _ = sw.draw_chest(np.random.default_rng(seed), 380, 360, [])
+        sick, boxes = sw.draw_chest(np.random.default_rng(seed), 380, 360, [finding])
+        assert [b[0] for b in boxes] == [name]
+        x, y, w, h = boxes[0][1]
+        inside = np.zeros(normal.shape, bool)
+        inside[y:y + h, x:x + w] = True
+        diff = np.abs(sick - normal)
+        assert diff[inside].mean() > 0.03 and diff[inside].mean() > 10 * diff[~inside].mean()
+
+
+def test_cli_writes_world_and_rejects_bad_counts(tmp_path, capsys):
+    sw.main(["--out", str(tmp_path / "w"), "--padchest-images", "5", "--openi-reports", "3", "--quiet",
+             "--openi-without-image", "1",
+             "--montage", str(tmp_path / "m.png")])
+    assert "wrote 5 PadChest PNGs" in capsys.readouterr().out
+    assert cv2.imread(str(tmp_path / "m.png")).shape[1] == 4 * 256
+    with pytest.raises(SystemExit) as exc:
+        sw.main(["--out", str(tmp_path / "x"), "--padchest-images", "0"])
+    assert exc.value.code == 2
