@@ -1,0 +1,117 @@
+import os
+import re
+import shutil
+import subprocess
+from urllib.parse import unquote
+
+import cv2
+import numpy as np
+import pandas as pd
+import pydicom.data
+import pytest
+
+from data.classes import CLASSES
+from data.decode import read_image
+from test_localization import BrightSpot
+from utils.heatmaps import localize
+from utils.metrics import metrics_table, plot_roc, write_metrics
+from utils.report import write_report
+
+HEADER_BGR = (121, 78, 31)  # the table header colour, #1f4e79
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder as traintest.py leaves it: metrics, ROC, and heatmaps, boxes and localization scores from
+    utils.heatmaps.localize on a real radiograph (RG1_UNCI through step 1's decoder) with a known bright region."""
+    root = tmp_path_factory.mktemp("report")
+    img = read_image(pydicom.data.get_testdata_file("RG1_UNCI.dcm"))
+    h, w = img.shape
+    img //= 2
+    img[h // 4:h // 2, w // 2:w * 3 // 4] = 255  # a bright patch the BrightSpot model maps for cardiomegaly
+    cv2.imwrite(str(root / "RG1_UNCI.png"), img)
+    (root / "truth.csv").write_text("Image Index,Finding Label,x,y,w,h\n"
+                                    f"RG1_UNCI.png,Cardiomegaly,{w // 2},{h // 4},{w // 4},{h // 4}\n")
+    run = root / "run"
+    frame = pd.DataFrame([{"ImageID": "RG1_UNCI.png", "path": str(root / "RG1_UNCI.png"), "width": w, "height": h}])
+    summary = localize(BrightSpot().eval(), frame, str(run), image_size=128, device="cpu", classes=["cardiomegaly", "mass"],
+             boxes_csv=str(root / "truth.csv"))
+    assert summary["iobb_0.5"] == {"cardiomegaly": 1.0}
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, len(CLASSES))) < 0.3).astype(int)
+    p = np.clip(0.4 * y + 0.6 * rng.random(y.shape), 0, 1)
+    write_metrics(metrics_table(y, p, CLASSES, [0.5] * len(CLASSES), n_boot=20), str(run / "metrics.csv"))
+    plot_roc(y, p, CLASSES, str(run / "roc.png"))
+    return run
+
+
+def test_report_references_every_result_relatively(run_dir):
+    path = write_report(str(run_dir))
+    assert path == str(run_dir / "report.html")
+    page = open(path, encoding="utf-8").read()
+    assert "Classification metrics" in page and "pleural effusion" in page and "macro" in page
+    assert "Localization" in page and "T(IoBB)=0.5" in page
+    sources = re.findall(r'<img[^>]*src="([^"]+)"', page)
+    assert "roc.png" in sources
+    assert "heatmaps/RG1_UNCI.png__cardiomegaly.png" in [unquote(s) for s in sources]
+    for src in sources:
+        assert not src.startswith(("/", "http", "file:")), src
+        assert os.path.isfile(run_dir / unquote(src)), src
+    # the gallery puts the image with a true box first
+    first = [unquote(s) for s in sources if s.startswith("heatmaps/")][0]
+    assert first.endswith("__cardiomegaly.png")
+
+
+def screenshot(html_path, out_png, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian package `chromium`; `make test` installs it where it can)")
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--screenshot={out_png}", "--window-size=1200,1600",
+           f"file://{html_path}"]
+    subprocess.run(cmd, check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    picture = cv2.imread(str(out_png))
+    assert picture is not None, f"chromium wrote no screenshot {out_png}"
+    return picture.astype(int)
+
+
+def header_pixels(picture):
+    return int((np.abs(picture - np.array(HEADER_BGR)).max(axis=2) <= 6).sum())
+
+
+def heatmap_pixels(picture):
+    # the jet colormap's warm half (red, orange, yellow) over the radiograph: red well above blue, in patches; the
+    # erosion drops thin lines (the ROC curves, text), and the page's other colours are white, grey or blue
+    warm = (picture[:, :, 2] - picture[:, :, 0] > 80).astype(np.uint8)
+    return int(cv2.erode(warm, np.ones((5, 5), np.uint8)).sum())
+
+
+def test_report_renders_tables_and_heatmaps_in_headless_chromium(run_dir, tmp_path):
+    good = tmp_path / "good"
+    shutil.copytree(run_dir, good)
+    good_shot = screenshot(write_report(str(good)), tmp_path / "good.png", tmp_path)
+
+    # The same page with its heatmap files gone: the images are broken, the tables stay.
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    html_path = write_report(str(broken))
+    for f in (broken / "heatmaps").glob("*.png"):
+        f.unlink()
+    broken_shot = screenshot(html_path, tmp_path / "broken.png", tmp_path)
+
+    # A run folder with heatmaps only: no table to draw.
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare)
+    for name in ("metrics.csv", "localization.csv", "roc.png"):
+        (bare / name).unlink()
+    bare_shot = screenshot(write_report(str(bare)), tmp_path / "bare.png", tmp_path)
+
+    # tables: the header band of the metrics and localization tables is on screen
+    assert header_pixels(good_shot) > 5000, header_pixels(good_shot)
+    assert header_pixels(broken_shot) > 5000
+    assert header_pixels(bare_shot) < 100
+    # heatmaps: the gallery shows the coloured overlays, and they vanish when the files are missing
+    assert heatmap_pixels(good_shot) > 5000, heatmap_pixels(good_shot)
+    assert heatmap_pixels(bare_shot) > 5000
+    assert heatmap_pixels(broken_shot) < 200, heatmap_pixels(broken_shot)

@@ -1,0 +1,182 @@
+"""RUN/report.html: one page with the run's metrics, ROC curves, localization scores and heatmap gallery.
+
+Built from whatever of metrics.csv, roc.png, localization.csv, boxes.csv, predictions.csv and heatmaps/ the run folder
+holds. Images are referenced by relative paths, so the page opens from disk (file://) without a server, and the run
+folder can be copied or zipped whole.
+"""
+import argparse
+import html
+import math
+import os
+import sys
+from urllib.parse import quote
+
+import pandas as pd
+
+MAX_GALLERY = 60
+
+STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 20px; color: #222; background: #fff; }
+h1 { font-size: 22px; margin: 0 0 4px 0; } h2 { font-size: 17px; margin: 22px 0 8px 0; }
+.muted { color: #666; font-size: 12px; }
+.row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
+table { border-collapse: collapse; font-size: 12px; }
+th { background: #1f4e79; color: #fff; padding: 3px 7px; text-align: left; font-weight: 600; }
+td { padding: 2px 7px; border-bottom: 1px solid #ddd; text-align: right; }
+td.name { text-align: left; }
+tr.summary td { font-weight: 600; background: #eef3f8; }
+.chance { color: #888; }
+img.roc { width: 440px; border: 1px solid #ddd; }
+.gallery { display: flex; flex-wrap: wrap; gap: 10px; }
+figure { margin: 0; width: 270px; font-size: 11px; }
+figure img { width: 270px; display: block; background: #eee; min-height: 120px; }
+figcaption { padding: 2px 0; overflow-wrap: anywhere; }
+.legend span { display: inline-block; width: 12px; height: 12px; vertical-align: middle; margin: 0 3px 0 10px; }
+"""
+
+
+def _cell(value, digits=3):
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NA"
+        return f"{value:.{digits}f}" if not value.is_integer() or abs(value) < 1 else f"{value:.0f}"
+    return html.escape(str(value))
+
+
+def table_html(frame, name_columns=("class",)):
+    """An HTML table of a DataFrame; text columns left-aligned, numbers with 3 decimals, macro/micro/mean rows bold."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for values in frame.itertuples(index=False):
+        first = str(values[0])
+        cls = ' class="summary"' if first in ("macro", "micro", "mean") else ""
+        cells = "".join(
+            f'<td class="name">{_cell(v)}</td>' if c in name_columns or isinstance(v, str) else f"<td>{_cell(v)}</td>"
+            for c, v in zip(frame.columns, values))
+        rows.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def compact_metrics(metrics):
+    """metrics.csv with the AUROC interval folded into one column, so the table fits beside the ROC curves."""
+    if {"auroc_low", "auroc_high"} <= set(metrics.columns):
+        interval = [f"{lo:.3f}-{hi:.3f}" if pd.notna(lo) and pd.notna(hi) else ""
+                    for lo, hi in zip(metrics["auroc_low"], metrics["auroc_high"])]
+        at = list(metrics.columns).index("auroc_low")
+        metrics = metrics.drop(columns=["auroc_low", "auroc_high"])
+        metrics.insert(at, "auroc 95% CI", interval)
+    return metrics.rename(columns={"average_precision": "AP", "sensitivity": "sens", "specificity": "spec",
+                                   "positives": "pos", "negatives": "neg"})
+
+
+def localization_html(table):
+    """The localization table in the paper's layout: a row per T, a column per class, 'acc (chance) / AFP' cells."""
+    classes = [c for c in table.columns if c not in ("criterion", "T", "measure")]
+    head = "<th>T</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in classes)
+    rows = []
+    for criterion in ("IoU", "IoBB"):
+        part = table[table["criterion"] == criterion]
+        for t in sorted(part["T"].unique()):
+            at = part[part["T"] == t].set_index("measure")
+            cells = "".join(
+                f'<td>{at.at["acc", c]:.3f} <span class="chance">({at.at["chance_acc", c]:.3f})</span> / '
+                f'{at.at["afp", c]:.2f}</td>' for c in classes)
+            rows.append(f'<tr><td class="name">T({criterion})={t:g}</td>{cells}</tr>')
+    counts = table[table["criterion"] == "count"].set_index("measure")
+    if "n_boxes" in counts.index:
+        rows.append('<tr class="summary"><td class="name">true boxes</td>'
+                    + "".join(f"<td>{int(counts.at['n_boxes', c])}</td>" for c in classes) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def gallery_items(run_dir, limit=MAX_GALLERY):
+    """[(file, caption)] for the gallery: from heatmaps/index.csv (written by utils.heatmaps.localize) when present,
+    images with true boxes first; otherwise every PNG in heatmaps/, sorted by name."""
+    heat_dir = os.path.join(run_dir, "heatmaps")
+    index = os.path.join(heat_dir, "index.csv")
+    if os.path.isfile(index):
+        frame = pd.read_csv(index, dtype={"ImageID": str, "file": str})
+        frame = frame[[os.path.isfile(os.path.join(heat_dir, f)) for f in frame["file"]]]
+        frame = frame.sort_values(["true_boxes", "probability"], ascending=False, kind="stable").head(limit)
+        items = []
+        for r in frame.to_dict("records"):
+            mark = "positive" if r["predicted"] else "negative"
+            n, n_true = r["boxes"], r["true_boxes"]
+            truth = f", {n_true} true box{'es' if n_true != 1 else ''}" if n_true else ""
+            items.append((r["file"], f"<b>{html.escape(r['class'])}</b> p={r['probability']:.2f} ({mark}), "
+                                     f"{n} box{'es' if n != 1 else ''}{truth}<br>{html.escape(r['ImageID'])}"))
+        return items
+    if not os.path.isdir(heat_dir):
+        return []
+    files = sorted(f for f in os.listdir(heat_dir) if f.endswith(".png"))[:limit]
+    items = []
+    for f in files:
+        image_id, _, cls = f[:-4].rpartition("__")
+        items.append((f, f"<b>{html.escape(cls)}</b><br>{html.escape(image_id)}"))
+    return items
+
+
+def write_report(run_dir):
+    """Write run_dir/report.html from the files the run produced; returns its path."""
+    run_dir = os.path.abspath(run_dir)
+    path = lambda name: os.path.join(run_dir, name)
+    parts = [f"<h1>Chest X-ray classification and localization</h1>"
+             f'<div class="muted">run folder: {html.escape(run_dir)}</div>']
+
+    summary = []
+    if os.path.isfile(path("predictions.csv")):
+        summary.append(f"{len(pd.read_csv(path('predictions.csv'))):,} images predicted")
+    if os.path.isfile(path("boxes.csv")):
+        boxes = pd.read_csv(path("boxes.csv"))
+        summary.append(f"{len(boxes):,} boxes on {boxes['ImageID'].nunique():,} images")
+    if summary:
+        parts.append(f"<p>{' &middot; '.join(summary)}</p>")
+
+    left, right = "", ""
+    if os.path.isfile(path("metrics.csv")):
+        metrics = compact_metrics(pd.read_csv(path("metrics.csv")))
+        left = f"<div><h2>Classification metrics (test split)</h2>{table_html(metrics)}</div>"
+    if os.path.isfile(path("roc.png")):
+        right = '<div><h2>ROC curves</h2><a href="roc.png"><img class="roc" src="roc.png" alt="ROC curves"></a></div>'
+    if left or right:
+        parts.append(f'<div class="row">{left}{right}</div>')
+
+    if os.path.isfile(path("localization.csv")):
+        table = pd.read_csv(path("localization.csv"))
+        parts.append("<h2>Localization (ChestX-ray8 protocol)</h2>"
+                     '<div class="muted">accuracy <span class="chance">(chance: a box of the true box\'s size at a '
+                     "random position)</span> / average false positives per image; a true box counts as found when "
+                     "any predicted box of its class overlaps it by more than T</div>" + localization_html(table))
+
+    items = gallery_items(run_dir)
+    if items:
+        figures = "".join(
+            f'<figure><a href="heatmaps/{quote(f)}"><img src="heatmaps/{quote(f)}" alt="{html.escape(f)}" '
+            f'loading="eager"></a><figcaption>{caption}</figcaption></figure>' for f, caption in items)
+        parts.append('<h2>Heatmaps</h2><div class="muted legend">'
+                     '<span style="background:#fff;border:1px solid #999"></span>predicted boxes'
+                     '<span style="background:#f0f"></span>true boxes</div>'
+                     f'<div class="gallery">{figures}</div>')
+    if len(parts) == 1:
+        parts.append("<p>This run folder has no results yet.</p>")
+
+    page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Run report</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    out = path("report.html")
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(page)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Write RUN/report.html from the files of a traintest.py run folder.")
+    parser.add_argument("run_dir", help="run folder (holds metrics.csv, roc.png, localization.csv, heatmaps/, ...)")
+    args = parser.parse_args()
+    if not os.path.isdir(args.run_dir):
+        print(f"error: run folder {args.run_dir} does not exist", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {write_report(args.run_dir)}")
+
+
+if __name__ == "__main__":
+    main()
