@@ -1,0 +1,59 @@
+import math
+
+from test_train import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score, roc_auc_score
+
+from utils.dist import gather_rows
+from utils.metrics import choose_thresholds, f1_optimal_threshold, metrics_table, plot_roc, write_metrics
+
+
+def predictions(n=200, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, classes)) < 0.3).astype(float)
+    p = np.clip(0.35 * y + rng.random((n, classes)) * 0.65, 0, 1)
+    return y, p
+
+
+def test_table_per_class_macro_micro_and_na_for_a_class_without_positives(tmp_path):
+    y, p = predictions()
+    y[:, 2] = 0  # no positives in this split
+    y[5, 0] = -1  # uncertain: left out
+    thresholds = [0.5, 0.4, 0.5]
+    table = metrics_table(y, p, ["a", "b", "c"], thresholds, n_boot=200, seed=0)
+    assert list(table["class"]) == ["a", "b", "c", "macro", "micro"]
+    keep = y[:, 0] >= 0
+    a = table.iloc[0]
+    assert a.positives == int(y[keep, 0].sum()) and a.negatives == int(keep.sum() - y[keep, 0].sum())
+    assert math.isclose(a.auroc, roc_auc_score(y[keep, 0], p[keep, 0]))
+    assert a.auroc_low < a.auroc < a.auroc_high
+    assert math.isclose(a.f1, f1_score(y[keep, 0], p[keep, 0] >= 0.5))
+    c = table.iloc[2]
+    assert c.positives == 0 and math.isnan(c.auroc) and math.isnan(c.f1) and c.specificity > 0
+    assert math.isclose(table.iloc[3].auroc, np.mean([a.auroc, table.iloc[1].auroc]))
+    path = tmp_path / "metrics.csv"
+    write_metrics(table, path)
+    text = path.read_text().splitlines()
+    assert text[3].startswith("c,0,200,NA,NA,NA,NA")
+    back = pd.read_csv(path)
+    assert back["auroc"].isna().sum() == 1
+    plot_roc(y, p, ["a", "b", "c"], tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").stat().st_size > 10000
+
+
+def test_threshold_maximizes_f1():
+    y, p = predictions(seed=3)
+    t = f1_optimal_threshold(y[:, 0], p[:, 0])
+    best = f1_score(y[:, 0], p[:, 0] >= t)
+    for other in np.linspace(0.01, 0.99, 99):
+        assert f1_score(y[:, 0], p[:, 0] >= other) <= best + 1e-12
+    assert choose_thresholds(np.zeros((4, 1)), np.random.rand(4, 1)) == [0.5]
+
+
+def test_gather_rows_keeps_each_index_once_in_order():
+    # A padded DistributedSampler shard repeats index 0 at the end.
+    idx, rows = gather_rows([3, 1, 0, 2, 0], np.arange(10).reshape(5, 2))
+    assert idx.tolist() == [0, 1, 2, 3]
+    assert rows.tolist() == [[4, 5], [2, 3], [6, 7], [0, 1]]

@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from test_train import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
+
+from models import ALIASES, MODEL_NAMES, CheckpointError, PretrainedUnavailable, build_model, load_checkpoint
+from models.pooling import GlobalPool, lse_reference
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_exposes_the_map_the_classifier_reads(name):
+    torch.manual_seed(0)
+    model = build_model(name, 22).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fmap = model.feature_map(x)
+        pooled = model.pool(fmap)
+        logits = model(x)
+    assert fmap.ndim == 4 and fmap.shape[0] == 2 and fmap.shape[2] >= 1
+    assert isinstance(model.classifier, torch.nn.Linear)
+    assert model.classifier.in_features == fmap.shape[1] and model.classifier.out_features == 22
+    assert pooled.shape == (2, fmap.shape[1])
+    torch.testing.assert_close(logits, model.classifier(pooled))
+    # The class activation map identity step 5 relies on: for average pooling the logit is the mean of the CAM.
+    if model.pool.mode == "avg":
+        cam = torch.einsum("cd,bdhw->bchw", model.classifier.weight, fmap)
+        torch.testing.assert_close(cam.mean(dim=(2, 3)) + model.classifier.bias, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_unified_model_trains_one_step_at_small_size():
+    torch.manual_seed(0)
+    model = build_model("unified-resnet50", 22, pooling="max").train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(0, 2, (4, 22)).float()
+    before = model.classifier.weight.detach().clone()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert not torch.equal(before, model.classifier.weight)
+
+
+def test_seed_names_are_aliases():
+    assert ALIASES["resnet"] == "unified-resnet50" and ALIASES["vgg"] == "unified-vgg16"
+    assert ALIASES["densenet"] == "chexnet"
+    assert type(build_model("densenet", 3)).__name__ == "CheXNet"
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("inception", 3)
+
+
+def test_map_size_gives_a_uniform_map():
+    model = build_model("unified-alexnet", 5, map_size=8).eval()
+    with torch.no_grad():
+        assert model.feature_map(torch.randn(1, 3, 96, 96)).shape[-2:] == (8, 8)
+
+
+def test_lse_pooling_matches_the_formula_and_its_limits():
+    torch.manual_seed(0)
+    fmap = torch.randn(3, 4, 5, 5)
+    for r in (0.1, 1.0, 10.0):
+        torch.testing.assert_close(GlobalPool("lse", r)(fmap).double(), lse_reference(fmap, r), rtol=1e-5, atol=1e-5)
+    # Between average and max, close to max for a large r.
+    lse = GlobalPool("lse", 10.0)(fmap)
+    assert torch.all(lse <= fmap.flatten(2).amax(2) + 1e-6) and torch.all(lse >= fmap.flatten(2).mean(2) - 1e-6)
+    torch.testing.assert_close(GlobalPool("lse", 1e4)(fmap), GlobalPool("max")(fmap), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(GlobalPool("avg")(fmap), fmap.mean(dim=(2, 3)))
+
+
+def test_lse_pooling_is_stable_where_the_naive_formula_overflows():
+    big = torch.full((1, 2, 4, 4), 100.0)
+    big[0, 1] = -100.0
+    naive32 = torch.log(torch.exp(10.0 * big.flatten(2)).mean(2)) / 10.0
+    assert not torch.isfinite(naive32).all()
+    out = GlobalPool("lse", 10.0)(big)
+    torch.testing.assert_close(out, torch.tensor([[100.0, -100.0]]))
+
+
+def test_pretrained_without_cached_weights_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(PretrainedUnavailable, match="--weights"):
+        build_model("chexnet", 22, pretrained=True)
+    bogus = tmp_path / "bogus.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bogus)
+    with pytest.raises(PretrainedUnavailable, match="does not hold"):
+        build_model("unified-alexnet", 22, pretrained=True, weights=str(bogus))
+
+
+def test_pretrained_loads_a_weights_file(tmp_path):
+    from torchvision.models import googlenet
+    torch.manual_seed(1)
+    reference = googlenet(weights=None, aux_logits=True, init_weights=True)  # the published file has aux heads
+    path = tmp_path / "googlenet.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model("unified-googlenet", 22, pretrained=True, weights=str(path))
+    torch.testing.assert_close(model.backbone[0].conv.weight, reference.conv1.conv.weight)
+
+
+def test_load_checkpoint_rebuilds_the_architecture(tmp_path):
+    model = build_model("unified-alexnet", 22, pooling="avg")
+    path = tmp_path / "c.pt"
+    args = {"model": "unified-alexnet", "num_classes": 22, "pooling": "avg", "lse_r": 10.0, "image_size": 64}
+    torch.save({"model": model.state_dict(), "args": args, "classes": [], "epoch": 1}, path)
+    loaded, ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == 1 and loaded.pool.mode == "avg"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+    torch.save({"model": model.state_dict(), "args": dict(args, num_classes=5)}, path)
+    with pytest.raises(CheckpointError, match="5 classes"):
+        load_checkpoint(path)
+    torch.save(model.state_dict(), path)
+    with pytest.raises(CheckpointError, match="not a traintest.py checkpoint"):
+        load_checkpoint(path)

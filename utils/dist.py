@@ -1,0 +1,73 @@
+"""torch.distributed helpers in the style of torchvision's references: torchrun sets RANK, WORLD_SIZE and
+LOCAL_RANK; without them everything runs as a single process and these functions are no-ops."""
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def is_dist():
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank():
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size():
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main():
+    return rank() == 0
+
+
+def init_distributed(device="auto"):
+    """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU); returns the torch.device to use."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return torch.device("cuda" if use_cuda else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                            device_id=torch.device("cuda", local_rank) if use_cuda else None)
+    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def barrier():
+    if is_dist():
+        dist.barrier()
+
+
+def cleanup():
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(value, device):
+    """The sum of a float over all ranks."""
+    if not is_dist():
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def gather_rows(indices, rows):
+    """Every rank's (indices, rows) concatenated, then deduplicated and ordered by index.
+
+    DistributedSampler pads the last shard by repeating images so that ranks stay in step; keeping the first row
+    of each index gives exactly one prediction per image.
+    """
+    indices, rows = np.asarray(indices), np.asarray(rows)
+    if is_dist():
+        parts = [None] * world_size()
+        dist.all_gather_object(parts, (indices, rows))
+        indices = np.concatenate([p[0] for p in parts])
+        rows = np.concatenate([p[1] for p in parts])
+    _, first = np.unique(indices, return_index=True)  # sorted by index
+    return indices[first], rows[first]
