@@ -163,9 +163,7 @@ def make_loader(frame, args, train):
 
 
 def worker_init(_):
-    import cv2
-    cv2.setNumThreads(1)  # the workers are the parallelism; OpenCV's own threads would fight them
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the workers are the parallelism; intra-op threads would fight them
 
 
 # ----------------------------------------------------------------------------------------------- setup

@@ -10,6 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+# DataLoader workers are forked, and OpenCV's thread pool does not survive a fork: a worker that touches it can
+# hang for good. Images are small and the workers are the parallelism, so OpenCV runs single-threaded.
+cv2.setNumThreads(1)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FAST_SUFFIXES = (".png", ".jpg", ".jpeg")
