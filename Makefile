@@ -37,5 +37,21 @@ install-dev: $(VENV)/.dev
 test: install-dev
 	$(PY) -m pytest tests -q
 
+# The demo model: the Unified DCNN with an AlexNet backbone trains fast enough on a 2-core CPU
+# and keeps a 7x7 map at 128 px, fine enough for boxes.
+DEMO_TRAIN ?= --model unified-alexnet --pooling lse --image-size 128 --epochs 12 --batch_size 16 --cache --workers 1
+
+demo: install
+	@start=$$(date +%s); \
+	$(PY) -m data.sample_world --out $(WORK)/sample_world --quiet && \
+	$(PY) download_images.py --source $(WORK)/sample_world/images --out $(WORK)/ingest --size 256 && \
+	$(PY) parselabelfile.py --padchest-csv $(WORK)/sample_world/labels/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv \
+		--openi-reports $(WORK)/sample_world/labels/NLMCXR_reports.tgz --out $(WORK)/labels && \
+	$(PY) combinelabels.py --labels $(WORK)/labels --manifest $(WORK)/ingest/manifest.csv --out $(WORK)/combined.csv && \
+	$(PY) traintest.py --csv $(WORK)/combined.csv --run-dir $(WORK)/run $(DEMO_TRAIN) \
+		--boxes-csv $(WORK)/sample_world/BBox_List_2017.csv && \
+	$(PY) -m data.sample_world --score $(WORK)/run && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s. Results: $(WORK)/run/ (metrics.csv, predictions.csv, heatmaps/, boxes.csv, localization.csv); open $(WORK)/run/report.html in a browser"
+
 clean:
 	rm -rf $(WORK)

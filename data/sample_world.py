@@ -1025,8 +1025,39 @@ def montage(world_dir, out_path, n=12, columns=4, size=256):
     return out_path
 
 
+def score_run(run_dir):
+    """Test-split AUROC and localization accuracy at T(IoBB)=0.5 of a run, for the findings the world draws.
+
+    The mean is taken over DRAWN_FINDINGS only: the world has no positives for the other classes, and 'normal'
+    is not a finding."""
+    metrics = pd.read_csv(os.path.join(run_dir, "metrics.csv"), index_col="class", na_values=["NA"])
+    table = pd.DataFrame({"auroc": metrics.loc[DRAWN_FINDINGS, "auroc"]})
+    localization_csv = os.path.join(run_dir, "localization.csv")
+    if os.path.exists(localization_csv):
+        loc = pd.read_csv(localization_csv)
+        at = loc[(loc.criterion == "IoBB") & (loc["T"].round(2) == 0.5)].set_index("measure")
+        found = [f for f in DRAWN_FINDINGS if f in at.columns]
+        table.loc[found, "iobb_0.5"] = at.loc["acc", found].astype(float)
+        table.loc[found, "iobb_0.5_chance"] = at.loc["chance_acc", found].astype(float)
+    table.loc["mean"] = table.mean()
+    return table
+
+
 def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--score"]:
+        if len(argv) != 2:
+            print("usage: python -m data.sample_world --score RUN_DIR", file=sys.stderr)
+            sys.exit(2)
+        table = score_run(argv[1])
+        print(f"test split, findings drawn by the sample world (run {argv[1]}):")
+        print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="NA"))
+        print(f"mean AUROC over the {len(DRAWN_FINDINGS)} drawn findings: {table.loc['mean', 'auroc']:.3f}")
+        return
     parser = argparse.ArgumentParser(
+        epilog="python -m data.sample_world --score RUN_DIR prints a run's test AUROC and localization accuracy "
+               "for the drawn findings.",
         description="Generate a small synthetic PadChest + OpenI world shaped like the real inputs.")
     parser.add_argument("--out", required=True, help="output folder (created; files of an earlier world are replaced)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
