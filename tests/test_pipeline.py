@@ -1,0 +1,68 @@
+"""The four steps end to end on a small sample world, each run as a user runs it: as a script."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from data.classes import CLASSES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    world, ingest, labels = tmp / "world", tmp / "ingest", tmp / "labels"
+    combined, run_dir = tmp / "combined.csv", tmp / "run"
+    run("-m", "data.sample_world", "--out", world, "--padchest-images", 60, "--openi-reports", 10,
+        "--images-per-zip", 30, "--quiet")
+    run("download_images.py", "--source", world / "images", "--out", ingest, "--size", 128, "--workers", 1)
+    run("parselabelfile.py", "--padchest-csv", world / "labels" / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
+        "--openi-reports", world / "labels" / "NLMCXR_reports.tgz", "--out", labels)
+    run("combinelabels.py", "--labels", labels, "--manifest", ingest / "manifest.csv", "--out", combined,
+        "--val-frac", 0.2, "--test-frac", 0.3)
+    out = run("traintest.py", "--csv", combined, "--run-dir", run_dir, "--model", "unified-resnet50",
+              "--image-size", 64, "--epochs", 1, "--batch_size", 8, "--workers", 0, "--bootstrap", 20,
+              "--boxes-csv", world / "BBox_List_2017.csv", "--max-heatmaps", 3)
+    return dict(world=world, ingest=ingest, labels=labels, combined=combined, run=run_dir, out=out)
+
+
+def test_every_archived_image_reaches_the_manifest(pipeline):
+    archived = sum(len(zipfile.ZipFile(z).namelist()) for z in (pipeline["world"] / "images").glob("*.zip"))
+    manifest = pd.read_csv(pipeline["ingest"] / "manifest.csv")
+    assert (manifest.status == "ok").all()
+    padchest = manifest[manifest.ImageID.str.endswith(".png")]
+    assert len(padchest) == archived == 60
+    assert all((pipeline["ingest"] / p).is_file() for p in manifest.path)
+
+
+def test_combined_csv_has_the_classes_and_a_patient_split(pipeline):
+    frame = pd.read_csv(pipeline["combined"])
+    assert list(frame.columns[-22:]) == CLASSES
+    assert set(frame.split) == {"train", "val", "test"}
+    assert frame.groupby("PatientID").split.nunique().max() == 1
+    # 60 PadChest rows minus the two 'exclude' ones, plus every OpenI image
+    manifest = pd.read_csv(pipeline["ingest"] / "manifest.csv")
+    assert len(frame) == len(manifest) - 2
+
+
+def test_run_folder_holds_model_metrics_predictions_and_heatmaps(pipeline):
+    run_dir, frame = pipeline["run"], pd.read_csv(pipeline["combined"])
+    assert (run_dir / "checkpoint_best.pt").is_file() and (run_dir / "checkpoint_last.pt").is_file()
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert set(CLASSES) <= set(metrics["class"])
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    assert sorted(predictions.ImageID) == sorted(frame.ImageID[frame.split == "test"])
+    assert list(pd.read_csv(run_dir / "boxes.csv").columns) == ["ImageID", "class", "x", "y", "w", "h", "score"]
+    assert len(list((run_dir / "heatmaps").glob("*__*.png"))) >= 1
+    assert (run_dir / "localization.csv").is_file()
+    assert "<table" in (run_dir / "report.html").read_text()
