@@ -39,7 +39,7 @@ test: install-dev
 
 # The demo model: the Unified DCNN with an AlexNet backbone trains fast enough on a 2-core CPU
 # and keeps a 7x7 map at 128 px, fine enough for boxes.
-DEMO_TRAIN ?= --model unified-alexnet --pooling lse --image-size 128 --epochs 12 --batch_size 16 --cache --workers 1
+DEMO_TRAIN ?= --model unified-alexnet --pooling lse --image-size 128 --epochs 12 --batch_size 16 --cache --workers 1 --overwrite
 
 demo: install
 	@start=$$(date +%s); \

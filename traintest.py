@@ -61,6 +61,9 @@ def get_args_parser():
     io.add_argument("--out", metavar="DIR", help="output folder of --predict")
     io.add_argument("--skip-missing", action="store_true",
                     help="drop rows whose image file is missing (with a warning) instead of stopping")
+    io.add_argument("--overwrite", action="store_true",
+                    help="train into a --run-dir that already holds a run, replacing its checkpoints (without it, "
+                         "such a folder is refused: resume it with --resume instead)")
 
     m = p.add_argument_group("model")
     m.add_argument("--model", default="chexnet", help="chexnet, unified-resnet50, unified-vgg16, unified-alexnet, "
@@ -506,6 +509,10 @@ def run(args, argv):
     for key in ("csv", "weights", "boxes_csv", "load_model"):  # args.json must work from any folder on resume
         if getattr(args, key):
             setattr(args, key, os.path.abspath(getattr(args, key)))
+    if (args.is_training and not args.resume and not args.overwrite
+            and os.path.exists(os.path.join(args.run_dir, "checkpoint_last.pt"))):
+        raise UserError(f"{args.run_dir} already holds a run (checkpoint_last.pt): continue it with --resume "
+                        f"{args.run_dir}, or pass --overwrite to start over and replace its checkpoints")
     if dist.is_main():
         os.makedirs(args.run_dir, exist_ok=True)
         if args.is_training and not args.resume:

@@ -149,6 +149,11 @@ def test_bad_inputs_get_clear_messages(tmp_path, capsys):
     assert "2 of 18 images" in proc.stderr and "train003.png" in proc.stderr and "--skip-missing" in proc.stderr
     assert train_cli("--csv", csv, "--run-dir", tmp_path / "r", "--skip-missing", *common) == 0
     assert len(pd.read_csv(tmp_path / "r" / "predictions.csv")) == 4
+    # Training again into a finished run's folder would replace its checkpoints: refused unless asked for.
+    before = (tmp_path / "r" / "checkpoint_best.pt").read_bytes()
+    err = user_error(capsys, "--csv", csv, "--run-dir", tmp_path / "r", "--skip-missing", *common)
+    assert "already holds a run" in err and "--resume" in err
+    assert (tmp_path / "r" / "checkpoint_best.pt").read_bytes() == before
 
     frame = pd.read_csv(csv).drop(columns=["nodule", "mass"])
     frame.to_csv(tmp_path / "nocols.csv", index=False)
