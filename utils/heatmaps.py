@@ -96,13 +96,16 @@ def localize(model, frame, run_dir, *, image_size, device, thresholds=None, clas
     heat_dir = os.path.join(run_dir, "heatmaps")
     os.makedirs(heat_dir, exist_ok=True)
     truth = None
-    true_classes = {}  # ImageID -> set of classes with ground-truth boxes
+    true_boxes = {}  # (ImageID, class) -> ground-truth boxes [k, 4] in original pixels
     if boxes_csv:
         truth = match_image_ids(read_box_csv(boxes_csv), frame["ImageID"])
-        for image_id, g in truth.groupby("ImageID"):
-            true_classes[image_id] = set(g["class"])
+        for key, g in truth.groupby(["ImageID", "class"]):
+            true_boxes[key] = g[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
         if truth.empty:
             print(f"warning: no image of {boxes_csv} is among the {len(frame)} images localized; no localization scores")
+    true_classes = {}  # ImageID -> set of classes with ground-truth boxes
+    for image_id, c in true_boxes:
+        true_classes.setdefault(image_id, set()).add(c)
     # Images with true boxes first, so the heatmap gallery (capped by max_images) shows what can be checked.
     order = sorted(range(len(frame)), key=lambda i: frame.at[i, "ImageID"] not in true_classes)
     frame = frame.iloc[order].reset_index(drop=True)
@@ -138,12 +141,13 @@ def localize(model, frame, run_dir, *, image_size, device, thresholds=None, clas
                 if c in gt:
                     eval_rows += rows
             if i < render_limit:
+                truths = {c: true_boxes.get((image_id, c), np.zeros((0, 4))) for c in wanted}
                 files = write_heatmaps(frame.at[i, "path"], image_id, size, fmaps[b], wanted, probs[b],
-                                       boxes, truth, heat_dir)
+                                       boxes, truths, heat_dir)
                 for c, name in zip(wanted, files):
                     k = CLASSES.index(c)
-                    n_true = 0 if truth is None else int(((truth["ImageID"] == image_id) & (truth["class"] == c)).sum())
-                    gallery.append((name, image_id, c, float(probs[b, k]), int(positive[b, k]), len(boxes[c]), n_true))
+                    gallery.append((name, image_id, c, float(probs[b, k]), int(positive[b, k]), len(boxes[c]),
+                                    len(truths[c])))
     pd.DataFrame(gallery, columns=GALLERY_COLUMNS).to_csv(os.path.join(heat_dir, "index.csv"), index=False,
                                                           float_format="%.4f")
     n_heatmaps = len(gallery)
@@ -166,10 +170,11 @@ def localize(model, frame, run_dir, *, image_size, device, thresholds=None, clas
             "iobb_0.5_chance": chance}
 
 
-def write_heatmaps(path, image_id, size, fmap_maps, wanted, probs, boxes, truth, heat_dir):
+def write_heatmaps(path, image_id, size, fmap_maps, wanted, probs, boxes, truths, heat_dir):
     """Write one heatmap PNG per class in `wanted` for one image; returns their file names.
 
-    fmap_maps: the image's maps [C, h, w] at feature resolution; boxes: {class: [k, 5] in original pixels}.
+    fmap_maps: the image's maps [C, h, w] at feature resolution; boxes: {class: [k, 5] predicted, original pixels};
+    truths: {class: [k, 4] ground truth, original pixels}.
     """
     gray = resize_longest(read_gray(path), DISPLAY_SIZE)
     dh, dw = gray.shape
@@ -179,10 +184,7 @@ def write_heatmaps(path, image_id, size, fmap_maps, wanted, probs, boxes, truth,
     heat = heatmaps_to_uint8(upsample_maps(fmap_maps[idx][None].float(), (dh, dw))[0].cpu().numpy())
     for j, c in enumerate(wanted):
         pred = scale_boxes(boxes[c], size, (dw, dh))[:, :4]
-        true = np.zeros((0, 4))
-        if truth is not None:
-            t = truth[(truth["ImageID"] == image_id) & (truth["class"] == c)]
-            true = scale_boxes(t[["x", "y", "w", "h"]].to_numpy(), size, (dw, dh))
+        true = scale_boxes(truths[c], size, (dw, dh))
         title = f"{c}  p={probs[CLASSES.index(c)]:.2f}"
         cv2.imwrite(os.path.join(heat_dir, heatmap_filename(image_id, c)), overlay_heatmap(gray, heat[j], pred, true, title))
     return [heatmap_filename(image_id, c) for c in wanted]
