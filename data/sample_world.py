@@ -1044,22 +1044,12 @@ def score_run(run_dir):
 
 
 def main(argv=None):
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--score"]:
-        if len(argv) != 2:
-            print("usage: python -m data.sample_world --score RUN_DIR", file=sys.stderr)
-            sys.exit(2)
-        table = score_run(argv[1])
-        print(f"test split, findings drawn by the sample world (run {argv[1]}):")
-        print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="NA"))
-        print(f"mean AUROC over the {len(DRAWN_FINDINGS)} drawn findings: {table.loc['mean', 'auroc']:.3f}")
-        return
     parser = argparse.ArgumentParser(
-        epilog="python -m data.sample_world --score RUN_DIR prints a run's test AUROC and localization accuracy "
-               "for the drawn findings.",
         description="Generate a small synthetic PadChest + OpenI world shaped like the real inputs.")
-    parser.add_argument("--out", required=True, help="output folder (created; files of an earlier world are replaced)")
+    parser.add_argument("--out", help="output folder (created; files of an earlier world are replaced)")
+    parser.add_argument("--score", metavar="RUN_DIR",
+                        help="instead of generating, print a traintest.py run's test AUROC and localization accuracy "
+                             "for the drawn findings, and their mean")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
     parser.add_argument("--padchest-images", type=int, default=1200, help="number of PadChest PNG images / CSV rows")
     parser.add_argument("--openi-reports", type=int, default=150, help="number of OpenI XML reports (1-2 DICOMs each)")
@@ -1079,6 +1069,14 @@ def main(argv=None):
                         help="also write a PNG grid of 12 images with their boxes to this path")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.score:
+        table = score_run(args.score)
+        print(f"test split, findings drawn by the sample world (run {args.score}):")
+        print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="NA"))
+        print(f"mean AUROC over the {len(DRAWN_FINDINGS)} drawn findings: {table.loc['mean', 'auroc']:.3f}")
+        return
+    if not args.out:
+        parser.error("--out is required (or --score RUN_DIR)")
     for flag in ("padchest_images", "openi_reports", "images_per_zip"):
         if getattr(args, flag) < 1:
             print(f"error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
