@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
-from data.combine import combine, positives_table
-from data.padchest import LabelFileError
+from data.labels.combine import combine, positives_table
+from data.labels.padchest import LabelFileError
 
 
 def parse_args(argv=None):

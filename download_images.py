@@ -11,7 +11,7 @@ import sys
 
 from google.api_core.exceptions import GoogleAPIError
 
-from data.ingest import ingest, summary_line
+from data.ingest.pipeline import ingest, summary_line
 
 DESCRIPTION = """\
 Ingest chest radiographs from archives into 8-bit grayscale PNGs.

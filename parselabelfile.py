@@ -6,7 +6,7 @@ r"""Step 2: PadChest label CSV + taxonomy and OpenI XML reports -> per-source la
 Writes labels/padchest_labels.csv and labels/openi_labels.csv (ImageID, PatientID, StudyID, Projection,
 Source, then the 22 classes: 1 positive, 0 negative or not mentioned, -1 uncertain), and
 labels/openi_reports.csv (one report per row, no header: the input of the CheXpert labeler or of
-`python -m data.report_labeler`).
+`python -m data.labels.report_labeler`).
 """
 
 import argparse
@@ -15,8 +15,8 @@ import sys
 
 
 from data.classes import CLASSES
-from data.openi import openi_labels, report_text
-from data.padchest import TAXONOMY, VIEWS, LabelFileError, padchest_labels
+from data.labels.openi import openi_labels, report_text
+from data.labels.padchest import TAXONOMY, VIEWS, LabelFileError, padchest_labels
 
 
 def parse_args(argv=None):

@@ -1,7 +1,7 @@
 """Cost of heatmaps and boxes, side by side in one run:
 
   plain       inference only (logits)
-  cam+boxes   logits + class activation maps of all 22 classes + ChestX-ray8 boxes for all 22 (utils.cam, utils.boxes)
+  cam+boxes   logits + class activation maps of all 22 classes + ChestX-ray8 boxes for all 22 (models.cam, utils.boxes)
   grad-cam    pytorch-grad-cam's GradCAM for the same 22 classes (one forward + backward per class)
 
 CheXNet (random weights: the cost does not depend on them) on real radiographs (pydicom-data's RG1 files through
@@ -28,7 +28,7 @@ from data.dataset import load_input, to_model_input  # noqa: E402
 from data.decode import read_image  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.boxes import boxes_from_heatmaps, heatmaps_to_uint8, scale_boxes  # noqa: E402
-from utils.cam import class_activation_maps, upsample_maps  # noqa: E402
+from models.cam import class_activation_maps, upsample_maps  # noqa: E402
 from utils.heatmaps import CELLS_TO_GRID  # noqa: E402
 
 

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.ingest import ingest  # noqa: E402
+from data.ingest.pipeline import ingest  # noqa: E402
 
 
 def radiograph_like(rng, height, width):

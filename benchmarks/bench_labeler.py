@@ -15,8 +15,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.openi import read_reports, report_text  # noqa: E402
-from data.report_labeler import evaluate_openi, format_table, label_report  # noqa: E402
+from data.labels.openi import read_reports, report_text  # noqa: E402
+from data.labels.report_labeler import evaluate_openi, format_table, label_report  # noqa: E402
 
 CHEXPERT_REPORTS_PER_S = 5.0  # reported by users of stanfordmlgroup/chexpert-labeler
 

@@ -3,7 +3,7 @@
 - parse: the full PadChest CSV (160,861 rows) and the OpenI reports (3,955)
 - combine: labels + a fake manifest of every PadChest and OpenI ImageID (160,861 + 7,470), patient split
 - split, old vs new, on the same patients: scikit-multilearn's IterativeStratification as shipped vs
-  data.combine.RarestFirstStratification (rarest label first, constant-time bookkeeping): seconds and the
+  data.labels.combine.RarestFirstStratification (rarest label first, constant-time bookkeeping): seconds and the
   worst relative gap between a class's prevalence in val/test and in train (classes with >= 100
   positive patients). The old one is quadratic, so it runs on --old-patients patients only.
 
@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from skmultilearn.model_selection import IterativeStratification  # noqa: E402
 
-from data.combine import RarestFirstStratification, combine, patient_labels  # noqa: E402
-from data.openi import openi_labels  # noqa: E402
-from data.padchest import CSV_NAME, padchest_labels  # noqa: E402
+from data.labels.combine import RarestFirstStratification, combine, patient_labels  # noqa: E402
+from data.labels.openi import openi_labels  # noqa: E402
+from data.labels.padchest import CSV_NAME, padchest_labels  # noqa: E402
 
 
 def txrv_data():

@@ -70,7 +70,7 @@ PADCHEST_TERMS = {
     "pneumothorax": ["pneumothorax"],
 }
 
-TREE_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "padchest_tree.csv")
+TREE_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "labels", "padchest_tree.csv")
 FIXED_TIME = (2019, 2, 1, 0, 0, 0)  # archive member timestamps, so archives are byte-identical per seed
 FIXED_MTIME = 1548979200
 

@@ -11,7 +11,7 @@ from data.classes import NUM_CLASSES
 from data.dataset import load_input, to_model_input
 from data.decode import read_image
 from models import build_model
-from utils.cam import class_activation_maps, upsample_maps
+from models.cam import class_activation_maps, upsample_maps
 
 SIZE = 224
 

@@ -10,9 +10,9 @@ from skmultilearn.model_selection import IterativeStratification
 
 import combinelabels
 from data.classes import CLASSES
-from data.combine import OUT_COLUMNS, FastBookkeeping, RarestFirstStratification, combine, patient_split
-from data.openi import openi_labels
-from data.padchest import CSV_NAME, LabelFileError, padchest_labels
+from data.labels.combine import OUT_COLUMNS, FastBookkeeping, RarestFirstStratification, combine, patient_split
+from data.labels.openi import openi_labels
+from data.labels.padchest import CSV_NAME, LabelFileError, padchest_labels
 
 TXRV = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data")
 

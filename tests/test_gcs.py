@@ -18,7 +18,7 @@ from google.cloud.storage import transfer_manager
 from google.cloud.storage.exceptions import DataCorruption
 
 import download_images
-from utils import gcs
+from data.ingest import gcs
 
 
 def free_port():

@@ -18,7 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import download_images
-from data.archives import image_id_for, plan_units, shard_units
+from data.ingest.archives import image_id_for, plan_units, shard_units
 from data.decode import read_image, resize_longest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,8 +10,8 @@ import pytest
 
 import parselabelfile
 from data.classes import CLASSES
-from data.openi import CHEXPERT_COLUMNS, mesh_labels, mesh_term_classes, openi_labels, read_reports, report_text
-from data.padchest import LabelFileError
+from data.labels.openi import CHEXPERT_COLUMNS, mesh_labels, mesh_term_classes, openi_labels, read_reports, report_text
+from data.labels.padchest import LabelFileError
 
 REAL_TGZ = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
                         "NLMCXR_reports.tgz")

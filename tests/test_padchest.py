@@ -10,7 +10,7 @@ import pytest
 
 import parselabelfile
 from data.classes import CLASSES
-from data.padchest import CSV_NAME, TAXONOMY, LabelFileError, padchest_labels, read_taxonomy, term_classes
+from data.labels.padchest import CSV_NAME, TAXONOMY, LabelFileError, padchest_labels, read_taxonomy, term_classes
 
 # located without importing torchxrayvision (which imports torch)
 REAL_CSV = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data", CSV_NAME + ".gz")
@@ -18,7 +18,7 @@ VIEWS = {"PA", "AP", "AP_horizontal", "L"}
 
 
 def descendants_by_class():
-    """Independent of data.padchest: children per term from the drawing, then explicit recursive
+    """Independent of data.labels.padchest: children per term from the drawing, then explicit recursive
     descendant sets for each class."""
     children = collections.defaultdict(set)
     path = []

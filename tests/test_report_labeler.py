@@ -7,7 +7,7 @@ import os
 import pytest
 
 from data.classes import CLASSES
-from data.report_labeler import CHESTXRAY8_F1, NOT_MENTIONED, evaluate_openi, label_report, main
+from data.labels.report_labeler import CHESTXRAY8_F1, NOT_MENTIONED, evaluate_openi, label_report, main
 
 REAL_TGZ = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
                         "NLMCXR_reports.tgz")

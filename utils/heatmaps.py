@@ -1,6 +1,6 @@
 """Heatmaps, boxes and localization scores for a set of images: what traintest.py runs after evaluation or prediction.
 
-For every image: one forward pass gives the probabilities and the class activation maps of all classes (utils.cam);
+For every image: one forward pass gives the probabilities and the class activation maps of all classes (models.cam);
 each class predicted positive (or each class named with --heatmap-classes) gets ChestX-ray8 boxes (utils.boxes) in
 original-image pixels and a heatmap PNG. Images listed in a ground-truth box CSV are also mapped for their true classes,
 whatever the prediction (as the paper does), and those boxes are scored (utils.localization).
@@ -18,7 +18,7 @@ from data.classes import CLASSES
 from data.dataset import ChestImages, read_gray, to_model_input
 from data.decode import resize_longest
 from utils.boxes import DEFAULT_BOX_THRESHOLDS, boxes_from_heatmaps, heatmaps_to_uint8, scale_boxes
-from utils.cam import class_activation_maps, upsample_maps
+from models.cam import class_activation_maps, upsample_maps
 from utils.localization import format_table, localization_table, match_image_ids, read_box_csv
 
 BOX_COLUMNS = ["ImageID", "class", "x", "y", "w", "h", "score"]

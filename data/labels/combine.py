@@ -13,7 +13,7 @@ import pandas as pd
 from skmultilearn.model_selection import IterativeStratification
 
 from data.classes import CLASSES
-from data.padchest import LabelFileError
+from data.labels.padchest import LabelFileError
 
 ID_COLUMNS = ["ImageID", "PatientID", "StudyID", "Projection", "Source"]
 MANIFEST_COLUMNS = ["ImageID", "path", "width", "height"]

@@ -11,8 +11,8 @@ Aggregation per class follows CheXpert: any positive -> 1, else any uncertain ->
 negated mentions. 'other findings' is set only when no named class is positive or uncertain, and 'normal'
 when nothing is positive or uncertain at all.
 
-    python -m data.report_labeler --reports IN.csv --out OUT.csv
-    python -m data.report_labeler --evaluate-openi NLMCXR_reports.tgz
+    python -m data.labels.report_labeler --reports IN.csv --out OUT.csv
+    python -m data.labels.report_labeler --evaluate-openi NLMCXR_reports.tgz
 """
 
 import argparse
@@ -285,7 +285,7 @@ CHESTXRAY8_F1 = {"atelectasis": 0.91, "cardiomegaly": 0.88, "pleural effusion": 
 
 def evaluate_openi(reports_source):
     """Text labels against MeSH <major> labels on every OpenI report -> (rows from evaluate(), reports/s)."""
-    from data.openi import read_reports, report_labels, report_text
+    from data.labels.openi import read_reports, report_labels, report_text
 
     reports, _ = read_reports(reports_source)
     # 'No Indexing' alone means the indexers coded nothing: no reference for those reports
@@ -335,7 +335,7 @@ def main(argv=None):
                         help="score the labeler against OpenI's MeSH major labels and print the table")
     args = parser.parse_args(argv)
     if args.evaluate_openi:
-        from data.padchest import LabelFileError
+        from data.labels.padchest import LabelFileError
         try:
             rows, rate = evaluate_openi(args.evaluate_openi)
         except LabelFileError as e:

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import cv2
 from tqdm import tqdm
 
-from data.archives import iter_members, output_name, plan_units, read_job_bytes, shard_units
+from data.ingest.archives import iter_members, output_name, plan_units, read_job_bytes, shard_units
 from data.decode import ImageError, decode_image_bytes, resize_longest
 
 MANIFEST_COLUMNS = ["ImageID", "path", "archive", "member", "width", "height", "bits", "photometric",
@@ -76,7 +76,7 @@ class WorkerPool:
         """(future, the executor that runs it)."""
         if self.executor is None:
             ctx = multiprocessing.get_context("forkserver")  # no fork of a process running threads
-            ctx.set_forkserver_preload(["data.ingest"])
+            ctx.set_forkserver_preload(["data.ingest.pipeline"])
             self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=ctx,
                                                         initializer=_init_worker)
         return self.executor.submit(process_job, *args), self.executor
@@ -191,7 +191,7 @@ def merge_parts(out, run_errors):
 def list_source(source, skip_dirs):
     """(sorted source-relative file names, {name: blob} for a gs:// source or None)."""
     if source.startswith("gs://"):
-        from utils import gcs  # imported here: the worker processes never need the GCS client
+        from data.ingest import gcs  # imported here: the worker processes never need the GCS client
         client = gcs.make_client()
         blobs = gcs.list_blobs(client, source)
         return sorted(blobs), blobs
@@ -229,7 +229,7 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
     def fetch(unit):
         if blobs is None:
             return {name: os.path.join(local_root, name) for name in unit.files}
-        from utils import gcs
+        from data.ingest import gcs
         # quote(): a blob name must not steer the download outside download_dir
         return {name: gcs.download_blob(blobs[name], os.path.join(download_dir, quote(name, safe="")))
                 for name in unit.files}

@@ -1,7 +1,7 @@
 """OpenI (Indiana University, NLMCXR) reports: XML parsing and three label sources for the 22 classes.
 
 - mesh: the MeSH <major> terms people assigned to each report, mapped to the classes (default)
-- text: the built-in report labeler (data.report_labeler) run on FINDINGS + IMPRESSION
+- text: the built-in report labeler (data.labels.report_labeler) run on FINDINGS + IMPRESSION
 - chexpert: an output CSV of the Stanford CheXpert labeler, its 14 observations mapped to the classes
 
 OpenI has no patient ids, so the report id (uId, e.g. 'CXR1000', from ecgen-radiology/1000.xml) is both
@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.classes import CLASSES
-from data.padchest import LabelFileError
+from data.labels.padchest import LabelFileError
 
 # Not findings: the indexers' markers for "nothing to code" and for a poor image.
 MESH_NON_FINDINGS = {"normal", "no indexing", "technical quality of image unsatisfactory"}
@@ -263,7 +263,7 @@ def report_labels(reports, source="mesh", chexpert_csv=None):
         values = np.stack([mesh_labels(m) for m in reports["major"]]) if len(reports) else \
             np.zeros((0, len(CLASSES)), np.int8)
     elif source == "text":
-        from data.report_labeler import label_reports
+        from data.labels.report_labeler import label_reports
         values = label_reports(report_text(reports).tolist())
     elif source == "chexpert":
         if not chexpert_csv:
