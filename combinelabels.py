@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
+from data.errors import InputError
 from data.labels.combine import combine, positives_table
-from data.labels.padchest import LabelFileError
 
 
 def parse_args(argv=None):
@@ -36,9 +36,9 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         frame, stats = combine(args.labels, args.manifest, args.uncertain, args.val_frac, args.test_frac, args.seed)
-    except (LabelFileError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     if os.path.dirname(args.out):
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
     frame.to_csv(args.out, index=False)
@@ -54,7 +54,8 @@ def main(argv=None):
     splits = frame["split"].value_counts().to_dict()
     print(f"done: {len(frame)} images of {stats['patients']} patients, split {splits}, "
           f"uncertain -> {args.uncertain}, in {time.perf_counter() - start:.1f} s -> {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

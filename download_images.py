@@ -3,7 +3,7 @@
     python download_images.py --source gs://BUCKET/PREFIX --out OUT [--size 512] [--workers N]
                               [--shard K/N] [--keep-archives] [--strict]
 
-Writes OUT/images/<ImageID>.png, OUT/manifest.csv and OUT/errors.csv (see data/ingest.py).
+Writes OUT/images/<ImageID>.png, OUT/manifest.csv and OUT/errors.csv (see data/ingest/pipeline.py).
 """
 import argparse
 import os
@@ -11,6 +11,7 @@ import sys
 
 from google.api_core.exceptions import GoogleAPIError
 
+from data.errors import InputError
 from data.ingest.pipeline import ingest, summary_line
 
 DESCRIPTION = """\
@@ -72,14 +73,11 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    if not args.source.startswith("gs://") and not os.path.exists(args.source):
-        print(f"error: source not found: {args.source}", file=sys.stderr)
-        return 2
     try:
         summary = ingest(args.source, args.out, size=args.size, workers=args.workers, shard=args.shard,
                          keep_archives=args.keep_archives, download_dir=args.download_dir,
                          progress=not args.quiet)
-    except (OSError, ValueError, GoogleAPIError) as e:
+    except (InputError, OSError, GoogleAPIError) as e:  # bad input, a full or unwritable disk, bucket access
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary_line(summary))

@@ -10,13 +10,15 @@ labels/openi_reports.csv (one report per row, no header: the input of the CheXpe
 """
 
 import argparse
+import logging
 import os
 import sys
 
 
 from data.classes import CLASSES
+from data.errors import InputError
 from data.labels.openi import openi_labels, report_text
-from data.labels.padchest import TAXONOMY, VIEWS, LabelFileError, padchest_labels
+from data.labels.padchest import TAXONOMY, VIEWS, padchest_labels
 
 
 def parse_args(argv=None):
@@ -28,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output folder for padchest_labels.csv, openi_labels.csv, "
                                                 "openi_reports.csv")
     p.add_argument("--taxonomy", default=TAXONOMY, help="PadChest term hierarchy (tree_term_CUI_counts_160K.csv); "
-                                                       "default: the copy shipped in data/padchest_tree.csv")
+                                                       "default: the copy shipped in data/labels/padchest_tree.csv")
     p.add_argument("--openi-labels", choices=["mesh", "text", "chexpert"], default="mesh",
                    help="OpenI label source: mesh = the MeSH <major> terms people assigned (default), "
                         "text = the built-in report labeler, chexpert = a CheXpert labeler output CSV")
@@ -37,7 +39,12 @@ def parse_args(argv=None):
     p.add_argument("--views", default=",".join(VIEWS),
                    help="PadChest projections to keep, comma-separated (default: %(default)s; "
                         "'all' keeps every projection, including COSTAL and UNK)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.padchest_csv and not args.openi_reports:
+        p.error("give --padchest-csv and/or --openi-reports")
+    if args.openi_labels == "chexpert" and not args.chexpert_csv:
+        p.error("--openi-labels chexpert needs --chexpert-csv")
+    return args
 
 
 def counts_line(frame):
@@ -49,12 +56,7 @@ def counts_line(frame):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not args.padchest_csv and not args.openi_reports:
-        print("error: give --padchest-csv and/or --openi-reports", file=sys.stderr)
-        sys.exit(2)
-    if args.openi_labels == "chexpert" and not args.chexpert_csv:
-        print("error: --openi-labels chexpert needs --chexpert-csv", file=sys.stderr)
-        sys.exit(2)
+    logging.basicConfig(format="%(message)s")  # the label modules' warnings (a malformed report) on stderr
     views = None if args.views.strip().lower() == "all" else [v.strip() for v in args.views.split(",") if v.strip()]
     os.makedirs(args.out, exist_ok=True)
     summary = []
@@ -85,11 +87,12 @@ def main(argv=None):
                       f"(left all 0)")
             print(f"OpenI positives per class ({args.openi_labels} labels):\n" + counts_line(frame))
             summary.append(f"{len(frame)} OpenI images ({args.openi_labels} labels) -> {path}")
-    except LabelFileError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     print("done: " + "; ".join(summary))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -28,6 +28,8 @@ import pydicom
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from data.errors import ImageError
+
 # 8000 x 8000; real radiographs are at most about 4300 x 3500.
 MAX_PIXELS = 64_000_000
 PNG_SUFFIXES = (".png",)
@@ -36,10 +38,6 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = PNG_SUFFIXES + JPEG_SUFFIXES + DICOM_SUFFIXES
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
-
-
-class ImageError(ValueError):
-    """Bad or unsupported input; the message is the reason written to errors.csv."""
 
 
 def is_image_name(name):

@@ -241,6 +241,7 @@ def test_loose_files_and_an_output_folder_inside_the_source(tmp_path):
 def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
     assert download_images.main(["--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "source not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
     with pytest.raises(SystemExit) as e:
         download_images.main(["--source", str(tmp_path), "--out", str(tmp_path / "o"), "--shard", "3/2"])
     assert e.value.code == 2

@@ -10,7 +10,8 @@ import pytest
 
 import parselabelfile
 from data.classes import CLASSES
-from data.labels.padchest import CSV_NAME, TAXONOMY, LabelFileError, padchest_labels, read_taxonomy, term_classes
+from data.errors import LabelFileError
+from data.labels.padchest import CSV_NAME, TAXONOMY, padchest_labels, read_taxonomy, term_classes
 
 # located without importing torchxrayvision (which imports torch)
 REAL_CSV = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data", CSV_NAME + ".gz")
@@ -136,16 +137,14 @@ def test_bad_input_names_file_and_row(tmp_path, capsys):
     pd.DataFrame({"ImageID": ["a.png"], "Labels": ["['normal']"]}).to_csv(missing)
     with pytest.raises(LabelFileError, match=r"missing\.csv: missing columns \['StudyID', 'PatientID', 'Projection'\]"):
         padchest_labels(missing)
-    with pytest.raises(SystemExit) as e:
-        parselabelfile.main(["--padchest-csv", str(bad), "--out", str(tmp_path / "out")])
-    assert e.value.code == 2
+    assert parselabelfile.main(["--padchest-csv", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert "bad.csv, row 3" in capsys.readouterr().err
 
 
 def test_cli_writes_padchest_labels(tmp_path, capsys):
     csv = tmp_path / "labels.csv"
     write_csv(csv, [["a.png", "s1", "p1", "PA", "['normal']"], ["b.png", "s2", "p2", "AP", "['pacemaker']"]])
-    parselabelfile.main(["--padchest-csv", str(csv), "--out", str(tmp_path / "out"), "--views", "PA"])
+    assert parselabelfile.main(["--padchest-csv", str(csv), "--out", str(tmp_path / "out"), "--views", "PA"]) == 0
     out = pd.read_csv(tmp_path / "out" / "padchest_labels.csv", dtype=str)
     assert list(out.columns) == ["ImageID", "PatientID", "StudyID", "Projection", "Source", *CLASSES]
     assert out["ImageID"].tolist() == ["a.png"] and out.at[0, "normal"] == "1"

@@ -18,6 +18,8 @@ from google.cloud.storage import transfer_manager
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from data.errors import InputError
+
 CHUNK_BYTES = 32 * 2**20
 # Errors worth another try of a whole download; each request inside is also
 # retried with exponential backoff by DEFAULT_RETRY.
@@ -32,10 +34,10 @@ def is_gcs_url(source):
 def parse_gcs_url(url):
     """gs://bucket/some/prefix -> ("bucket", "some/prefix/"); the prefix is "" or ends with '/'."""
     if not is_gcs_url(url):
-        raise ValueError(f"not a gs:// URL: {url}")
+        raise InputError(f"not a gs:// URL: {url}")
     bucket, _, prefix = url[len("gs://"):].partition("/")
     if not bucket:
-        raise ValueError(f"no bucket in {url}")
+        raise InputError(f"no bucket in {url}")
     prefix = prefix.strip("/")
     return bucket, prefix + "/" if prefix else ""
 

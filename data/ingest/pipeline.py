@@ -13,146 +13,24 @@ so a run that was killed and resumed writes the same bytes as one that was not.
 import csv
 import io
 import json
-import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from concurrent import futures
-from concurrent.futures.process import BrokenProcessPool
 from urllib.parse import quote
 
-import cv2
 from tqdm import tqdm
 
-from data.ingest.archives import iter_members, output_name, plan_units, read_job_bytes, shard_units
-from data.decode import ImageError, decode_image_bytes, resize_longest
+from data.errors import InputError
+from data.files import write_text_atomic
+from data.ingest import gcs
+from data.ingest.archives import plan_units, shard_units
+from data.ingest.workers import WorkerPool, process_unit
 
 MANIFEST_COLUMNS = ["ImageID", "path", "archive", "member", "width", "height", "bits", "photometric",
                     "status"]
 ERROR_COLUMNS = ["archive", "member", "reason"]
-# Fixed settings and no timestamps: the same input always gives the same PNG bytes.
-# The "up" filter alone at deflate level 1: as small as level 3 with adaptive filters on radiographs,
-# and under half the time.
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
-
-
-def _init_worker():
-    cv2.setNumThreads(1)  # one core per worker process; the pool provides the parallelism
-
-
-def process_job(job, images_dir, tmp_dir, size):
-    """Decode, map to 8 bits, resize and write one member. Returns (manifest row, None) or (None, reason)."""
-    try:
-        img, info = decode_image_bytes(read_job_bytes(job), job.member)
-        img = resize_longest(img, size)
-        ok, png = cv2.imencode(".png", img, PNG_PARAMS)
-        if not ok:
-            raise ImageError("PNG encoding failed")
-        name = output_name(job.image_id)
-        # Written next door, then renamed: OUT/images never holds a partial file.
-        tmp = os.path.join(tmp_dir, f"{os.getpid()}-{name}")
-        with open(tmp, "wb") as f:
-            f.write(png.tobytes())
-        os.replace(tmp, os.path.join(images_dir, name))
-    except ImageError as e:
-        return None, str(e)
-    except Exception as e:  # corrupt zip member (bad CRC, zlib error), unreadable file...
-        return None, f"cannot read member ({type(e).__name__}: {e})"
-    row = {"ImageID": job.image_id, "path": f"images/{name}", "member": job.member, "status": "ok"}
-    row.update(info)
-    return row, None
-
-
-class WorkerPool:
-    """A process pool that is rebuilt when a worker dies (a decoder crash or the OOM killer)."""
-
-    def __init__(self, workers):
-        self.workers = workers
-        self.executor = None
-
-    def submit(self, *args):
-        """(future, the executor that runs it)."""
-        if self.executor is None:
-            ctx = multiprocessing.get_context("forkserver")  # no fork of a process running threads
-            ctx.set_forkserver_preload(["data.ingest.pipeline"])
-            self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=ctx,
-                                                        initializer=_init_worker)
-        return self.executor.submit(process_job, *args), self.executor
-
-    def discard(self, executor):
-        if executor is self.executor:  # not yet replaced by a fresh one
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.executor = None
-
-    def close(self):
-        if self.executor is not None:
-            self.executor.shutdown()
-
-
-WORKER_DIED = "worker process died while decoding (crash or out of memory)"
-
-
-def process_unit(unit, local_files, pool, dirs, size, bar):
-    """Ingest every member of one unit; returns (manifest rows, error rows), both sorted by member."""
-    images_dir, tmp_dir = dirs
-    rows, errors, seen, pending, suspects = [], [], {}, {}, []
-
-    def record(member, row, reason):
-        if row is not None:
-            row["archive"] = unit.name
-            rows.append(row)
-        else:
-            errors.append({"archive": unit.name, "member": member, "reason": reason})
-        bar.update(1)
-
-    def collect(done):
-        for fut in done:
-            job, executor = pending.pop(fut)
-            try:
-                record(job.member, *fut.result())
-            except (BrokenProcessPool, futures.CancelledError):
-                suspects.append(job)  # any in-flight member may be the one that killed the worker
-                pool.discard(executor)
-
-    def drain(limit):
-        while len(pending) > limit:
-            done, _ = futures.wait(list(pending), return_when=futures.FIRST_COMPLETED)
-            collect(done)
-
-    for member, job, problem in iter_members(unit, local_files):
-        if problem:
-            record(member, None, problem)
-            continue
-        if job.image_id in seen:
-            record(member, None, f"duplicate ImageID ({job.image_id}, also member {seen[job.image_id]})")
-            continue
-        seen[job.image_id] = member
-        if pool is None:
-            record(member, *process_job(job, images_dir, tmp_dir, size))
-            continue
-        fut, executor = pool.submit(job, images_dir, tmp_dir, size)
-        pending[fut] = (job, executor)
-        drain(2 * pool.workers - 1)  # bounded in-flight work: memory stays flat
-    drain(0)
-    for job in suspects:  # one at a time, so only a member that kills a worker again is blamed
-        fut, executor = pool.submit(job, images_dir, tmp_dir, size)
-        try:
-            record(job.member, *fut.result())
-        except (BrokenProcessPool, futures.CancelledError):
-            record(job.member, None, WORKER_DIED)
-            pool.discard(executor)
-    rows.sort(key=lambda r: r["member"])
-    errors.sort(key=lambda e: (e["member"], e["reason"]))
-    return rows, errors
-
-
-def write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def csv_text(rows, columns):
@@ -183,22 +61,21 @@ def merge_parts(out, run_errors):
             owner[row["ImageID"]] = f"{row['archive']}:{row['member']}"
             kept.append(row)
     errors.sort(key=lambda e: (e["archive"], e["member"], e["reason"]))
-    write_atomic(os.path.join(out, "manifest.csv"), csv_text(kept, MANIFEST_COLUMNS))
-    write_atomic(os.path.join(out, "errors.csv"), csv_text(errors, ERROR_COLUMNS))
+    write_text_atomic(os.path.join(out, "manifest.csv"), csv_text(kept, MANIFEST_COLUMNS))
+    write_text_atomic(os.path.join(out, "errors.csv"), csv_text(errors, ERROR_COLUMNS))
     return kept, errors
 
 
 def list_source(source, skip_dirs):
     """(sorted source-relative file names, {name: blob} for a gs:// source or None)."""
     if source.startswith("gs://"):
-        from data.ingest import gcs  # imported here: the worker processes never need the GCS client
         client = gcs.make_client()
         blobs = gcs.list_blobs(client, source)
         return sorted(blobs), blobs
     if os.path.isfile(source):
         return [os.path.basename(source)], None
     if not os.path.isdir(source):
-        raise FileNotFoundError(f"source folder not found: {source}")
+        raise InputError(f"source not found: {source}")
     skip = {os.path.realpath(d) for d in skip_dirs}
     names = []
     for folder, subdirs, files in os.walk(source):
@@ -215,12 +92,11 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
     out = os.path.abspath(out)
     images_dir, parts_dir, tmp_dir = (os.path.join(out, d) for d in ("images", ".parts", ".tmp"))
     download_dir = os.path.abspath(download_dir or os.path.join(out, ".download"))
+    names, blobs = list_source(source, skip_dirs=[out, download_dir])  # before anything is written
     shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of a killed run
     for d in (images_dir, parts_dir, tmp_dir):
         os.makedirs(d, exist_ok=True)
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
-
-    names, blobs = list_source(source, skip_dirs=[out, download_dir])
     units = shard_units(plan_units(names), *shard)
     part_of = {u.name: os.path.join(parts_dir, quote(u.name, safe="") + ".json") for u in units}
     todo = [u for u in units if not os.path.exists(part_of[u.name])]
@@ -229,7 +105,6 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
     def fetch(unit):
         if blobs is None:
             return {name: os.path.join(local_root, name) for name in unit.files}
-        from data.ingest import gcs
         # quote(): a blob name must not steer the download outside download_dir
         return {name: gcs.download_blob(blobs[name], os.path.join(download_dir, quote(name, safe="")))
                 for name in unit.files}
@@ -255,7 +130,7 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
                     continue
                 rows, errors = process_unit(unit, local_files, pool, (images_dir, tmp_dir), size, image_bar)
                 part = {"archive": unit.name, "manifest": rows, "errors": errors}
-                write_atomic(part_of[unit.name], json.dumps(part, sort_keys=True))
+                write_text_atomic(part_of[unit.name], json.dumps(part, sort_keys=True))
                 written += len(rows)
                 unit_errors += len(errors)
                 if blobs is not None and not keep_archives:
@@ -284,8 +159,3 @@ def summary_line(s):
             f"({s['images_per_s']:.1f} images/s); {s['units_skipped']} of {s['units_total']} archives "
             f"already done; manifest.csv {s['manifest_rows']} images, errors.csv {s['error_rows']} rows"
             + (f" ({reasons})" if reasons else ""))
-
-
-if __name__ == "__main__":
-    print("use download_images.py", file=sys.stderr)
-    sys.exit(2)

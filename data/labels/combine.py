@@ -13,7 +13,8 @@ import pandas as pd
 from skmultilearn.model_selection import IterativeStratification
 
 from data.classes import CLASSES
-from data.labels.padchest import LabelFileError
+from data.errors import InputError, LabelFileError
+from data.files import check_values, read_table
 
 ID_COLUMNS = ["ImageID", "PatientID", "StudyID", "Projection", "Source"]
 MANIFEST_COLUMNS = ["ImageID", "path", "width", "height"]
@@ -123,18 +124,9 @@ def stratified_folds(y, fractions, seed=1):
 
 def read_label_csv(path):
     """A per-source label CSV (step 2) with its columns checked."""
-    try:
-        frame = pd.read_csv(path, dtype={c: str for c in ID_COLUMNS}, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise LabelFileError(f"{path}: cannot read as CSV: {e}") from None
-    missing = [c for c in ID_COLUMNS + CLASSES if c not in frame.columns]
-    if missing:
-        raise LabelFileError(f"{path}: missing columns {missing} (row 1, the header)")
-    for c in CLASSES:
-        bad = ~frame[c].isin([1, 0, -1])
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise LabelFileError(f"{path}, row {i + 2}: {c} is {str(frame[c].iloc[i])!r}, expected 1, 0 or -1")
+    frame = read_table(path, ID_COLUMNS + CLASSES, what="a per-source label CSV of parselabelfile.py",
+                       dtype={c: str for c in ID_COLUMNS}, keep_default_na=False)
+    check_values(frame, path, CLASSES, (1, 0, -1))
     return frame
 
 
@@ -148,13 +140,8 @@ def read_labels(labels_dir):
 
 def read_manifest(path):
     """Step 1's manifest: ImageID, absolute path, width, height of every image that was written."""
-    try:
-        frame = pd.read_csv(path, dtype={"ImageID": str, "path": str, "status": str}, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise LabelFileError(f"{path}: cannot read as CSV: {e}") from None
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise LabelFileError(f"{path}: missing columns {missing} (row 1, the header)")
+    frame = read_table(path, MANIFEST_COLUMNS, what="download_images.py's manifest.csv",
+                       dtype={"ImageID": str, "path": str, "status": str}, keep_default_na=False)
     if "status" in frame.columns:
         frame = frame[frame["status"].isin(["ok", ""])]
     frame = frame.drop_duplicates("ImageID")
@@ -195,7 +182,7 @@ def patient_labels(frame):
 def patient_split(frame, val_frac=0.1, test_frac=0.1, seed=1):
     """'train'/'val'/'test' per row, the same for every image of a patient (Source + PatientID)."""
     if val_frac < 0 or test_frac < 0 or val_frac + test_frac >= 1:
-        raise ValueError("need 0 <= val_frac, test_frac and val_frac + test_frac < 1")
+        raise InputError("need 0 <= --val-frac, --test-frac and --val-frac + --test-frac < 1")
     codes, y = patient_labels(frame)
     fractions = [1 - val_frac - test_frac, val_frac, test_frac]
     keep = [k for k, f in enumerate(fractions) if f > 0]

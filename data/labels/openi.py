@@ -9,10 +9,13 @@ PatientID and StudyID: every image of a report lands in the same split. Projecti
 is left empty.
 """
 
+import argparse
+import logging
 import os
 import re
 import sys
 import tarfile
+import time
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -20,7 +23,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.classes import CLASSES
-from data.labels.padchest import LabelFileError
+from data.errors import InputError, LabelFileError
+from data.files import read_table
+from data.labels.report_labeler import evaluate, format_table, label_reports
+
+log = logging.getLogger(__name__)
 
 # Not findings: the indexers' markers for "nothing to code" and for a poor image.
 MESH_NON_FINDINGS = {"normal", "no indexing", "technical quality of image unsatisfactory"}
@@ -197,7 +204,7 @@ def read_reports(source):
             rows.append(parse_report(data, name))
         except ET.ParseError as e:
             malformed.append(name)
-            print(f"warning: {name}: malformed XML, skipped ({e})", file=sys.stderr)
+            log.warning("warning: %s: malformed XML, skipped (%s)", name, e)
     if not rows and not malformed:
         raise LabelFileError(f"{source}: no .xml reports found")
     reports = pd.DataFrame(rows, columns=["ReportID", "findings", "impression", "major", "images"])
@@ -219,13 +226,7 @@ def report_text(reports):
 def read_chexpert_csv(path, texts):
     """CheXpert-labeler output (Reports + 14 observations) -> int8 array [len(texts), 22] aligned to
     texts by report text (rows are matched on whitespace-normalized text)."""
-    try:
-        frame = pd.read_csv(path, dtype={"Reports": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise LabelFileError(f"{path}: cannot read as CSV: {e}") from None
-    missing = [c for c in ["Reports", *CHEXPERT_COLUMNS] if c not in frame.columns]
-    if missing:
-        raise LabelFileError(f"{path}: not a CheXpert labeler output, missing columns {missing} (row 1, the header)")
+    frame = read_table(path, ["Reports", *CHEXPERT_COLUMNS], what="a CheXpert labeler output", dtype={"Reports": str})
     by_text = {}
     for i in range(len(frame)):
         values = np.zeros(len(CLASSES), dtype=np.int8)
@@ -263,7 +264,6 @@ def report_labels(reports, source="mesh", chexpert_csv=None):
         values = np.stack([mesh_labels(m) for m in reports["major"]]) if len(reports) else \
             np.zeros((0, len(CLASSES)), np.int8)
     elif source == "text":
-        from data.labels.report_labeler import label_reports
         values = label_reports(report_text(reports).tolist())
     elif source == "chexpert":
         if not chexpert_csv:
@@ -294,3 +294,38 @@ def openi_labels(reports_source, source="mesh", chexpert_csv=None):
     labels = pd.DataFrame(values[index], columns=CLASSES)
     out = pd.concat([out, labels], axis=1)[~dup.to_numpy()].reset_index(drop=True)
     return out, reports, stats
+
+
+def evaluate_labeler(reports_source):
+    """The built-in report labeler's text labels against the MeSH <major> labels people assigned, on every OpenI
+    report -> (rows of report_labeler.evaluate(), reports/s)."""
+    reports, _ = read_reports(reports_source)
+    # 'No Indexing' alone means the indexers coded nothing: no reference for those reports
+    indexed = reports["major"].map(lambda m: any(t.strip().lower() != "no indexing" for t in m))
+    reports = reports[indexed.to_numpy()].reset_index(drop=True)
+    reference, _ = report_labels(reports, "mesh")
+    texts = report_text(reports).tolist()
+    t = time.perf_counter()
+    predicted = label_reports(texts)
+    rate = len(texts) / (time.perf_counter() - t)
+    return evaluate(predicted, reference), rate
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Score the built-in report labeler (data/labels/report_labeler.py) "
+                                     "against OpenI's MeSH <major> codes: precision, recall and F1 per class.")
+    parser.add_argument("--evaluate-labeler", metavar="DIR_OR_TGZ", required=True,
+                        help="OpenI reports: the ecgen-radiology folder or NLMCXR_reports.tgz")
+    args = parser.parse_args(argv)
+    try:
+        rows, rate = evaluate_labeler(args.evaluate_labeler)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    print(f"labeled at {rate:,.0f} reports/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

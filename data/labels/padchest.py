@@ -15,6 +15,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.classes import CLASSES
+from data.errors import LabelFileError
+from data.files import read_table
 
 TAXONOMY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "padchest_tree.csv")
 CSV_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
@@ -28,10 +30,6 @@ SPECIAL = {"normal", "exclude"} | NON_FINDINGS
 TREE_CLASSES = [c for c in CLASSES if c not in ("normal", "other findings")]
 
 _TREE_LINE = re.compile(r"^(?P<indent>(?:│   |    )*)[├└]── (?P<name>.*?)\s*(?:\[.*\])?\s*\\*\s*$")
-
-
-class LabelFileError(ValueError):
-    """Bad input, with the file and row in the message."""
 
 
 def read_taxonomy(path=TAXONOMY):
@@ -105,14 +103,7 @@ def parse_labels_cell(cell, where):
 
 def read_padchest_csv(path):
     """The PadChest label CSV (plain or .gz), only the columns the labels need, as strings."""
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise LabelFileError(f"{path}: cannot read as CSV: {e}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise LabelFileError(f"{path}: missing columns {missing} (row 1, the header)")
-    return pd.read_csv(path, usecols=list(REQUIRED_COLUMNS), dtype=str)
+    return read_table(path, REQUIRED_COLUMNS, what="the PadChest label CSV", usecols=list(REQUIRED_COLUMNS), dtype=str)
 
 
 def padchest_labels(path, taxonomy=TAXONOMY, views=VIEWS):

@@ -12,7 +12,7 @@ negated mentions. 'other findings' is set only when no named class is positive o
 when nothing is positive or uncertain at all.
 
     python -m data.labels.report_labeler --reports IN.csv --out OUT.csv
-    python -m data.labels.report_labeler --evaluate-openi NLMCXR_reports.tgz
+    python -m data.labels.openi --evaluate-labeler NLMCXR_reports.tgz    # P/R/F1 against OpenI's MeSH codes
 """
 
 import argparse
@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from data.classes import CLASSES
+from data.errors import InputError
 
 # Mention phrases per class: lower-case regexes matched on word boundaries; where two start at the same
 # word the first listed wins, so longer phrases go first. The classes follow the PadChest taxonomy (e.g.
@@ -283,22 +284,6 @@ CHESTXRAY8_F1 = {"atelectasis": 0.91, "cardiomegaly": 0.88, "pleural effusion": 
                  "overall (micro, ChestX-ray8's 9)": 0.90}
 
 
-def evaluate_openi(reports_source):
-    """Text labels against MeSH <major> labels on every OpenI report -> (rows from evaluate(), reports/s)."""
-    from data.labels.openi import read_reports, report_labels, report_text
-
-    reports, _ = read_reports(reports_source)
-    # 'No Indexing' alone means the indexers coded nothing: no reference for those reports
-    indexed = reports["major"].map(lambda m: any(t.strip().lower() != "no indexing" for t in m))
-    reports = reports[indexed.to_numpy()].reset_index(drop=True)
-    reference, _ = report_labels(reports, "mesh")
-    texts = report_text(reports).tolist()
-    t = time.perf_counter()
-    predicted = label_reports(texts)
-    rate = len(texts) / (time.perf_counter() - t)
-    return evaluate(predicted, reference), rate
-
-
 def format_table(rows):
     lines = [f"{'class':34s} {'P':>6s} {'R':>6s} {'F1':>6s} {'support':>8s}  ChestX-ray8 F1"]
     for r in rows:
@@ -314,8 +299,7 @@ def read_report_csv(path):
         with open(path, newline="", encoding="utf-8") as f:
             return [row[0] if row else "" for row in csv.reader(f)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        print(f"error: {path}: cannot read reports: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise InputError(f"{path}: cannot read reports: {e}") from None
 
 
 def write_labeled_csv(path, texts, values):
@@ -329,30 +313,23 @@ def write_labeled_csv(path, texts, values):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reports", help="CSV with one report per row and no header (CheXpert labeler input)")
-    parser.add_argument("--out", help="output CSV: Reports, then the 22 classes (1, 0, -1, blank = not mentioned)")
-    parser.add_argument("--evaluate-openi", metavar="DIR_OR_TGZ",
-                        help="score the labeler against OpenI's MeSH major labels and print the table")
+    parser.add_argument("--reports", required=True,
+                        help="CSV with one report per row and no header (CheXpert labeler input)")
+    parser.add_argument("--out", required=True,
+                        help="output CSV: Reports, then the 22 classes (1, 0, -1, blank = not mentioned)")
     args = parser.parse_args(argv)
-    if args.evaluate_openi:
-        from data.labels.padchest import LabelFileError
-        try:
-            rows, rate = evaluate_openi(args.evaluate_openi)
-        except LabelFileError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        print(format_table(rows))
-        print(f"labeled at {rate:,.0f} reports/s")
-        return
-    if not args.reports or not args.out:
-        parser.error("give --reports and --out, or --evaluate-openi")
-    texts = read_report_csv(args.reports)
+    try:
+        texts = read_report_csv(args.reports)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     t = time.perf_counter()
     values = [label_report(x) for x in texts]
     dt = time.perf_counter() - t
     write_labeled_csv(args.out, texts, values)
     print(f"labeled {len(texts)} reports in {dt:.2f} s ({len(texts) / max(dt, 1e-9):,.0f} reports/s) -> {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
