@@ -1,23 +1,28 @@
-"""Images for the models: decode to uint8 on the CPU (workers), normalize on the device.
+"""Images for the models: each row of a frame decoded once, in the loader's workers, to a uint8 square.
 
-The loader hands the model 1-channel uint8 tensors (a quarter of float32's bytes, nothing to normalize in the
-workers); to_model_input turns a batch into the 3-channel ImageNet-normalized float tensor the networks expect.
+Flips and normalization happen on whole batches (data.transforms).
 """
+import logging
 import os
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
+
+from data.decode import read_image
+from data.errors import InputError
+from data.files import check_values, image_files, missing_files, read_table
+from data.transforms import SquareResize
+
+log = logging.getLogger(__name__)
 
 # DataLoader workers are forked, and OpenCV's thread pool does not survive a fork: a worker that touches it can
 # hang for good. Images are small and the workers are the parallelism, so OpenCV runs single-threaded.
 cv2.setNumThreads(1)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FAST_SUFFIXES = (".png", ".jpg", ".jpeg")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
 def read_gray(path):
@@ -31,40 +36,23 @@ def read_gray(path):
         img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         if img is not None and img.dtype == np.uint8 and img.ndim == 2:
             return img
-    from data.decode import read_image
     return read_image(path)
 
 
-def load_input(path, image_size):
-    """The image at `path` squared to image_size x image_size (stretched: the models' fixed geometry), as a
-    torch.uint8 tensor [1, image_size, image_size]."""
-    img = read_gray(path)
-    if img.shape != (image_size, image_size):
-        shrinking = img.shape[0] > image_size or img.shape[1] > image_size
-        img = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0)
-
-
-def to_model_input(x_uint8, device):
-    """[B, 1, H, W] uint8 -> [B, 3, H, W] float, ImageNet-normalized, channels_last, on `device`."""
-    x = x_uint8.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    x = (x.expand(-1, 3, -1, -1) - mean) / std
-    return x.contiguous(memory_format=torch.channels_last)
-
-
 class ChestImages(Dataset):
-    """(image uint8 [1, S, S], labels float [C], row index) for each row of a frame with `path` and class columns.
+    """For each row of a frame with `path` (and class columns): (image uint8 [1, S, S], labels float [C], row index,
+    decoded size [height, width], error).
 
-    cache=True keeps every decoded image in one shared-memory uint8 tensor, filled as images are first read: the
-    workers (forked or spawned) write into the same memory, so epochs after the first decode nothing.
-    Rows without labels (prediction on new studies) get a label vector of -1.
+    A file that cannot be decoded does not kill a worker: it comes back as a black image with `error` saying why
+    (empty when fine), and the engine reports it as bad input naming the file. cache=True keeps every decoded image
+    in one shared-memory uint8 tensor, filled as images are first read: the workers (forked or spawned) write into
+    the same memory, so epochs after the first decode nothing. Rows without labels (prediction on new studies) get
+    a label vector of -1.
     """
 
     def __init__(self, frame, image_size, classes=None, cache=False):
         self.paths = frame["path"].astype(str).tolist()
-        self.image_size = image_size
+        self.resize = SquareResize(image_size)
         if classes is not None and all(c in frame.columns for c in classes):
             self.labels = torch.tensor(frame[list(classes)].to_numpy(dtype=np.float32))
         else:
@@ -72,6 +60,7 @@ class ChestImages(Dataset):
         self.cache = None
         if cache:
             self.cache = torch.zeros((len(frame), 1, image_size, image_size), dtype=torch.uint8).share_memory_()
+            self.sizes = torch.zeros((len(frame), 2), dtype=torch.int64).share_memory_()
             self.cached = torch.zeros(len(frame), dtype=torch.bool).share_memory_()
 
     def __len__(self):
@@ -79,26 +68,43 @@ class ChestImages(Dataset):
 
     def __getitem__(self, i):
         if self.cache is not None and self.cached[i]:
-            img = self.cache[i]
-        else:
-            img = load_input(self.paths[i], self.image_size)
-            if self.cache is not None:
-                self.cache[i] = img
-                self.cached[i] = True
-        return img, self.labels[i], i
+            return self.cache[i], self.labels[i], i, self.sizes[i], ""
+        try:
+            gray = read_gray(self.paths[i])
+        except Exception as e:  # decoders raise many types for a broken file
+            blank = torch.zeros((1, self.resize.size, self.resize.size), dtype=torch.uint8)
+            return blank, self.labels[i], i, torch.zeros(2, dtype=torch.int64), f"cannot decode {self.paths[i]}: {e}"
+        img, size = self.resize(gray), torch.tensor(gray.shape[:2], dtype=torch.int64)
+        if self.cache is not None:
+            self.cache[i], self.sizes[i] = img, size
+            self.cached[i] = True
+        return img, self.labels[i], i, size, ""
 
 
-def missing_files(paths):
-    """The paths in `paths` that are not files."""
-    return [p for p in paths if not os.path.isfile(p)]
+def read_combined(csv_path, classes, skip_missing=False):
+    """combinelabels.py's CSV with absolute image paths; InputError naming the file (and row) for a bad CSV or
+    missing images. Relative paths are taken from the CSV's folder."""
+    if not csv_path:
+        raise InputError("--csv is required for training and evaluation")
+    what = f"combinelabels.py's CSV (ImageID, path, split and the {len(classes)} class columns)"
+    frame = read_table(csv_path, ["ImageID", "path", "split", *classes], what=what, error=InputError)
+    check_values(frame, csv_path, classes, (1, 0, -1), error=InputError)
+    root = os.path.dirname(os.path.abspath(csv_path))
+    frame["path"] = [p if os.path.isabs(p) else os.path.join(root, p) for p in frame["path"].astype(str)]
+    gone = missing_files(frame["path"])
+    if gone:
+        first = ", ".join(gone[:5])
+        if not skip_missing:
+            raise InputError(f"{len(gone)} of {len(frame)} images listed in {csv_path} are missing (first: {first}); "
+                             f"fix the paths or pass --skip-missing to drop them")
+        log.warning("dropping %d rows whose image is missing (first: %s)", len(gone), first)
+        frame = frame[~frame["path"].isin(set(gone))]
+    return frame.reset_index(drop=True)
 
 
-def image_files(path):
-    """The PNG, JPEG and DICOM files at `path` (a file, or a folder searched recursively), sorted."""
-    path = str(path)
-    if os.path.isfile(path):
-        return [path]
-    found = []
-    for root, _, names in os.walk(path):
-        found += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
-    return sorted(found)
+def image_frame(path):
+    """ImageID (the file stem) and path of every PNG, JPEG and DICOM file at `path` (a file or a folder)."""
+    files = image_files(path)
+    if not files:
+        raise InputError(f"no PNG, JPEG or DICOM files at {path}")
+    return pd.DataFrame({"ImageID": [os.path.splitext(os.path.basename(f))[0] for f in files], "path": files})

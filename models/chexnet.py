@@ -1,22 +1,18 @@
-"""CheXNet (Rajpurkar et al. 2017): DenseNet-121 with its classifier replaced by Linear(1024, C)."""
+"""CheXNet (Rajpurkar et al. 2017): DenseNet-121 with its classifier replaced by Linear(1024, C), average pooling."""
 import torch.nn.functional as F
-from torch import nn
 
-from models.pooling import GlobalPool
-from models.unified import torchvision_model
+from models.backbones import BACKBONES, convolutional_part, torchvision_network
+from models.base import CAMClassifier
 
 
-class CheXNet(nn.Module):
-    def __init__(self, num_classes, pretrained=False, weights=None):
-        super().__init__()
-        net = torchvision_model("densenet121", pretrained, weights)
-        self.features = net.features
-        self.pool = GlobalPool("avg")
-        self.classifier = nn.Linear(net.classifier.in_features, num_classes)
+class CheXNet(CAMClassifier):
+    def __init__(self, num_classes, *, mean=None, std=None, input_size=224, backbone_state=None):
+        backbone = BACKBONES["densenet121"]
+        super().__init__(name="chexnet", num_classes=num_classes, mean=list(mean or backbone.mean),
+                         std=list(std or backbone.std), input_size=input_size)
+        self.features, dim = convolutional_part("densenet121", torchvision_network("densenet121", backbone_state))
+        self.head(dim, num_classes, "avg", 1.0)
 
-    def feature_map(self, x):
+    def conv_features(self, x):
         # torchvision's DenseNet applies this ReLU in forward(), after the last batch norm; the CAM reads it too.
         return F.relu(self.features(x))
-
-    def forward(self, x):
-        return self.classifier(self.pool(self.feature_map(x)))

@@ -1,7 +1,140 @@
+"""Fixtures shared by the tests: a small learnable dataset, traintest.py run as a user runs it, and a model whose
+class activation map is known."""
 import os
+import subprocess
 import sys
 
-# Tests import the packages from the checkout, wherever pytest is started.
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.classes import CLASSES, NUM_CLASSES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+LEARNED = [1, 2, 5, 11]  # atelectasis, cardiomegaly, pleural effusion, nodule: drawn as visible marks
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared CPU, OpenMP threads spinning against other processes make these
+    tiny models many times slower, not faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_dataset(root, n_train=48, n_val=24, n_test=24, size=64, seed=0, absent_in_test="tuberculosis"):
+    """PNG images where each class in LEARNED is a bright square at its own place, and a combined.csv in the
+    contract's layout (relative paths). `absent_in_test` has positives in train and val only."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    rows = []
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for i in range(n):
+            labels = np.zeros(len(CLASSES), dtype=int)
+            labels[LEARNED] = rng.random(len(LEARNED)) < 0.4
+            labels[CLASSES.index("normal")] = int(labels.sum() == 0)
+            labels[CLASSES.index(absent_in_test)] = int(split != "test" and i % 4 == 0)
+            img = rng.integers(0, 60, (size, size + 8), dtype=np.uint8)
+            for k, c in enumerate(LEARNED):
+                if labels[c]:
+                    y, x = (k // 2) * size // 2 + 6, (k % 2) * size // 2 + 6
+                    img[y:y + size // 4, x:x + size // 4] = 230
+            image_id = f"{split}{i:03d}.png"
+            cv2.imwrite(os.path.join(root, "images", image_id), img)
+            rows.append([image_id, f"images/{image_id}", "padchest", f"p{split}{i}", f"s{split}{i}", "PA",
+                         size + 8, size, split] + labels.tolist())
+    frame = pd.DataFrame(rows, columns=["ImageID", "path", "Source", "PatientID", "StudyID", "Projection", "width",
+                                        "height", "split"] + CLASSES)
+    csv = os.path.join(root, "combined.csv")
+    frame.to_csv(csv, index=False)
+    return csv
+
+
+@pytest.fixture
+def make_dataset():
+    return write_dataset
+
+
+def with_amp(args):
+    """The arguments with --amp off unless they choose: what --amp auto picks differs between CPUs (native
+    bfloat16 or not), and no test may depend on the machine."""
+    args = [str(a) for a in args]
+    return args if "--amp" in args else args + ["--amp", "off"]
+
+
+@pytest.fixture
+def traintest():
+    """traintest.main in this process (a subprocess would spend most of a test importing torch): the exit status."""
+    import traintest as script
+    return lambda *args: script.main(with_amp(args))
+
+
+@pytest.fixture
+def traintest_process():
+    """traintest.py as a command (a subprocess.CompletedProcess); AssertionError with its stderr when check fails."""
+    def run(*args, env=None, check=True):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "traintest.py"), *with_amp(args)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+        if check and proc.returncode != 0:
+            raise AssertionError(f"traintest.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        return proc
+    return run
+
+
+def read_metrics(run_dir):
+    return pd.read_csv(os.path.join(run_dir, "metrics.csv"), keep_default_na=True).set_index("class")
+
+
+@pytest.fixture
+def metrics():
+    return read_metrics
+
+
+class BrightSpot(nn.Module):
+    """A model whose class activation map is known: the image's brightness pooled over 8x8 cells, weight +1 for
+    cardiomegaly and -1 for the others (so their maps peak in the dark). It takes ImageNet-normalized input."""
+    mean, std, input_size = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 128
+
+    def __init__(self):
+        super().__init__()
+        self.classifier = nn.Linear(1, NUM_CLASSES)
+        with torch.no_grad():
+            self.classifier.weight.fill_(-1)
+            self.classifier.weight[CLASSES.index("cardiomegaly")] = 1
+            self.classifier.bias.zero_()
+
+    def feature_map(self, x):
+        return F.avg_pool2d(x[:, :1], 8)
+
+    def pool(self, fmap):
+        return fmap.mean(dim=(2, 3))
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.feature_map(x)))
+
+
+@pytest.fixture(scope="session")
+def bright_spot():
+    return BrightSpot().eval()
+
+
+def predict_and_localize(model, frame, run_dir, **options):
+    """Step 5 as traintest.py runs it: one predict pass with maps (utils.engine), then utils.localization.localize."""
+    from utils.engine import make_loader, predict
+    from utils.localization import localize
+
+    loader = make_loader(frame, model.input_size, CLASSES, batch_size=16, workers=0)
+    out = predict(model, loader, torch.device("cpu"), amp=False, maps=True)
+    return localize(frame, out, str(run_dir), input_size=model.input_size, **options)
+
+
+@pytest.fixture(scope="session")
+def localize_images():
+    return predict_and_localize

@@ -1,4 +1,3 @@
-import cv2
 import numpy as np
 import pydicom.data
 import pytest
@@ -8,10 +7,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from data.classes import NUM_CLASSES
-from data.dataset import load_input, to_model_input
 from data.decode import read_image
-from models import build_model
-from models.cam import class_activation_maps, upsample_maps
+from data.transforms import Normalize, SquareResize
+from models import build_model, class_activation_maps, upsample_maps
 
 SIZE = 224
 
@@ -51,18 +49,16 @@ def minmax(a):
 
 
 @pytest.fixture(scope="module")
-def radiograph(tmp_path_factory):
-    # A real radiograph through step 1's decoder, then the model's input geometry.
-    img = read_image(pydicom.data.get_testdata_file("RG1_UNCI.dcm"))
-    path = tmp_path_factory.mktemp("cam") / "RG1_UNCI.png"
-    cv2.imwrite(str(path), img)
-    return to_model_input(load_input(str(path), SIZE)[None], "cpu")
-
-
-@pytest.fixture(scope="module")
 def chexnet():
     torch.manual_seed(0)
     return build_model("chexnet", NUM_CLASSES).eval()
+
+
+@pytest.fixture(scope="module")
+def radiograph(chexnet):
+    # A real radiograph through step 1's decoder, then the model's input geometry and normalization.
+    img = read_image(pydicom.data.get_testdata_file("RG1_UNCI.dcm"))
+    return Normalize(chexnet.mean, chexnet.std)(SquareResize(SIZE)(img)[None])
 
 
 @pytest.fixture(scope="module")

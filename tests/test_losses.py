@@ -1,7 +1,5 @@
 import math
 
-from test_train import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
-
 import torch
 
 from models.losses import bce_loss, wcel_loss

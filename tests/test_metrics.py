@@ -1,7 +1,5 @@
 import math
 
-from test_train import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
-
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, roc_auc_score

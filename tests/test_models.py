@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from test_train import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
-
-from models import ALIASES, MODEL_NAMES, CheckpointError, PretrainedUnavailable, build_model, load_checkpoint
+from models import ALIASES, MODEL_NAMES, build_model
 from models.pooling import GlobalPool, lse_reference
+from utils.checkpoint import CheckpointError, WeightsUnavailable, load_checkpoint, pretrained_model
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -77,12 +76,12 @@ def test_lse_pooling_is_stable_where_the_naive_formula_overflows():
 
 def test_pretrained_without_cached_weights_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(PretrainedUnavailable, match="--weights"):
-        build_model("chexnet", 22, pretrained=True)
+    with pytest.raises(WeightsUnavailable, match="--weights"):
+        pretrained_model("chexnet", 22)
     bogus = tmp_path / "bogus.pth"
     torch.save({"conv.weight": torch.zeros(1)}, bogus)
-    with pytest.raises(PretrainedUnavailable, match="does not hold"):
-        build_model("unified-alexnet", 22, pretrained=True, weights=str(bogus))
+    with pytest.raises(WeightsUnavailable, match="does not hold"):
+        pretrained_model("unified-alexnet", 22, str(bogus))
 
 
 def test_pretrained_loads_a_weights_file(tmp_path):
@@ -91,17 +90,34 @@ def test_pretrained_loads_a_weights_file(tmp_path):
     reference = googlenet(weights=None, aux_logits=True, init_weights=True)  # the published file has aux heads
     path = tmp_path / "googlenet.pth"
     torch.save(reference.state_dict(), path)
-    model = build_model("unified-googlenet", 22, pretrained=True, weights=str(path))
+    model = pretrained_model("unified-googlenet", 22, str(path))
     torch.testing.assert_close(model.backbone[0].conv.weight, reference.conv1.conv.weight)
+    # its weights were trained on input in [-1, 1]: that normalization is the model's, and its checkpoint's
+    assert model.mean == model.std == (0.5, 0.5, 0.5) and model.model_args["mean"] == [0.5, 0.5, 0.5]
 
 
-def test_load_checkpoint_rebuilds_the_architecture(tmp_path):
+@pytest.mark.parametrize("name, options", [("unified-alexnet", {"pooling": "avg", "map_size": 4}),
+                                           ("chexnet", {"input_size": 32})])
+def test_model_args_rebuild_the_model(tmp_path, name, options):
+    model = build_model(name, 22, **options).eval()
+    again = build_model(**model.model_args).eval()
+    again.load_state_dict(model.state_dict())
+    assert again.model_args == model.model_args
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
+
+
+def test_load_checkpoint_reads_the_first_format_too(tmp_path):
+    # A checkpoint from before model_args: the flags it stored describe the model.
     model = build_model("unified-alexnet", 22, pooling="avg")
     path = tmp_path / "c.pt"
-    args = {"model": "unified-alexnet", "num_classes": 22, "pooling": "avg", "lse_r": 10.0, "image_size": 64}
-    torch.save({"model": model.state_dict(), "args": args, "classes": [], "epoch": 1}, path)
+    args = {"model": "alexnet", "num_classes": 22, "pooling": "avg", "lse_r": 10.0, "image_size": 64,
+            "transition_dim": None, "pretrained": 1}
+    torch.save({"model": model.state_dict(), "args": args, "epoch": 1}, path)
     loaded, ckpt = load_checkpoint(path)
-    assert ckpt["epoch"] == 1 and loaded.pool.mode == "avg"
+    assert ckpt["epoch"] == 1 and loaded.pool.mode == "avg" and loaded.input_size == 64
+    assert loaded.mean == (0.485, 0.456, 0.406)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x))
@@ -111,3 +127,16 @@ def test_load_checkpoint_rebuilds_the_architecture(tmp_path):
     torch.save(model.state_dict(), path)
     with pytest.raises(CheckpointError, match="not a traintest.py checkpoint"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("pretrained, mean", [(1, (0.5, 0.5, 0.5)), (0, (0.485, 0.456, 0.406))])
+def test_a_first_format_googlenet_checkpoint_gets_the_input_it_was_trained_on(tmp_path, pretrained, mean):
+    # Before model_args, GoogLeNet turned ImageNet-normalized input into its weights' [-1, 1] inside the model when
+    # it was built with ImageNet weights; the flags say whether it was.
+    model = build_model("unified-googlenet", 22)
+    path = tmp_path / "g.pt"
+    flags = {"model": "unified-googlenet", "num_classes": 22, "pooling": "lse", "lse_r": 10.0, "image_size": 96,
+             "pretrained": pretrained}
+    torch.save({"model": model.state_dict(), "args": flags}, path)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.mean == mean and loaded.input_size == 96

@@ -30,8 +30,8 @@ def pipeline(tmp_path_factory):
         "--openi-reports", world / "labels" / "NLMCXR_reports.tgz", "--out", labels)
     run("combinelabels.py", "--labels", labels, "--manifest", ingest / "manifest.csv", "--out", combined,
         "--val-frac", 0.2, "--test-frac", 0.3)
-    out = run("traintest.py", "--csv", combined, "--run-dir", run_dir, "--model", "unified-resnet50",
-              "--image-size", 64, "--epochs", 1, "--batch_size", 8, "--workers", 0, "--bootstrap", 20,
+    out = run("traintest.py", "--csv", combined, "--output-dir", run_dir, "--model", "unified-resnet50",
+              "--image-size", 64, "--epochs", 1, "--batch-size", 8, "--workers", 0, "--bootstrap", 20, "--amp", "off",
               "--boxes-csv", world / "BBox_List_2017.csv", "--max-heatmaps", 3)
     return dict(world=world, ingest=ingest, labels=labels, combined=combined, run=run_dir, out=out)
 

@@ -12,8 +12,6 @@ import pytest
 
 from data.classes import CLASSES
 from data.decode import read_image
-from test_localization import BrightSpot
-from utils.heatmaps import localize
 from utils.metrics import metrics_table, plot_roc, write_metrics
 from utils.report import write_report
 
@@ -21,9 +19,9 @@ HEADER_BGR = (121, 78, 31)  # the table header colour, #1f4e79
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, bright_spot, localize_images):
     """A run folder as traintest.py leaves it: metrics, ROC, and heatmaps, boxes and localization scores from
-    utils.heatmaps.localize on a real radiograph (RG1_UNCI through step 1's decoder) with a known bright region."""
+    utils.localization.localize on a real radiograph (RG1_UNCI through step 1's decoder) with a known bright region."""
     root = tmp_path_factory.mktemp("report")
     img = read_image(pydicom.data.get_testdata_file("RG1_UNCI.dcm"))
     h, w = img.shape
@@ -34,8 +32,8 @@ def run_dir(tmp_path_factory):
                                     f"RG1_UNCI.png,Cardiomegaly,{w // 2},{h // 4},{w // 4},{h // 4}\n")
     run = root / "run"
     frame = pd.DataFrame([{"ImageID": "RG1_UNCI.png", "path": str(root / "RG1_UNCI.png"), "width": w, "height": h}])
-    summary = localize(BrightSpot().eval(), frame, str(run), image_size=128, device="cpu", classes=["cardiomegaly", "mass"],
-             boxes_csv=str(root / "truth.csv"))
+    summary = localize_images(bright_spot, frame, run, classes=["cardiomegaly", "mass"],
+                              boxes_csv=str(root / "truth.csv"))
     assert summary["iobb_0.5"] == {"cardiomegaly": 1.0}
     rng = np.random.default_rng(0)
     y = (rng.random((40, len(CLASSES))) < 0.3).astype(int)

@@ -58,16 +58,25 @@ def all_reduce_sum(value, device):
 
 
 def gather_rows(indices, rows):
-    """Every rank's (indices, rows) concatenated, then deduplicated and ordered by index.
+    """Every rank's (indices, rows) concatenated, then deduplicated and ordered by index. rows is an array with one
+    row per index, or a dict of such arrays.
 
     DistributedSampler pads the last shard by repeating images so that ranks stay in step; keeping the first row
     of each index gives exactly one prediction per image.
     """
-    indices, rows = np.asarray(indices), np.asarray(rows)
+    indices = np.asarray(indices)
     if is_dist():
         parts = [None] * world_size()
         dist.all_gather_object(parts, (indices, rows))
         indices = np.concatenate([p[0] for p in parts])
-        rows = np.concatenate([p[1] for p in parts])
+        rows = ({k: np.concatenate([p[1][k] for p in parts]) for k in rows} if isinstance(rows, dict)
+                else np.concatenate([p[1] for p in parts]))
     _, first = np.unique(indices, return_index=True)  # sorted by index
-    return indices[first], rows[first]
+    if isinstance(rows, dict):
+        return indices[first], {k: np.asarray(v)[first] for k, v in rows.items()}
+    return indices[first], np.asarray(rows)[first]
+
+
+def unwrap(model):
+    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return model.module if hasattr(model, "module") else model

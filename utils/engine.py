@@ -1,18 +1,55 @@
-"""The training, evaluation and prediction loops (plain loops, as in torchvision's references/classification)."""
+"""The training, evaluation and prediction loops (plain loops, as in torchvision's references/classification).
+
+Batches come from data.dataset.ChestImages as uint8 squares; data.transforms flips them (training) and normalizes
+them with the model's own mean and std. predict() can return the class activation maps of the same forward pass as
+the probabilities, so localization renders exactly what was evaluated.
+"""
 import contextlib
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from data.dataset import to_model_input
+from data.dataset import ChestImages
+from data.errors import InputError
+from data.transforms import Normalize, RandomHorizontalFlip
+from models import class_activation_maps
 from utils import dist
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: training stops and the last good checkpoint is kept."""
+
+
+class Predictions(NamedTuple):
+    """One row per image, ordered by row index: probabilities [N, C], labels [N, C], decoded image sizes [N, 2]
+    (height, width), and with maps=True the class activation maps [N, C, h, w] (float16, feature resolution)."""
+    indices: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    sizes: np.ndarray
+    maps: np.ndarray = None
+
+
+def make_loader(frame, image_size, classes, *, batch_size, workers, train=False, seed=0, cache=False,
+                pin_memory=False):
+    """A DataLoader over `frame` with a DistributedSampler (also with one process: seeded, per-epoch shuffling that a
+    resumed run replays exactly). uint8 batches; pinned memory when feeding a GPU."""
+    dataset = ChestImages(frame, image_size, classes, cache=cache)
+    sampler = DistributedSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=train, seed=seed,
+                                 drop_last=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                      drop_last=train and len(dataset) // dist.world_size() > batch_size,
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                      worker_init_fn=one_thread)
+
+
+def one_thread(_):
+    torch.set_num_threads(1)  # the workers are the parallelism; intra-op threads would fight them
 
 
 def autocast(device, enabled):
@@ -22,14 +59,17 @@ def autocast(device, enabled):
     return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
 
 
-def random_flip(x, generator):
-    """Horizontal flip of a random half of the batch, CheXNet's only augmentation. Drawn in the main process from
-    a generator seeded by (seed, epoch), so the flips do not depend on worker count and survive a resume."""
-    flip = torch.rand(x.shape[0], generator=generator) < 0.5
-    if flip.any():
-        x = x.clone()
-        x[flip] = x[flip].flip(-1)
-    return x
+def model_input(model, device):
+    """The normalization of data.transforms with the parameters that travel with `model`."""
+    net = dist.unwrap(model)
+    return Normalize(net.mean, net.std, device)
+
+
+def check_decoded(errors):
+    """Raise InputError naming the first file of the batch that could not be decoded."""
+    bad = [e for e in errors if e]
+    if bad:
+        raise InputError(bad[0] + (f" (and {len(bad) - 1} more files in the same batch)" if len(bad) > 1 else ""))
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=None, amp=True, flip_generator=None,
@@ -37,16 +77,17 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
     """One pass over `loader`; returns (mean loss, images per second). Raises NonFiniteLoss on a NaN/inf loss,
     on every rank at once so that no rank hangs in the next all-reduce."""
     model.train()
+    normalize = model_input(model, device)
+    flip = RandomHorizontalFlip(flip_generator) if flip_generator is not None else None
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
     bar = tqdm(total=n_batches, desc=desc or f"epoch {epoch}", disable=not dist.is_main(), leave=False,
                dynamic_ncols=True)
-    for step, (images, targets, _) in enumerate(loader):
+    for step, (images, targets, _, _, errors) in enumerate(loader):
         if step >= n_batches:
             break
-        if flip_generator is not None:
-            images = random_flip(images, flip_generator)
-        x = to_model_input(images, device)
+        check_decoded(errors)
+        x = normalize(flip(images) if flip else images)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
@@ -75,35 +116,48 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
 
 
 @torch.no_grad()
-def predict(model, loader, device, *, amp=True, desc="predict", max_batches=None):
-    """(row indices, probabilities [N, C], labels [N, C]) over the whole dataset, gathered from every rank with
-    each image exactly once, ordered by row index."""
+def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_batches=None):
+    """Predictions over the whole dataset, gathered from every rank with each image exactly once.
+
+    maps=True also keeps the class activation maps of all classes from the same forward pass (models.cam), at the
+    feature map's resolution, so probabilities and maps can never disagree."""
     model.eval()
-    indices, probs, labels = [], [], []
+    net = dist.unwrap(model)
+    normalize = model_input(model, device)
+    n_classes = net.classifier.out_features
+    parts = {"indices": [], "probs": [], "labels": [], "sizes": [], "maps": []}
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-    for step, (images, targets, idx) in enumerate(tqdm(loader, total=n_batches, desc=desc, leave=False,
-                                                       disable=not dist.is_main(), dynamic_ncols=True)):
+    for step, (images, targets, idx, sizes, errors) in enumerate(tqdm(loader, total=n_batches, desc=desc, leave=False,
+                                                                      disable=not dist.is_main(), dynamic_ncols=True)):
         if step >= n_batches:
             break
+        check_decoded(errors)
+        x = normalize(images)
         with autocast(device, amp):
-            logits = model(to_model_input(images, device))
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        labels.append(targets.numpy())
-        indices.append(idx.numpy())
-    n_classes = model.module.classifier.out_features if hasattr(model, "module") else model.classifier.out_features
-    indices = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
-    rows = np.concatenate([np.concatenate(probs), np.concatenate(labels)], axis=1) if probs \
-        else np.zeros((0, 2 * n_classes), dtype=np.float32)
-    indices, rows = dist.gather_rows(indices, rows)
-    return indices, rows[:, :n_classes], rows[:, n_classes:]
+            if maps:
+                logits, cams = class_activation_maps(net, x, size=None)
+                parts["maps"].append(cams.half().cpu().numpy())
+            else:
+                logits = model(x)
+        parts["probs"].append(torch.sigmoid(logits.float()).cpu().numpy())
+        parts["labels"].append(targets.numpy())
+        parts["sizes"].append(sizes.numpy())
+        parts["indices"].append(idx.numpy())
+    if not parts["indices"]:
+        empty = np.zeros((0, n_classes), dtype=np.float32)
+        return Predictions(np.zeros(0, np.int64), empty, empty, np.zeros((0, 2), np.int64),
+                           np.zeros((0, n_classes, 1, 1), np.float16) if maps else None)
+    indices, rows = dist.gather_rows(np.concatenate(parts["indices"]),
+                                     {k: np.concatenate(v) for k, v in parts.items() if v and k != "indices"})
+    return Predictions(indices, rows["probs"], rows["labels"], rows["sizes"], rows.get("maps"))
 
 
-def evaluate(model, loader, device, loss_fn, *, amp=True, desc="evaluate", max_batches=None):
-    """(loss, probabilities, labels) over a whole split; the loss is computed from the gathered probabilities so
-    that it is the same whatever the number of ranks."""
-    _, probs, labels = predict(model, loader, device, amp=amp, desc=desc, max_batches=max_batches)
-    if len(probs) == 0:
-        return math.nan, probs, labels
-    p = torch.from_numpy(probs).double().clamp(1e-7, 1 - 1e-7)
+def evaluate(model, loader, device, loss_fn, *, amp=True, maps=False, desc="evaluate", max_batches=None):
+    """(loss, Predictions) over a whole split; the loss is computed from the gathered probabilities so that it is
+    the same whatever the number of ranks."""
+    out = predict(model, loader, device, amp=amp, maps=maps, desc=desc, max_batches=max_batches)
+    if len(out.probs) == 0:
+        return math.nan, out
+    p = torch.from_numpy(out.probs).double().clamp(1e-7, 1 - 1e-7)
     logits = torch.log(p) - torch.log1p(-p)
-    return float(loss_fn(logits, torch.from_numpy(labels))), probs, labels
+    return float(loss_fn(logits, torch.from_numpy(out.labels))), out

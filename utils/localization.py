@@ -1,18 +1,125 @@
-"""ChestX-ray8 localization scores: accuracy at T(IoU) and T(IoBB), average false positives, and a chance baseline.
+"""Step 5: boxes from class activation maps as in ChestX-ray8, and their localization scores.
 
-Protocol (Wang et al., CVPR 2017): for every ground-truth box of class c on an image, the localization is correct when
-any predicted box of class c on that image has IoU > T (or IoBB > T, IoBB = intersection / area of the detected box).
-Accuracy = correct / number of ground-truth boxes. Average false positives (AFP) = predicted boxes of class c that match
-no ground-truth box of class c at that T, per image with a ground-truth box of class c. The chance baseline replaces the
-predictions by one box of the same size as each ground-truth box at a uniformly random position inside the image.
+Boxes (Wang et al., CVPR 2017): each map is scaled to [0, 255], thresholded at 60 and at 180 separately, and a box is
+drawn around every isolated region of each binary map. A box is (x, y, w, h) with (x, y) its top-left corner;
+coordinates are pixel edges, so a box covering pixel columns 3..5 is x=3, w=3, and scaling a box to another image size
+scales its edges.
+
+Scores: for every ground-truth box of class c on an image, the localization is correct when any predicted box of
+class c on that image has IoU > T (or IoBB > T, IoBB = intersection / area of the detected box). Accuracy = correct /
+number of ground-truth boxes. Average false positives (AFP) = predicted boxes of class c that match no ground-truth box
+of class c at that T, per image with a ground-truth box of class c. The chance baseline replaces the predictions by
+one box of the same size as each ground-truth box at a uniformly random position inside the image.
+
+localize() runs it all on evaluation's own forward pass (utils.engine.predict with maps=True): no image is decoded
+again for boxes, and every probability here is the one in predictions.csv.
 """
+import logging
 import os
 
+import cv2
 import numpy as np
 import pandas as pd
+import torch
+from scipy.ndimage import find_objects
+from skimage.measure import label
 
 from data.classes import CLASSES
-from utils.boxes import box_overlaps, paired_overlaps
+from data.errors import LabelFileError
+from data.files import read_table
+from models import upsample_maps
+from utils.heatmaps import display_image, heatmap_filename, overlay_heatmap
+from utils.metrics import classes_to_map, rounded_probs
+
+log = logging.getLogger(__name__)
+
+BOX_COLUMNS = ["ImageID", "class", "x", "y", "w", "h", "score"]
+CELLS_TO_GRID = 8  # boxes are found on the map upsampled to 8 pixels per feature cell (capped at the input size)
+CHUNK = 64  # images whose maps are upsampled at once
+
+DEFAULT_BOX_THRESHOLDS = (60, 180)
+
+
+def heatmaps_to_uint8(maps):
+    """Each map of [..., h, w] scaled on its own to 0..255 (its minimum to 0, its maximum to 255), as uint8."""
+    maps = np.asarray(maps, dtype=np.float32)
+    low = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - low
+    # A flat map has no region to find: it scales to all zeros rather than dividing by zero.
+    scaled = np.where(span > 0, (maps - low) / np.where(span > 0, span, 1) * 255, 0)
+    return np.rint(scaled).astype(np.uint8)
+
+
+def boxes_from_heatmaps(heat, thresholds=DEFAULT_BOX_THRESHOLDS):
+    """Boxes around the connected regions of heat >= t for every t, for each map of heat [N, h, w] (uint8, 0..255).
+
+    Returns a list of N float arrays [k, 5]: x, y, w, h in heatmap pixels and the region's mean heat / 255.
+    All N * len(thresholds) binary maps are labelled in one scikit-image call: they are stacked into one tall image with
+    an empty row between neighbours, so regions connect within a map (8-neighbourhood) but never across maps.
+    """
+    heat = np.asarray(heat)
+    if heat.ndim == 2:
+        heat = heat[None]
+    n, h, w = heat.shape
+    thresholds = list(thresholds)
+    k = n * len(thresholds)
+    tiles = np.zeros((k, h + 1, w), dtype=bool)
+    values = np.zeros((k, h + 1, w), dtype=np.float32)
+    for j, t in enumerate(thresholds):
+        # tile order: map i, threshold j -> i * len(thresholds) + j
+        tiles[j::len(thresholds), :h] = heat >= t
+        values[j::len(thresholds), :h] = heat
+    labels = label(tiles.reshape(k * (h + 1), w), connectivity=2)
+    sums = np.bincount(labels.ravel(), weights=values.ravel())
+    counts = np.bincount(labels.ravel())
+    out = [[] for _ in range(n)]
+    for i, box in enumerate(find_objects(labels), start=1):
+        rows, cols = box
+        tile = rows.start // (h + 1)
+        y0 = rows.start - tile * (h + 1)
+        out[tile // len(thresholds)].append(
+            (cols.start, y0, cols.stop - cols.start, rows.stop - rows.start, sums[i] / counts[i] / 255.0))
+    return [np.asarray(b, dtype=np.float32).reshape(-1, 5) for b in out]
+
+
+def as_boxes(boxes):
+    """Any list or array of boxes (x, y, w, h first, extra columns ignored) as a float64 array [k, 4]."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.size == 0:
+        return np.zeros((0, 4))
+    return boxes.reshape(-1, boxes.shape[-1])[:, :4]
+
+
+def scale_boxes(boxes, from_size, to_size):
+    """Boxes [k, >=4] (x, y, w, h first) from an image of from_size (width, height) to one of to_size (width, height)."""
+    boxes = np.array(boxes, dtype=np.float64, copy=True)
+    if boxes.size == 0:
+        return boxes.reshape(0, max(boxes.shape[-1] if boxes.ndim == 2 else 4, 4))
+    boxes = boxes.reshape(-1, boxes.shape[-1])
+    boxes[:, [0, 2]] *= to_size[0] / from_size[0]
+    boxes[:, [1, 3]] *= to_size[1] / from_size[1]
+    return boxes
+
+
+def box_overlaps(detected, truth, paired=False):
+    """IoU and IoBB of detected boxes against true boxes, both [k, >=4] as x, y, w, h.
+
+    Every detected box against every true box: two arrays [len(detected), len(truth)]; paired=True: detected[i]
+    against truth[i] only, two arrays [k]. IoBB is the intersection over the detected box's area (ChestX-ray8's
+    definition), so a small box inside a large finding scores 1.
+    """
+    d, t = as_boxes(detected), as_boxes(truth)
+    if not paired:
+        d, t = d[:, None, :], t[None, :, :]
+    ix = np.minimum(d[..., 0] + d[..., 2], t[..., 0] + t[..., 2]) - np.maximum(d[..., 0], t[..., 0])
+    iy = np.minimum(d[..., 1] + d[..., 3], t[..., 1] + t[..., 3]) - np.maximum(d[..., 1], t[..., 1])
+    inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
+    area_d = np.broadcast_to(d[..., 2] * d[..., 3], inter.shape)
+    union = area_d + t[..., 2] * t[..., 3] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iobb = np.divide(inter, area_d, out=np.zeros_like(inter), where=area_d > 0)
+    return iou, iobb
+
 
 T_VALUES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -43,24 +150,25 @@ def read_box_csv(path):
 
     Accepts the real NIH header (`Image Index,Finding Label,Bbox [x,y,w,h],,,`, which splits into odd column names and
     trailing empty columns) and the plain `Image Index,Finding Label,x,y,w,h`: columns are taken by position.
-    Raises ValueError naming the file and row for a row that cannot be read.
+    Raises LabelFileError naming the file and row for a row that cannot be read.
     """
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if raw.shape[1] < 6 or raw.columns[0].strip().lower() != "image index":
-        raise ValueError(f"{path}: expected columns 'Image Index,Finding Label,x,y,w,h' (NIH BBox_List_2017 layout), "
-                         f"got {list(raw.columns)}")
+    raw = read_table(path, ["Image Index", "Finding Label"], what="a box CSV in the NIH BBox_List_2017 layout "
+                     "(Image Index,Finding Label,x,y,w,h)", dtype=str, keep_default_na=False)
+    if raw.shape[1] < 6:
+        raise LabelFileError(f"{path}: expected columns 'Image Index,Finding Label,x,y,w,h' (NIH BBox_List_2017 "
+                             f"layout), got {list(raw.columns)}")
     rows = []
     for i, values in enumerate(raw.iloc[:, :6].itertuples(index=False), start=2):
         image_id, finding = values[0].strip(), values[1]
         cls = class_name(finding)
         if cls is None:
-            raise ValueError(f"{path}: row {i}: unknown finding {finding!r} (expected an NIH finding or one of CLASSES)")
+            raise LabelFileError(f"{path}: row {i}: unknown finding {finding!r} (expected an NIH finding or one of CLASSES)")
         try:
             x, y, w, h = (float(v) for v in values[2:6])
         except ValueError:
-            raise ValueError(f"{path}: row {i}: box {list(values[2:6])} is not four numbers") from None
+            raise LabelFileError(f"{path}: row {i}: box {list(values[2:6])} is not four numbers") from None
         if not (w > 0 and h > 0):
-            raise ValueError(f"{path}: row {i}: box width and height must be positive, got w={w}, h={h}")
+            raise LabelFileError(f"{path}: row {i}: box width and height must be positive, got w={w}, h={h}")
         rows.append((image_id, cls, x, y, w, h))
     return pd.DataFrame(rows, columns=["ImageID", "class", "x", "y", "w", "h"])
 
@@ -127,7 +235,7 @@ def localization_table(pred, truth, image_sizes, t_values=T_VALUES, chance_draws
                 false_pos[key] = false_pos.get(key, 0) + fp
             # chance_draws random boxes per true box, each scored only against the true box it was drawn for
             repeated = np.repeat(true_boxes, chance_draws, axis=0)
-            iou, iobb = paired_overlaps(random_boxes_like(repeated, image_sizes[image_id], rng), repeated)
+            iou, iobb = box_overlaps(random_boxes_like(repeated, image_sizes[image_id], rng), repeated, paired=True)
             for criterion, overlap in (("IoU", iou), ("IoBB", iobb)):
                 for t in t_values:
                     chance[criterion, t] = chance.get((criterion, t), 0) + int((overlap > t).sum())
@@ -167,3 +275,118 @@ def format_table(table):
     if "n_boxes" in counts.index:
         lines.append(f"{'boxes':<14}" + "".join(f"{int(counts.at['n_boxes', c]):>20d}" for c in classes))
     return "\n".join(lines)
+
+
+# heatmaps/index.csv: what each PNG shows (predicted: the probability reached the class's threshold, 0.5 without
+# thresholds; boxes: predicted boxes drawn; true_boxes: ground-truth boxes drawn)
+GALLERY_COLUMNS = ["file", "ImageID", "class", "probability", "predicted", "boxes", "true_boxes"]
+
+
+def original_sizes(frame, decoded):
+    """[(width, height)] of each row's original image: the frame's width/height (the manifest records the size
+    before step 1 resized it), else the size the loader decoded (`decoded`: [N, 2] height, width)."""
+    sizes = []
+    for k, row in enumerate(frame.itertuples(index=False)):
+        w, h = getattr(row, "width", None), getattr(row, "height", None)
+        if w is None or h is None or pd.isna(w) or pd.isna(h):
+            h, w = decoded[k]
+        sizes.append((int(w), int(h)))
+    return sizes
+
+
+def ground_truth(boxes_csv, image_ids):
+    """(truth DataFrame matched to image_ids, {(ImageID, class): boxes [k, 4]}) from a box CSV; empty without one."""
+    if not boxes_csv:
+        return None, {}
+    truth = match_image_ids(read_box_csv(boxes_csv), image_ids)
+    if truth.empty:
+        log.warning("no image of %s is among the %d images localized; no localization scores", boxes_csv,
+                    len(image_ids))
+    return truth, {key: g[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
+                   for key, g in truth.groupby(["ImageID", "class"])}
+
+
+def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classes=None,
+             box_thresholds=DEFAULT_BOX_THRESHOLDS, boxes_csv=None, max_images=None):
+    """Boxes, heatmap PNGs and (with boxes_csv) localization scores from evaluation's forward pass.
+
+    frame: ImageID, path (and width, height) of the images predicted; predictions: utils.engine.Predictions with
+    maps; input_size: the model's input side. Writes run_dir/boxes.csv (ImageID, class, x, y, w, h, score; original
+    pixels; score = class probability x mean normalized heat in the region), run_dir/heatmaps/<ImageID>__<class>.png
+    for at most max_images images (those with ground-truth boxes first) with heatmaps/index.csv, and with boxes_csv
+    run_dir/localization.csv. Images listed in boxes_csv are mapped for their true classes whatever the prediction,
+    as in the paper. Returns {"images", "heatmaps", "boxes", "iobb_0.5" ({class: accuracy at T(IoBB) = 0.5}),
+    "iobb_0.5_chance" ({class: the chance baseline's})}; the last two are empty without boxes_csv.
+    """
+    frame = frame.iloc[predictions.indices].reset_index(drop=True)
+    heat_dir = os.path.join(run_dir, "heatmaps")
+    os.makedirs(heat_dir, exist_ok=True)
+    truth, true_boxes = ground_truth(boxes_csv, frame["ImageID"])
+    true_classes = {}  # ImageID -> set of classes with ground-truth boxes
+    for image_id, c in true_boxes:
+        true_classes.setdefault(image_id, set()).add(c)
+    sizes = original_sizes(frame, predictions.sizes)
+    probs = rounded_probs(predictions.probs)  # the probabilities predictions.csv holds
+    chosen = classes_to_map(probs, thresholds, classes)
+    positive = classes_to_map(probs, thresholds)
+    # Images with true boxes first, so the heatmap gallery (capped by max_images) shows what can be checked.
+    order = sorted(range(len(frame)), key=lambda i: frame.at[i, "ImageID"] not in true_classes)
+    render_limit = len(frame) if max_images is None else max_images
+    pred_rows, eval_rows, gallery = [], [], []
+    for start in range(0, len(order), CHUNK):
+        chunk = order[start:start + CHUNK]
+        maps = torch.from_numpy(predictions.maps[chunk]).float()
+        grid = min(input_size, CELLS_TO_GRID * max(maps.shape[-2:]))
+        heat = heatmaps_to_uint8(upsample_maps(maps, (grid, grid)).numpy())
+        for b, i in enumerate(chunk):
+            image_id = frame.at[i, "ImageID"]
+            gt = true_classes.get(image_id, set())
+            wanted = [k for k, c in enumerate(CLASSES) if chosen[i, k] or c in gt]
+            if not wanted:
+                continue
+            found = boxes_from_heatmaps(heat[b, wanted], box_thresholds)
+            boxes = {k: scale_boxes(f, (grid, grid), sizes[i]) for k, f in zip(wanted, found)}
+            for k in wanted:
+                rows = [(image_id, CLASSES[k], *bx[:4], probs[i, k] * bx[4]) for bx in boxes[k]]
+                pred_rows += rows if chosen[i, k] else []
+                eval_rows += rows if CLASSES[k] in gt else []
+            if start + b < render_limit:
+                truths = {k: true_boxes.get((image_id, CLASSES[k]), np.zeros((0, 4))) for k in wanted}
+                for k in render_image(frame.at[i, "path"], image_id, sizes[i], maps[b], wanted, probs[i], boxes,
+                                      truths, heat_dir):
+                    gallery.append((heatmap_filename(image_id, CLASSES[k]), image_id, CLASSES[k], probs[i, k],
+                                    int(positive[i, k]), len(boxes[k]), len(truths[k])))
+    pd.DataFrame(gallery, columns=GALLERY_COLUMNS).to_csv(os.path.join(heat_dir, "index.csv"), index=False)
+    boxes_frame = pd.DataFrame(pred_rows, columns=BOX_COLUMNS).round({"x": 1, "y": 1, "w": 1, "h": 1, "score": 4})
+    boxes_frame.to_csv(os.path.join(run_dir, "boxes.csv"), index=False)
+
+    acc, chance = {}, {}
+    if truth is not None and not truth.empty:
+        table = localization_table(pd.DataFrame(eval_rows, columns=BOX_COLUMNS), truth,
+                                   dict(zip(frame["ImageID"], sizes)))
+        table.to_csv(os.path.join(run_dir, "localization.csv"), index=False, float_format="%.4f")
+        log.info(format_table(table))
+        at = table[(table["criterion"] == "IoBB") & (table["T"] == 0.5)].set_index("measure")
+        acc = {c: float(at.at["acc", c]) for c in at.columns if c in CLASSES}
+        chance = {c: float(at.at["chance_acc", c]) for c in at.columns if c in CLASSES}
+    log.info("localize: %d images, %d heatmaps, %d boxes -> %s", len(frame), len(gallery), len(boxes_frame), run_dir)
+    return {"images": len(frame), "heatmaps": len(gallery), "boxes": len(boxes_frame), "iobb_0.5": acc,
+            "iobb_0.5_chance": chance}
+
+
+def render_image(path, image_id, size, maps, wanted, probs, boxes, truths, heat_dir):
+    """One heatmap PNG per class index in `wanted` for one image (read again, for display); returns `wanted`.
+
+    maps: the image's maps [C, h, w] at feature resolution; boxes: {class index: [k, 5] predicted, original pixels};
+    truths: {class index: [k, 4] ground truth, original pixels}; size: the original (width, height).
+    """
+    gray = display_image(path)
+    dh, dw = gray.shape
+    # Upsampled straight from the feature cells to the display size: the model's input is the image stretched to a
+    # square, so a map cell covers the same fraction of the image along each axis whatever the aspect ratio.
+    heat = heatmaps_to_uint8(upsample_maps(maps[wanted][None], (dh, dw))[0].numpy())
+    for j, k in enumerate(wanted):
+        picture = overlay_heatmap(gray, heat[j], scale_boxes(boxes[k], size, (dw, dh))[:, :4],
+                                  scale_boxes(truths[k], size, (dw, dh)), f"{CLASSES[k]}  p={probs[k]:.2f}")
+        cv2.imwrite(os.path.join(heat_dir, heatmap_filename(image_id, CLASSES[k])), picture)
+    return wanted

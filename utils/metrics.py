@@ -11,6 +11,13 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, precision_recall_curve, \
     roc_auc_score, roc_curve
 
+from data.classes import CLASSES
+from data.errors import InputError
+
+# predictions.csv holds probabilities to this many decimals; labels, heatmap choices and box scores are computed
+# from exactly those values, so that anyone recomputing a label from the files gets the same answer.
+PROB_DECIMALS = 6
+
 
 def known(y_true, y_prob):
     """The entries of one class whose label is 0 or 1."""
@@ -142,3 +149,53 @@ def plot_roc(y_true, y_prob, classes, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def rounded_probs(probs):
+    """Probabilities as predictions.csv writes them."""
+    return np.round(np.asarray(probs, dtype=np.float64), PROB_DECIMALS)
+
+
+def parse_classes(text):
+    """Comma-separated class names -> list; InputError naming the unknown ones."""
+    classes = [c.strip() for c in str(text).split(",") if c.strip()]
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown:
+        raise InputError(f"unknown classes {unknown}; choose from: {', '.join(CLASSES)}")
+    return classes
+
+
+def classes_to_map(probs, thresholds=None, classes=None):
+    """Boolean [N, C]: the classes each image gets boxes and heatmaps for.
+
+    classes (names) maps those for every image; otherwise a class is mapped where prob >= its threshold (0.5 if none).
+    """
+    if classes:
+        chosen = np.zeros(probs.shape, dtype=bool)
+        chosen[:, [CLASSES.index(c) for c in parse_classes(",".join(classes))]] = True
+        return chosen
+    thresholds = np.full(probs.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    return probs >= thresholds[None, :]
+
+
+def thresholds_frame(thresholds):
+    return pd.DataFrame({"class": CLASSES, "threshold": thresholds})
+
+
+def predictions_frame(image_ids, probs, thresholds):
+    """predictions.csv: ImageID, the probabilities (prob_<class>, PROB_DECIMALS decimals), and the labels those
+    written probabilities get at the validation thresholds (label_<class>)."""
+    probs = rounded_probs(probs)
+    return pd.concat([pd.DataFrame({"ImageID": list(image_ids)}),
+                      pd.DataFrame(probs, columns=[f"prob_{c}" for c in CLASSES]),
+                      pd.DataFrame(classes_to_map(probs, thresholds).astype(int),
+                                   columns=[f"label_{c}" for c in CLASSES])], axis=1)
+
+
+def summary_line(table):
+    """One line: the mean AUROC over the classes with positives, and each of them."""
+    per_class = table[table["class"].isin(CLASSES)]
+    defined = per_class[per_class["auroc"].notna()]
+    mean = defined["auroc"].mean() if len(defined) else math.nan
+    parts = ", ".join(f"{r['class']} {r['auroc']:.3f}" for _, r in defined.iterrows())
+    return f"test mean AUROC {mean:.4f} over {len(defined)} classes with positives | {parts}"

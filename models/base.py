@@ -1,0 +1,48 @@
+"""What every classifier here is: a feature map, a global pooling and a linear classifier, plus the input it expects.
+
+forward(x) == classifier(pool(feature_map(x))), so class activation maps (models.cam) are computed the same way for
+all. `model_args` are exactly the keyword arguments that rebuild the model with models.build_model (as nanoGPT
+rebuilds GPT from a checkpoint's model_args); among them the input's mean, std and size (as timm's pretrained_cfg
+carries them), which data.transforms reads, so a checkpoint is always fed the input it was trained on.
+"""
+import torch.nn.functional as F
+from torch import nn
+
+from models.pooling import GlobalPool
+
+
+class CAMClassifier(nn.Module):
+    def __init__(self, **model_args):
+        super().__init__()
+        self.model_args = model_args
+
+    def head(self, dim, num_classes, pooling, lse_r, map_size=None):
+        """Global pooling and the prediction layer over a D-channel map, optionally resized to S x S."""
+        self.map_size = map_size
+        self.pool = GlobalPool(pooling, lse_r)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    @property
+    def mean(self):
+        return tuple(self.model_args["mean"])
+
+    @property
+    def std(self):
+        return tuple(self.model_args["std"])
+
+    @property
+    def input_size(self):
+        return self.model_args["input_size"]
+
+    def conv_features(self, x):
+        raise NotImplementedError
+
+    def feature_map(self, x):
+        fmap = self.conv_features(x)
+        if self.map_size and fmap.shape[-1] != self.map_size:
+            # ChestX-ray8's uniform S x S map whatever the input size (S in {8, 16, 32}).
+            fmap = F.interpolate(fmap, size=(self.map_size, self.map_size), mode="bilinear", align_corners=False)
+        return fmap
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.feature_map(x)))

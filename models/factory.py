@@ -1,0 +1,55 @@
+"""The model registry: five constructors by name, the seed's names as aliases, and build_model.
+
+build_model(**model.model_args) rebuilds any model; a checkpoint stores exactly those arguments.
+"""
+import functools
+import inspect
+
+from models.chexnet import CheXNet
+from models.unified import UnifiedDCNN
+
+MODELS = {
+    "chexnet": CheXNet,
+    "unified-resnet50": functools.partial(UnifiedDCNN, "resnet50"),
+    "unified-vgg16": functools.partial(UnifiedDCNN, "vgg16"),
+    "unified-alexnet": functools.partial(UnifiedDCNN, "alexnet"),
+    "unified-googlenet": functools.partial(UnifiedDCNN, "googlenet"),
+}
+MODEL_NAMES = list(MODELS)
+# The seed's --model values keep working.
+ALIASES = {"densenet": "chexnet", "densenet121": "chexnet", "resnet": "unified-resnet50",
+           "resnet50": "unified-resnet50", "vgg": "unified-vgg16", "vgg16": "unified-vgg16",
+           "alexnet": "unified-alexnet", "googlenet": "unified-googlenet"}
+
+
+def canonical_name(name):
+    """The model's registry name for `name` or one of its aliases; ValueError listing the choices otherwise."""
+    name = str(name).lower()
+    name = ALIASES.get(name, name)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} "
+                         f"(aliases: {', '.join(ALIASES)})")
+    return name
+
+
+def backbone_arch(name):
+    """The torchvision network a model is built on."""
+    name = canonical_name(name)
+    return "densenet121" if name == "chexnet" else name.split("-", 1)[1]
+
+
+def model_options(name):
+    """The keyword arguments the constructor of `name` takes (CheXNet has no pooling, map size or transition)."""
+    constructor = MODELS[canonical_name(name)]
+    target = constructor.func if isinstance(constructor, functools.partial) else constructor
+    return [p.name for p in inspect.signature(target).parameters.values() if p.kind == p.KEYWORD_ONLY]
+
+
+def build_model(name, num_classes, **options):
+    """A classifier by name, randomly initialised, or with `backbone_state` (an ImageNet state dict of its backbone).
+    Options it does not take are an error: model_options(name) lists them."""
+    name = canonical_name(name)
+    unknown = set(options) - set(model_options(name))
+    if unknown:
+        raise TypeError(f"{name} takes no {sorted(unknown)}; it takes {model_options(name)}")
+    return MODELS[name](num_classes, **options)
