@@ -1025,31 +1025,10 @@ def montage(world_dir, out_path, n=12, columns=4, size=256):
     return out_path
 
 
-def score_run(run_dir):
-    """Test-split AUROC and localization accuracy at T(IoBB)=0.5 of a run, for the findings the world draws.
-
-    The mean is taken over DRAWN_FINDINGS only: the world has no positives for the other classes, and 'normal'
-    is not a finding."""
-    metrics = pd.read_csv(os.path.join(run_dir, "metrics.csv"), index_col="class", na_values=["NA"])
-    table = pd.DataFrame({"auroc": metrics.loc[DRAWN_FINDINGS, "auroc"]})
-    localization_csv = os.path.join(run_dir, "localization.csv")
-    if os.path.exists(localization_csv):
-        loc = pd.read_csv(localization_csv)
-        at = loc[(loc.criterion == "IoBB") & (loc["T"].round(2) == 0.5)].set_index("measure")
-        found = [f for f in DRAWN_FINDINGS if f in at.columns]
-        table.loc[found, "iobb_0.5"] = at.loc["acc", found].astype(float)
-        table.loc[found, "iobb_0.5_chance"] = at.loc["chance_acc", found].astype(float)
-    table.loc["mean"] = table.mean()
-    return table
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Generate a small synthetic PadChest + OpenI world shaped like the real inputs.")
-    parser.add_argument("--out", help="output folder (created; files of an earlier world are replaced)")
-    parser.add_argument("--score", metavar="RUN_DIR",
-                        help="instead of generating, print a traintest.py run's test AUROC and localization accuracy "
-                             "for the drawn findings, and their mean")
+    parser.add_argument("--out", required=True, help="output folder (created; files of an earlier world are replaced)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
     parser.add_argument("--padchest-images", type=int, default=1200, help="number of PadChest PNG images / CSV rows")
     parser.add_argument("--openi-reports", type=int, default=150, help="number of OpenI XML reports (1-2 DICOMs each)")
@@ -1069,14 +1048,6 @@ def main(argv=None):
                         help="also write a PNG grid of 12 images with their boxes to this path")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if args.score:
-        table = score_run(args.score)
-        print(f"test split, findings drawn by the sample world (run {args.score}):")
-        print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="NA"))
-        print(f"mean AUROC over the {len(DRAWN_FINDINGS)} drawn findings: {table.loc['mean', 'auroc']:.3f}")
-        return
-    if not args.out:
-        parser.error("--out is required (or --score RUN_DIR)")
     for flag in ("padchest_images", "openi_reports", "images_per_zip"):
         if getattr(args, flag) < 1:
             print(f"error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
