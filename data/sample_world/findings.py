@@ -53,7 +53,7 @@ class Finding:
     """A drawn finding. Subclasses set the attributes and implement the methods that raise here."""
     name = None
     terms = ()  # PadChest taxonomy terms (data/labels/padchest_tree.csv); the label parser rolls them up to the class
-    layer = "lung"
+    layer = "lung"  # one of LAYERS
     spanish = ""  # PadChest reports are stemmed Spanish
     spanish_side = False  # the Spanish sentence ends with the side
     airspace = False  # while one is present, a report cannot say "No focal airspace disease."
