@@ -216,3 +216,36 @@ def test_cli_writes_world_and_rejects_bad_counts(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         sw.main(["--out", str(tmp_path / "x"), "--padchest-images", "0"])
     assert exc.value.code == 2
+
+
+def test_every_spec_term_and_localization_is_real():
+    # the terms must be in the taxonomy the label parser reads, the localizations in the real PadChest CSV
+    taxonomy = set(sw.taxonomy_cuis())
+    assert all(t in taxonomy for terms in sw.PADCHEST_TERMS.values() for t in terms)
+    package = os.path.dirname(importlib.util.find_spec("torchxrayvision").origin)
+    real = pd.read_csv(os.path.join(package, "data", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"),
+                       usecols=["Localizations"]).Localizations.dropna().unique()
+    real_locs = {loc.strip() for text in real for loc in ast.literal_eval(text)}
+    rng = np.random.default_rng(0)
+    drawn = [f for _ in range(300) for f in sw.sample_findings(rng, 0.0, 0.5)]
+    assert {f["name"] for f in drawn} == set(sw.DRAWN_FINDINGS)
+    assert all(loc in real_locs for f in drawn for loc in sw.FINDINGS[f["name"]].localizations(f))
+
+
+def test_package_imports_no_utils_or_models_and_has_no_cycles():
+    folder = os.path.dirname(sw.__file__)
+    imports = {}
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            tree = ast.parse(open(os.path.join(folder, name), encoding="utf-8").read())
+            modules = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+            modules += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+            assert all(node.level == 0 for node in ast.walk(tree) if isinstance(node, ast.ImportFrom))
+            imports[name[:-3]] = modules
+    assert not [m for ms in imports.values() for m in ms if m.split(".")[0] in ("utils", "models")]
+    inner = {k: {m.rsplit(".", 1)[1] for m in ms if m.startswith("data.sample_world.")} for k, ms in imports.items()}
+
+    def reaches(start, target, seen=()):
+        return any(m == target or (m not in seen and reaches(m, target, seen + (m,))) for m in inner.get(start, ()))
+
+    assert not [k for k in inner if reaches(k, k)]

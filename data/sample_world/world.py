@@ -1,0 +1,134 @@
+"""The whole sample world: generate() writes both datasets and the box list, montage() draws a preview, main() is
+the command line (python -m data.sample_world)."""
+
+import argparse
+import os
+import sys
+import tarfile
+import time
+import zipfile
+
+import cv2
+import numpy as np
+import pandas as pd
+import pydicom
+
+from data.sample_world.findings import DRAWN_FINDINGS
+from data.sample_world.openi import write_openi
+from data.sample_world.padchest import taxonomy_cuis, write_padchest
+
+
+def generate(out_dir, seed=0, padchest_images=1200, openi_reports=150, images_per_zip=300, exclude_rows=2,
+             openi_without_image=3, normal_fraction=0.3, prevalence=0.21, jpeg2000_fraction=0.33, progress=True):
+    """Write the sample world into out_dir and return a summary dict (counts, prevalence per finding, seconds)."""
+    start = time.time()
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "labels"), exist_ok=True)
+    for name in os.listdir(os.path.join(out_dir, "images")):
+        if name.endswith(".zip") and name[:-4].isdigit():  # stale zips from a bigger earlier world
+            os.remove(os.path.join(out_dir, "images", name))
+    cuis = taxonomy_cuis()
+    pad_boxes, n_pad = write_padchest(out_dir, seed, padchest_images, images_per_zip, exclude_rows, normal_fraction,
+                                      prevalence, cuis, progress)
+    openi_boxes, n_dcm, n_j2k = write_openi(out_dir, seed, openi_reports, openi_without_image, normal_fraction,
+                                            prevalence, jpeg2000_fraction, progress)
+    boxes = pd.DataFrame(pad_boxes + openi_boxes, columns=["Image Index", "Finding Label", "x", "y", "w", "h"])
+    boxes.to_csv(os.path.join(out_dir, "BBox_List_2017.csv"), index=False)
+    n_images = n_pad + n_dcm
+    per_image = boxes.drop_duplicates(["Image Index", "Finding Label"])["Finding Label"].value_counts()
+    return {
+        "out_dir": out_dir,
+        "padchest_images": n_pad,
+        "zips": (n_pad + images_per_zip - 1) // images_per_zip,
+        "openi_reports": openi_reports,
+        "openi_dicoms": n_dcm,
+        "openi_jpeg2000": int(n_j2k),
+        "boxes": len(boxes),
+        "prevalence": {name: round(float(per_image.get(name, 0)) / max(n_images, 1), 3) for name in DRAWN_FINDINGS},
+        "seconds": round(time.time() - start, 1),
+    }
+
+
+def montage(world_dir, out_path, n=12, columns=4, size=256):
+    """A grid of the world's first images (8-bit window, OpenI inverted) with their boxes, to eyeball the drawing."""
+    boxes = pd.read_csv(os.path.join(world_dir, "BBox_List_2017.csv"))
+    tiles = []
+    with zipfile.ZipFile(os.path.join(world_dir, "images", "0.zip")) as zf:
+        for name in zf.namelist()[: n - n // 3]:
+            img = cv2.imdecode(np.frombuffer(zf.read(name), np.uint8), cv2.IMREAD_UNCHANGED).astype(np.float32)
+            lo, hi = np.percentile(img, [0.5, 99.5])
+            tiles.append((name, np.clip((img - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)))
+    with tarfile.open(os.path.join(world_dir, "images", "NLMCXR_dcm.tgz")) as tar:
+        for member in tar.getmembers()[: n // 3]:
+            ds = pydicom.dcmread(tar.extractfile(member))
+            arr = ds.pixel_array.astype(np.float32)
+            wc, ww = float(ds.WindowCenter), float(ds.WindowWidth)
+            img = np.clip((arr - (wc - ww / 2)) / ww * 255, 0, 255)
+            tiles.append(("CXR" + member.name[:-4], (255 - img).astype(np.uint8)))
+    cells = []
+    for image_id, img in tiles:
+        h, w = img.shape
+        scale = size / max(h, w)
+        cell = np.zeros((size, size, 3), np.uint8)
+        small = cv2.resize(img, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_AREA)
+        cell[: small.shape[0], : small.shape[1]] = small[..., None]
+        for _, b in boxes[boxes["Image Index"] == image_id].iterrows():
+            p0 = (int(b.x * scale), int(b.y * scale))
+            p1 = (int((b.x + b.w) * scale), int((b.y + b.h) * scale))
+            cv2.rectangle(cell, p0, p1, (0, 200, 255), 1)
+            cv2.putText(cell, b["Finding Label"], (p0[0], max(p0[1] - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+                        (0, 255, 0), 1)
+        cells.append(cell)
+    while len(cells) % columns:
+        cells.append(np.zeros((size, size, 3), np.uint8))
+    rows = [np.hstack(cells[i: i + columns]) for i in range(0, len(cells), columns)]
+    cv2.imwrite(out_path, np.vstack(rows))
+    return out_path
+
+
+def main(argv=None):
+    """python -m data.sample_world --out WORLD [options]: write a world and print its summary."""
+    parser = argparse.ArgumentParser(
+        prog="python -m data.sample_world",
+        description="Generate a small synthetic PadChest + OpenI world shaped like the real inputs.")
+    parser.add_argument("--out", required=True, help="output folder (created; files of an earlier world are replaced)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
+    parser.add_argument("--padchest-images", type=int, default=1200, help="number of PadChest PNG images / CSV rows")
+    parser.add_argument("--openi-reports", type=int, default=150, help="number of OpenI XML reports (1-2 DICOMs each)")
+    parser.add_argument("--images-per-zip", type=int, default=300,
+                        help="PadChest images per zip (zip number = ImageDir)")
+    parser.add_argument("--exclude-rows", type=int, default=2,
+                        help="PadChest rows labelled ['exclude'] (images still zipped)")
+    parser.add_argument("--openi-without-image", type=int, default=3,
+                        help="OpenI reports that have no image, as in the real data")
+    parser.add_argument("--normal-fraction", type=float, default=0.3,
+                        help="fraction of studies drawn and labelled normal")
+    parser.add_argument("--prevalence", type=float, default=0.21,
+                        help="chance of each drawn finding in an abnormal study (about 0.17 of all images at 0.21)")
+    parser.add_argument("--jpeg2000-fraction", type=float, default=0.33,
+                        help="fraction of DICOMs stored JPEG 2000 lossless")
+    parser.add_argument("--montage", default=None,
+                        help="also write a PNG grid of 12 images with their boxes to this path")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    for flag in ("padchest_images", "openi_reports", "images_per_zip"):
+        if getattr(args, flag) < 1:
+            print(f"error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+            sys.exit(2)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"error: --out {args.out} exists and is not a folder", file=sys.stderr)
+        sys.exit(2)
+    if args.exclude_rows > args.padchest_images or args.openi_without_image > args.openi_reports:
+        print("error: more exclude rows / imageless reports than images / reports", file=sys.stderr)
+        sys.exit(2)
+    summary = generate(args.out, args.seed, args.padchest_images, args.openi_reports, args.images_per_zip,
+                       args.exclude_rows, args.openi_without_image, args.normal_fraction, args.prevalence,
+                       args.jpeg2000_fraction, progress=not args.quiet)
+    if args.montage:
+        montage(args.out, args.montage)
+    prevalence = ", ".join(f"{k} {v:.2f}" for k, v in summary["prevalence"].items())
+    print(f"wrote {summary['padchest_images']} PadChest PNGs in {summary['zips']} zips, "
+          f"{summary['openi_dicoms']} OpenI DICOMs "
+          f"({summary['openi_jpeg2000']} JPEG 2000) for {summary['openi_reports']} reports, {summary['boxes']} boxes "
+          f"to {args.out} in {summary['seconds']:.1f} s; prevalence: {prevalence}")
+

@@ -1,0 +1,56 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from data.classes import CLASSES
+from data.sample_world import DRAWN_FINDINGS
+from utils.metrics import write_metrics
+from utils.sample_score import main, score_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_run(run_dir, with_localization=True):
+    """A run folder as traintest.py leaves it: metrics.csv for every class (NA where a class has no positives), and
+    localization.csv for the drawn findings but the last."""
+    run_dir.mkdir()
+    auroc = {name: 0.5 + 0.05 * k for k, name in enumerate(DRAWN_FINDINGS)}  # 0.5 ... 0.9, mean 0.7
+    rows = [{"class": c, "positives": 3, "negatives": 9, "auroc": auroc.get(c, 0.1 if c != "normal" else None)}
+            for c in CLASSES]
+    write_metrics(pd.DataFrame(rows + [{"class": "macro", "auroc": 0.2}]), run_dir / "metrics.csv")
+    if with_localization:
+        located = DRAWN_FINDINGS[:-1]
+        loc = [{"criterion": criterion, "T": t, "measure": measure,
+                **{c: (0.8 if (criterion, t, measure) == ("IoBB", 0.5, "acc") else 0.2) for c in located}}
+               for criterion in ("IoU", "IoBB") for t in (0.1, 0.5) for measure in ("acc", "chance_acc", "afp")]
+        pd.DataFrame(loc).to_csv(run_dir / "localization.csv", index=False, float_format="%.4f")
+    return run_dir
+
+
+def test_mean_is_over_the_drawn_findings_only(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    main([str(run)])
+    out = capsys.readouterr().out
+    assert out.startswith(f"test split, findings drawn by the sample world (run {run}):\n")
+    assert out.rstrip("\n").endswith(f"mean AUROC over the {len(DRAWN_FINDINGS)} drawn findings: 0.700")
+    table = score_run(str(run))
+    assert list(table.index) == DRAWN_FINDINGS + ["mean"]
+    assert table.loc["mean", "iobb_0.5"] == pytest.approx(0.8)
+    assert table.loc["mean", "iobb_0.5_chance"] == pytest.approx(0.2)
+    assert table["iobb_0.5"].isna().sum() == 1  # the finding without boxes shows NA, not 0
+    assert "NA" in out
+
+
+def test_without_localization_and_as_a_module(tmp_path):
+    run = write_run(tmp_path / "run", with_localization=False)
+    result = subprocess.run([sys.executable, "-m", "utils.sample_score", str(run)], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert "iobb" not in result.stdout
+    assert result.stdout.rstrip("\n").endswith("drawn findings: 0.700")
+    missing = subprocess.run([sys.executable, "-m", "utils.sample_score", str(tmp_path / "nowhere")], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "metrics.csv" in missing.stderr

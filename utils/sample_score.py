@@ -1,0 +1,53 @@
+"""Score a traintest.py run on the sample world: test AUROC and localization accuracy of the findings it draws.
+
+    python -m utils.sample_score RUN_DIR
+
+prints the table (auroc, and with RUN_DIR/localization.csv the accuracy at T(IoBB)=0.5 and its chance level) and
+"mean AUROC over the N drawn findings: X".
+"""
+
+import argparse
+import os
+import sys
+
+import pandas as pd
+
+from data.sample_world import DRAWN_FINDINGS
+
+
+def score_run(run_dir):
+    """Test-split AUROC and localization accuracy at T(IoBB)=0.5 of a run, for the findings the world draws.
+
+    The mean is taken over DRAWN_FINDINGS only: the world has no positives for the other classes, and 'normal'
+    is not a finding."""
+    metrics = pd.read_csv(os.path.join(run_dir, "metrics.csv"), index_col="class", na_values=["NA"])
+    table = pd.DataFrame({"auroc": metrics.loc[DRAWN_FINDINGS, "auroc"]})
+    localization_csv = os.path.join(run_dir, "localization.csv")
+    if os.path.exists(localization_csv):
+        loc = pd.read_csv(localization_csv)
+        at = loc[(loc.criterion == "IoBB") & (loc["T"].round(2) == 0.5)].set_index("measure")
+        found = [f for f in DRAWN_FINDINGS if f in at.columns]
+        table.loc[found, "iobb_0.5"] = at.loc["acc", found].astype(float)
+        table.loc[found, "iobb_0.5_chance"] = at.loc["chance_acc", found].astype(float)
+    table.loc["mean"] = table.mean()
+    return table
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m utils.sample_score",
+        description="Print a traintest.py run's test AUROC and localization accuracy for the findings the sample "
+                    "world draws, and their mean.")
+    parser.add_argument("run_dir", help="run folder (holds metrics.csv, and localization.csv with --boxes-csv)")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.run_dir, "metrics.csv")):
+        print(f"error: {args.run_dir} has no metrics.csv (is it a finished traintest.py run folder?)", file=sys.stderr)
+        sys.exit(2)
+    table = score_run(args.run_dir)
+    print(f"test split, findings drawn by the sample world (run {args.run_dir}):")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="NA"))
+    print(f"mean AUROC over the {len(DRAWN_FINDINGS)} drawn findings: {table.loc['mean', 'auroc']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
