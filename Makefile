@@ -35,11 +35,11 @@ install-dev: $(VENV)/.dev
 	fi
 
 test: install-dev
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest
 
-# The demo model: the Unified DCNN with an AlexNet backbone trains fast enough on a 2-core CPU (no native bf16,
-# so fp32). At 192 px its map is 11x11: at 128 px (7x7) it classified as well but its boxes missed.
-DEMO_TRAIN ?= --model unified-alexnet --pooling lse --image-size 192 --epochs 12 --batch_size 16 --cache --workers 1 --overwrite
+# The demo model: the Unified DCNN with an AlexNet backbone trains fast enough on a 2-core CPU (fp32 where the CPU
+# has no native bf16). At 192 px its map is 11x11: at 128 px (7x7) it classified as well but its boxes missed.
+DEMO_TRAIN ?= --model unified-alexnet --pooling lse --image-size 192 --epochs 12 --batch-size 16 --cache --workers 1 --overwrite
 
 demo: install
 	@start=$$(date +%s); \
@@ -48,9 +48,9 @@ demo: install
 	$(PY) parselabelfile.py --padchest-csv $(WORK)/sample_world/labels/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv \
 		--openi-reports $(WORK)/sample_world/labels/NLMCXR_reports.tgz --out $(WORK)/labels && \
 	$(PY) combinelabels.py --labels $(WORK)/labels --manifest $(WORK)/ingest/manifest.csv --out $(WORK)/combined.csv && \
-	$(PY) traintest.py --csv $(WORK)/combined.csv --run-dir $(WORK)/run $(DEMO_TRAIN) \
+	$(PY) traintest.py --csv $(WORK)/combined.csv --output-dir $(WORK)/run $(DEMO_TRAIN) \
 		--boxes-csv $(WORK)/sample_world/BBox_List_2017.csv && \
-	$(PY) -m data.sample_world --score $(WORK)/run && \
+	$(PY) -m utils.sample_score $(WORK)/run && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s. Results: $(WORK)/run/ (metrics.csv, predictions.csv, heatmaps/, boxes.csv, localization.csv); open $(WORK)/run/report.html in a browser"
 
 clean:
