@@ -34,23 +34,9 @@ from utils.localization import localize
 from utils.metrics import (choose_thresholds, mean_auroc, metrics_table, parse_classes, plot_roc, predictions_frame,
                            summary_line, thresholds_frame, write_metrics)
 from utils.report import write_report
-from utils.runtime import close_logging, seed_everything, setup_logging, use_amp
+from utils.runtime import amp_setting, close_logging, on_off, seed_everything, setup_logging, use_amp
 
 log = logging.getLogger("traintest")
-
-
-def on_off(text):
-    """A switch's value: 1/0, on/off, true/false, yes/no."""
-    value = str(text).strip().lower()
-    if value in ("1", "on", "true", "yes"):
-        return True
-    if value in ("0", "off", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on or off (1 or 0), got {text!r}")
-
-
-def amp_setting(text):
-    return "auto" if str(text).strip().lower() == "auto" else ("on" if on_off(text) else "off")
 
 
 def checked(parse):

@@ -90,7 +90,7 @@ def localization_html(table):
 
 
 def gallery_items(run_dir, limit=MAX_GALLERY):
-    """[(file, caption)] for the gallery: from heatmaps/index.csv (written by utils.heatmaps.localize) when present,
+    """[(file, caption)] for the gallery: from heatmaps/index.csv (written by utils.localization.localize) when present,
     images with true boxes first; otherwise every PNG in heatmaps/, sorted by name."""
     heat_dir = os.path.join(run_dir, "heatmaps")
     index = os.path.join(heat_dir, "index.csv")
@@ -174,9 +174,10 @@ def main():
     args = parser.parse_args()
     if not os.path.isdir(args.run_dir):
         print(f"error: run folder {args.run_dir} does not exist", file=sys.stderr)
-        sys.exit(2)
+        return 2
     print(f"wrote {write_report(args.run_dir)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

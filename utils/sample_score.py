@@ -42,12 +42,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.run_dir, "metrics.csv")):
         print(f"error: {args.run_dir} has no metrics.csv (is it a finished traintest.py run folder?)", file=sys.stderr)
-        sys.exit(2)
+        return 2
     table = score_run(args.run_dir)
     print(f"test split, findings drawn by the sample world (run {args.run_dir}):")
     print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="NA"))
     print(f"mean AUROC over the {len(DRAWN_FINDINGS)} drawn findings: {table.loc['mean', 'auroc']:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
