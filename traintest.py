@@ -154,15 +154,15 @@ def new_model(args):
     options = {"pooling": args.pooling, "lse_r": args.lse_r, "map_size": args.map_size,
                "input_size": args.image_size or 224}
     options = {k: v for k, v in options.items() if k in model_options(args.model)}
-    if args.pretrained and not args.resume:  # a resumed run takes every weight from its checkpoint
+    if args.pretrained:
         return pretrained_model(args.model, NUM_CLASSES, args.weights, **options)
     return build_model(args.model, NUM_CLASSES, **options)
 
 
-def report_results(model, frame, predictions, out_dir, args, thresholds):
+def report_results(frame, predictions, out_dir, args, thresholds, image_size):
     """Step 5 from the forward pass that predicted `frame` (heatmaps, boxes, localization), then report.html."""
     if args.max_heatmaps != 0:
-        localize(frame, predictions, out_dir, input_size=dist.unwrap(model).input_size, thresholds=thresholds,
+        localize(frame, predictions, out_dir, input_size=image_size, thresholds=thresholds,
                  classes=args.heatmap_classes, box_thresholds=tuple(int(v) for v in args.box_thresholds.split(",")),
                  boxes_csv=args.boxes_csv, max_images=args.max_heatmaps)
     log.info("report: %s", write_report(out_dir))
@@ -183,7 +183,7 @@ def test(model, frame, args, device, amp, thresholds, image_size):
         plot_roc(out.labels, out.probs, CLASSES, os.path.join(args.output_dir, "roc.png"))
         log.info("test loss %.4f", loss)
         log.info(summary_line(table))
-        report_results(model, test_frame, out, args.output_dir, args, thresholds)
+        report_results(test_frame, out, args.output_dir, args, thresholds, image_size)
 
 
 def write_thresholds(thresholds, out_dir):
@@ -198,7 +198,8 @@ def train(args, device, amp):
         raise InputError(f"{args.csv} needs train and val rows (split column); it has {len(train_frame)} train and "
                          f"{len(val_frame)} val rows")
     ckpt_last, ckpt_best = (os.path.join(args.output_dir, f"checkpoint_{k}.pt") for k in ("last", "best"))
-    model = new_model(args)
+    resumed = read_checkpoint(ckpt_last) if args.resume else None
+    model = build_model(**resumed["model_args"]) if resumed else new_model(args)  # a resumed run is the same model
     if args.load_model and not args.resume:
         init = read_checkpoint(args.load_model)
         if init["model_args"]["name"] != args.model:
@@ -217,9 +218,9 @@ def train(args, device, amp):
     config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
 
     start_epoch, best_auroc, history = 0, -math.inf, []
-    if args.resume:
-        ckpt = restore_training(ckpt_last, model, optimizer, scheduler, scaler)
-        start_epoch, best_auroc, history = ckpt["epoch"], ckpt["best_auroc"], list(ckpt.get("history", []))
+    if resumed:
+        restore_training(resumed, ckpt_last, model, optimizer, scheduler, scaler)
+        start_epoch, best_auroc, history = resumed["epoch"], resumed["best_auroc"], list(resumed.get("history", []))
         log.info("resuming %s after epoch %d (best validation mean AUROC %.4f)", args.output_dir, start_epoch,
                  best_auroc)
 
@@ -291,14 +292,14 @@ def predict_new(args, device, amp):
     frame = image_frame(args.predict)
     model, ckpt = load_checkpoint(args.load_model)
     thresholds = ckpt.get("thresholds") or [0.5] * NUM_CLASSES
+    image_size = args.image_size or model.input_size
     model.to(device, memory_format=torch.channels_last)
-    out = predict(model, loader(frame, args, args.image_size or model.input_size), device, amp=amp,
-                  maps=args.max_heatmaps != 0)
+    out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0)
     if dist.is_main():
         predictions_frame(frame["ImageID"], out.probs, thresholds).to_csv(
             os.path.join(args.output_dir, "predictions.csv"), index=False)
         log.info("predicted %d images -> %s", len(frame), os.path.join(args.output_dir, "predictions.csv"))
-        report_results(model, frame, out, args.output_dir, args, thresholds)
+        report_results(frame, out, args.output_dir, args, thresholds, image_size)
 
 
 def run(args):

@@ -73,16 +73,14 @@ def training_checkpoint(model, optimizer, scheduler, scaler, **entries):
                             scaler=scaler.state_dict() if scaler else None, rng=rng_state(), **entries)
 
 
-def restore_training(path, model, optimizer, scheduler, scaler):
-    """Load a training checkpoint into model, optimizer, scheduler, scaler and the RNGs; returns the checkpoint."""
-    ckpt = read_checkpoint(path)
+def restore_training(ckpt, path, model, optimizer, scheduler, scaler):
+    """Load a training checkpoint (read from `path`) into model, optimizer, scheduler, scaler and the RNGs."""
     load_weights(unwrap(model), ckpt["model"], path)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
-    return ckpt
 
 
 def read_checkpoint(path, map_location="cpu", classes=CLASSES):
