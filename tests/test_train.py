@@ -116,6 +116,10 @@ def test_pretrained_googlenet_gets_its_weights_input_everywhere(tmp_path, make_d
     assert traintest(*common, "--output-dir", resumed, "--epochs", 1) == 0
     assert traintest("--resume", resumed, "--epochs", 2) == 0
     pd.testing.assert_frame_equal(metrics(resumed), metrics(whole))
+    last_whole, last_resumed = (torch.load(run / "checkpoint_last.pt", weights_only=True) for run in (whole, resumed))
+    assert last_resumed["model_args"] == last_whole["model_args"]
+    for name, value in last_whole["model"].items():  # the resumed epoch trained on the same input
+        assert torch.equal(value, last_resumed["model"][name]), name
 
     model, ckpt = load_checkpoint(whole / "checkpoint_best.pt")
     assert model.mean == (0.5, 0.5, 0.5) and model.std == (0.5, 0.5, 0.5)
