@@ -219,3 +219,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert "loss is nan at epoch 2" in err and "last good checkpoint is kept" in err
     assert torch.load(run / "checkpoint_last.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("text, setting", [("auto", "auto"), ("on", "on"), ("1", "on"), ("off", "off"), ("0", "off"),
+                                           ("False", "off")])
+def test_amp_switch_spellings(text, setting):
+    from utils.runtime import amp_setting, use_amp
+    assert amp_setting(text) == setting
+    if setting != "auto":  # only auto asks the machine
+        assert use_amp(setting, torch.device("cpu")) == (setting == "on")

@@ -27,7 +27,7 @@ class NonFiniteLoss(RuntimeError):
 
 class Predictions(NamedTuple):
     """One row per image, ordered by row index: probabilities [N, C], labels [N, C], decoded image sizes [N, 2]
-    (height, width), and with maps=True the class activation maps [N, C, h, w] (float16, feature resolution)."""
+    (height, width), and with maps=True the class activation maps [N, C, h, w] (float32, feature resolution)."""
     indices: np.ndarray
     probs: np.ndarray
     labels: np.ndarray
@@ -136,7 +136,7 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
         with autocast(device, amp):
             if maps:
                 logits, cams = class_activation_maps(net, x, size=None)
-                parts["maps"].append(cams.half().cpu().numpy())
+                parts["maps"].append(cams.cpu().numpy())
             else:
                 logits = model(x)
         parts["probs"].append(torch.sigmoid(logits.float()).cpu().numpy())
@@ -146,7 +146,7 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
     if not parts["indices"]:
         empty = np.zeros((0, n_classes), dtype=np.float32)
         return Predictions(np.zeros(0, np.int64), empty, empty, np.zeros((0, 2), np.int64),
-                           np.zeros((0, n_classes, 1, 1), np.float16) if maps else None)
+                           np.zeros((0, n_classes, 1, 1), np.float32) if maps else None)
     indices, rows = dist.gather_rows(np.concatenate(parts["indices"]),
                                      {k: np.concatenate(v) for k, v in parts.items() if v and k != "indices"})
     return Predictions(indices, rows["probs"], rows["labels"], rows["sizes"], rows.get("maps"))
