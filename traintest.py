@@ -23,16 +23,16 @@ import time
 import torch
 
 from data.classes import CLASSES, NUM_CLASSES
-from data.dataset import image_frame, read_combined
+from data.dataset import image_frame, read_combined, split
 from data.errors import InputError
 from models import LOSSES, MODEL_NAMES, build_model, canonical_name, model_options
 from utils import dist
 from utils.checkpoint import (load_checkpoint, load_weights, model_checkpoint, pretrained_model, read_checkpoint,
                               restore_training, save_checkpoint, training_checkpoint)
 from utils.engine import NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch
-from utils.localization import localize
+from utils.localization import localize, parse_levels
 from utils.metrics import (choose_thresholds, mean_auroc, metrics_table, parse_classes, plot_roc, predictions_frame,
-                           summary_line, thresholds_frame, write_metrics)
+                           summary_line, write_metrics, write_thresholds)
 from utils.report import write_report
 from utils.runtime import amp_setting, close_logging, on_off, seed_everything, setup_logging, use_amp
 
@@ -112,7 +112,8 @@ def get_args_parser():
     h = p.add_argument_group("localization")
     h.add_argument("--heatmap-classes", type=checked(parse_classes), help="comma-separated classes to map for every image "
                    "(default: the classes predicted positive at the validation thresholds)")
-    h.add_argument("--box-thresholds", default="60,180", help="heatmap levels (0-255) at which boxes are drawn")
+    h.add_argument("--box-thresholds", default="60,180", type=checked(parse_levels),
+                   help="heatmap levels (0-255) at which boxes are drawn")
     h.add_argument("--boxes-csv", metavar="FILE", help="ground-truth boxes (NIH BBox_List_2017 layout) to score "
                    "localization against")
     h.add_argument("--max-heatmaps", type=int, default=50, help="at most this many images get heatmap PNGs; boxes "
@@ -139,11 +140,6 @@ def parse_args(argv):
     return args
 
 
-def split(frame, name, limit=None):
-    part = frame[frame["split"] == name].reset_index(drop=True)
-    return part.head(limit) if limit else part
-
-
 def loader(frame, args, image_size, train=False):
     return make_loader(frame, image_size, CLASSES, batch_size=args.batch_size, workers=args.workers, train=train,
                        seed=args.seed, cache=args.cache and train,
@@ -163,8 +159,8 @@ def report_results(frame, predictions, out_dir, args, thresholds, image_size):
     """Step 5 from the forward pass that predicted `frame` (heatmaps, boxes, localization), then report.html."""
     if args.max_heatmaps != 0:
         localize(frame, predictions, out_dir, input_size=image_size, thresholds=thresholds,
-                 classes=args.heatmap_classes, box_thresholds=tuple(int(v) for v in args.box_thresholds.split(",")),
-                 boxes_csv=args.boxes_csv, max_images=args.max_heatmaps)
+                 classes=args.heatmap_classes, box_thresholds=args.box_thresholds, boxes_csv=args.boxes_csv,
+                 max_images=args.max_heatmaps)
     log.info("report: %s", write_report(out_dir))
 
 
@@ -184,11 +180,6 @@ def test(model, frame, args, device, amp, thresholds, image_size):
         log.info("test loss %.4f", loss)
         log.info(summary_line(table))
         report_results(test_frame, out, args.output_dir, args, thresholds, image_size)
-
-
-def write_thresholds(thresholds, out_dir):
-    if dist.is_main():
-        thresholds_frame(thresholds).to_csv(os.path.join(out_dir, "thresholds.csv"), index=False)
 
 
 def train(args, device, amp):
@@ -260,7 +251,8 @@ def train(args, device, amp):
     # Evaluate the best model, with thresholds chosen on validation by that same model.
     best = read_checkpoint(ckpt_best)
     load_weights(dist.unwrap(model), best["model"], ckpt_best)
-    write_thresholds(best["thresholds"], args.output_dir)
+    if dist.is_main():
+        write_thresholds(best["thresholds"], args.output_dir)
     if dist.is_main() and args.save_model:
         os.makedirs(os.path.dirname(os.path.abspath(args.save_model)), exist_ok=True)
         shutil.copyfile(ckpt_best, args.save_model)
@@ -281,7 +273,8 @@ def evaluate_only(args, device, amp):
             raise InputError(f"{args.load_model} stores no thresholds and {args.csv} has no val rows to choose them on")
         _, out = evaluate(model, loader(val, args, image_size), device, LOSSES[args.loss], amp=amp, desc="validation")
         thresholds = choose_thresholds(out.labels, out.probs)
-    write_thresholds(thresholds, args.output_dir)
+    if dist.is_main():
+        write_thresholds(thresholds, args.output_dir)
     test(model, frame, args, device, amp, thresholds, image_size)
 
 

@@ -102,6 +102,12 @@ def read_combined(csv_path, classes, skip_missing=False):
     return frame.reset_index(drop=True)
 
 
+def split(frame, name, limit=None):
+    """The rows of one split ('train', 'val', 'test'), at most `limit` of them."""
+    part = frame[frame["split"] == name].reset_index(drop=True)
+    return part.head(limit) if limit else part
+
+
 def image_frame(path):
     """ImageID (the file stem) and path of every PNG, JPEG and DICOM file at `path` (a file or a folder)."""
     files = image_files(path)

@@ -282,6 +282,14 @@ def format_table(table):
 GALLERY_COLUMNS = ["file", "ImageID", "class", "probability", "predicted", "boxes", "true_boxes"]
 
 
+def parse_levels(text):
+    """--box-thresholds: comma-separated heatmap levels 0..255 -> tuple of ints; ValueError otherwise."""
+    levels = tuple(int(v) for v in str(text).split(",") if v.strip())
+    if not levels or not all(0 <= v <= 255 for v in levels):
+        raise ValueError(f"expected comma-separated heatmap levels from 0 to 255, got {text!r}")
+    return levels
+
+
 def original_sizes(frame, decoded):
     """[(width, height)] of each row's original image: the frame's width/height (the manifest records the size
     before step 1 resized it), else the size the loader decoded (`decoded`: [N, 2] height, width)."""

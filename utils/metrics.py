@@ -5,6 +5,7 @@ Labels of -1 (uncertain) are left out of every metric. A class with no positives
 no AUROC: its row says NA instead of raising.
 """
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -178,8 +179,10 @@ def classes_to_map(probs, thresholds=None, classes=None):
     return probs >= thresholds[None, :]
 
 
-def thresholds_frame(thresholds):
-    return pd.DataFrame({"class": CLASSES, "threshold": thresholds})
+def write_thresholds(thresholds, out_dir):
+    """out_dir/thresholds.csv: class, threshold (full precision, so labels recomputed from the files agree)."""
+    pd.DataFrame({"class": CLASSES, "threshold": thresholds}).to_csv(os.path.join(out_dir, "thresholds.csv"),
+                                                                     index=False)
 
 
 def predictions_frame(image_ids, probs, thresholds):
