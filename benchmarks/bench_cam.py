@@ -1,17 +1,19 @@
 """Cost of heatmaps and boxes, side by side in one run:
 
   plain       inference only (logits)
-  cam+boxes   logits + class activation maps of all 22 classes + ChestX-ray8 boxes for all 22 (models.cam, utils.boxes)
+  cam+boxes   logits + class activation maps of all 22 classes + ChestX-ray8 boxes for all 22 (models.cam,
+              utils.localization)
   grad-cam    pytorch-grad-cam's GradCAM for the same 22 classes (one forward + backward per class)
 
 CheXNet (random weights: the cost does not depend on them) on real radiographs (pydicom-data's RG1 files through
 step 1's decoder). Targets: cam+boxes at most 1.2x plain; at least 50x faster than Grad-CAM.
 
-    python benchmarks/bench_cam.py [--images 8] [--gradcam-images 2] [--size 224] [--device cpu]
+    python -m benchmarks.bench_cam [--images 8] [--gradcam-images 2] [--size 224] [--device cpu]
+
+(from the repository root, so that data/, models/ and utils/ import as the scripts import them)
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -21,15 +23,13 @@ import pydicom.data
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data.classes import NUM_CLASSES  # noqa: E402
-from data.dataset import load_input, to_model_input  # noqa: E402
-from data.decode import read_image  # noqa: E402
-from models import build_model  # noqa: E402
-from utils.boxes import boxes_from_heatmaps, heatmaps_to_uint8, scale_boxes  # noqa: E402
-from models.cam import class_activation_maps, upsample_maps  # noqa: E402
-from utils.heatmaps import CELLS_TO_GRID  # noqa: E402
+from data.classes import NUM_CLASSES
+from data.dataset import read_gray
+from data.decode import read_image
+from data.transforms import Normalize, SquareResize
+from models import build_model
+from models.cam import class_activation_maps, upsample_maps
+from utils.localization import CELLS_TO_GRID, boxes_from_heatmaps, heatmaps_to_uint8, scale_boxes
 
 
 class FeatureMap(nn.Module):
@@ -56,12 +56,13 @@ class Hooked(nn.Module):
 def radiographs(n, size):
     """n real radiographs as the model's uint8 input [n, 1, size, size] (the three RG1 files, repeated)."""
     names = ["RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm"]
+    resize = SquareResize(size)
     with tempfile.TemporaryDirectory() as tmp:
         tensors = []
         for name in names:
             path = os.path.join(tmp, name.replace(".dcm", ".png"))
             cv2.imwrite(path, read_image(pydicom.data.get_testdata_file(name)))
-            tensors.append(load_input(path, size))
+            tensors.append(resize(read_gray(path)))
     return torch.stack([tensors[i % len(tensors)] for i in range(n)])
 
 
@@ -97,9 +98,10 @@ def main():
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    model = build_model("chexnet", NUM_CLASSES).eval().to(device).to(memory_format=torch.channels_last)
-    x = to_model_input(radiographs(args.images, args.size), device)
-    original = (2000, 2500)  # boxes are scaled to an original image size, as utils.heatmaps.localize does
+    model = build_model("chexnet", NUM_CLASSES, input_size=args.size).eval()
+    model = model.to(device).to(memory_format=torch.channels_last)
+    x = Normalize(model.mean, model.std, device)(radiographs(args.images, args.size))
+    original = (2000, 2500)  # boxes are scaled to an original image size, as utils.localization.localize does
 
     @torch.no_grad()
     def plain():

@@ -9,12 +9,13 @@ Prints images/s for each, b/a (time per image per core of the ingest over decode
 alone; target <= 1.2), c/b (how many times faster than the original) and the
 speedup from 1 to 2 workers (target >= 1.8).
 
-    python benchmarks/bench_ingest.py [--archives 2] [--per-archive 20] [--size 512]
+    python -m benchmarks.bench_ingest [--archives 2] [--per-archive 20] [--size 512]
+
+(from the repository root, so that data/ imports as the scripts import it)
 """
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 import zipfile
@@ -22,8 +23,7 @@ import zipfile
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.ingest.pipeline import ingest  # noqa: E402
+from data.ingest.pipeline import ingest
 
 
 def radiograph_like(rng, height, width):

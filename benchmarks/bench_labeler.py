@@ -4,19 +4,18 @@ The CheXpert labeler it replaces (Java, BLLIP parser, NegBio) cannot run here (m
 report about 5 reports per second, the number the ratio below is taken against. Also prints the labeler's
 agreement with OpenI's MeSH codes.
 
-    python benchmarks/bench_labeler.py [--repeats 3]
+    python -m benchmarks.bench_labeler [--repeats 3]
+
+(from the repository root, so that data/ imports as the scripts import it)
 """
 
 import argparse
 import importlib.util
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data.labels.openi import read_reports, report_text  # noqa: E402
-from data.labels.report_labeler import evaluate_openi, format_table, label_report  # noqa: E402
+from data.labels.openi import evaluate_labeler, read_reports, report_text
+from data.labels.report_labeler import format_table, label_report
 
 CHEXPERT_REPORTS_PER_S = 5.0  # reported by users of stanfordmlgroup/chexpert-labeler
 
@@ -40,7 +39,7 @@ def main():
     print(f"{len(texts)} reports, one process: {rate_wall:,.0f} reports/s wall, {rate_cpu:,.0f} reports/s of CPU time "
           f"(target >= 1,000); CheXpert labeler ~{CHEXPERT_REPORTS_PER_S:.0f}/s reported: "
           f"{rate_wall / CHEXPERT_REPORTS_PER_S:,.0f}x")
-    rows, _ = evaluate_openi(source)
+    rows, _ = evaluate_labeler(source)
     print(format_table(rows))
 
 

@@ -7,25 +7,24 @@
   worst relative gap between a class's prevalence in val/test and in train (classes with >= 100
   positive patients). The old one is quadratic, so it runs on --old-patients patients only.
 
-    python benchmarks/bench_labels.py [--old-patients 15000]
+    python -m benchmarks.bench_labels [--old-patients 30000]
+
+(from the repository root, so that data/ imports as the scripts import it)
 """
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from skmultilearn.model_selection import IterativeStratification
 
-from skmultilearn.model_selection import IterativeStratification  # noqa: E402
-
-from data.labels.combine import RarestFirstStratification, combine, patient_labels  # noqa: E402
-from data.labels.openi import openi_labels  # noqa: E402
-from data.labels.padchest import CSV_NAME, padchest_labels  # noqa: E402
+from data.labels.combine import RarestFirstStratification, combine, patient_labels
+from data.labels.openi import openi_labels
+from data.labels.padchest import CSV_NAME, padchest_labels
 
 
 def txrv_data():

@@ -1,36 +1,37 @@
 """Training-loop speed, as shipped vs the original's loop, side by side in one run on the same model and batch.
 
-    python benchmarks/bench_train.py [--model chexnet] [--image-size 224] [--batch-size 16] [--batches 4]
+    python -m benchmarks.bench_train [--model chexnet] [--image-size 224] [--batch-size 16] [--batches 3]
                                      [--workers 1] [--threads N] [--speed-models chexnet,unified-resnet50,...]
+
+(from the repository root, so that data/, models/ and utils/ import as the scripts import them)
 
 original: PIL decode -> RGB -> Resize -> RandomHorizontalFlip -> ToTensor -> Normalize in the workers, float32
           batches, default (NCHW) memory format, fp32.
-shipped:  utils.engine.train_one_epoch over data.dataset.ChestImages: uint8 batches (decoded and resized by OpenCV,
-          from the --cache after the first epoch), flip and normalization on the device, channels_last, mixed
-          precision where the hardware has it (bfloat16 on CPU only with native support: measured here both ways).
+shipped:  utils.engine.train_one_epoch over utils.engine.make_loader (data.dataset.ChestImages): uint8 batches
+          (decoded and resized by OpenCV, from the --cache after the first epoch), flip and normalization
+          (data.transforms, with the model's mean and std) on the device, channels_last, mixed precision where the
+          hardware has it (bfloat16 on CPU only with native support: measured here both ways).
 Also: the loader alone (images/s it can supply, no cache) vs the model alone (images/s it can consume); and the
 training images/s of each --speed-models model at --speed-size px, to choose a model for a CPU demo.
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.dataset import ChestImages, to_model_input  # noqa: E402
-from models import build_model  # noqa: E402
-from models.losses import bce_loss  # noqa: E402
-from utils.engine import train_one_epoch  # noqa: E402
-
-NUM_CLASSES = 22
+from data.classes import CLASSES, NUM_CLASSES
+from data.transforms import Normalize
+from models import build_model
+from models.losses import bce_loss
+from utils.engine import make_loader, train_one_epoch
 
 
 def write_images(folder, n, size=256, seed=0):
@@ -111,12 +112,13 @@ def model_rate(model, image_size, batch_size, batches, amp):
     optimizer = torch.optim.Adam(model.parameters())
     x = torch.randint(0, 255, (batch_size, 1, image_size, image_size), dtype=torch.uint8)
     y = torch.randint(0, 2, (batch_size, NUM_CLASSES)).float()
+    normalize = Normalize(model.mean, model.std, "cpu")
     model.train()
     for step in range(batches + 1):
         if step == 1:
             start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            logits = model(to_model_input(x, "cpu"))
+            logits = model(normalize(x))
         loss = bce_loss(logits, y)
         optimizer.zero_grad()
         loss.backward()
@@ -148,8 +150,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_images(tmp, n)
         labels = torch.randint(0, 2, (n, NUM_CLASSES)).float()
-        import pandas as pd
         frame = pd.DataFrame({"path": paths})
+        frame[CLASSES] = labels.numpy()
         common = dict(batch_size=args.batch_size, num_workers=args.workers, shuffle=True, drop_last=True,
                       persistent_workers=args.workers > 0)
 
@@ -158,9 +160,9 @@ def main():
         original = original_loop(model, original_loader, torch.optim.Adam(model.parameters()), args.batches)
         print(f"original loop (PIL, fp32, NCHW):                 {original:7.1f} images/s", flush=True)
 
-        dataset = ChestImages(frame, args.image_size, cache=True)
-        dataset.labels = labels
-        shipped_loader = DataLoader(dataset, **common)
+        # traintest.py's training loader: shuffled, last partial batch dropped, workers of one thread each
+        shipped_loader = make_loader(frame, args.image_size, CLASSES, batch_size=args.batch_size,
+                                     workers=args.workers, train=True, cache=True)
         for _ in shipped_loader:  # the first epoch fills the cache; later epochs are what --cache buys
             pass
         rates = {}
@@ -174,7 +176,8 @@ def main():
         print(f"ratio shipped/original: {default / original:.2f}x with the default precision "
               f"({'bf16' if bf16_native else 'fp32'} on this CPU){forced}", flush=True)
 
-        plain_loader = DataLoader(ChestImages(frame, args.image_size), **common)
+        plain_loader = make_loader(frame, args.image_size, CLASSES, batch_size=args.batch_size, workers=args.workers,
+                                   train=True)
         supply = loader_rate(plain_loader, args.batches)
         demand = model_rate(fresh_model(args.model, True), args.image_size, args.batch_size, args.batches,
                             bf16_native)
