@@ -9,7 +9,7 @@ WORK ?= work
 # pip prints one harmless line per local index folder that lacks a package; hide only those.
 PIP_QUIET := sed "/is ignored: it is neither a file nor a directory/d"
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev demo test clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
