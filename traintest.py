@@ -27,26 +27,17 @@ from data.dataset import image_frame, read_combined, split
 from data.errors import InputError
 from models import LOSSES, MODEL_NAMES, build_model, canonical_name, model_options
 from utils import dist
-from utils.checkpoint import (load_checkpoint, load_weights, model_checkpoint, pretrained_model, read_checkpoint,
-                              restore_training, save_checkpoint, training_checkpoint)
+from utils.checkpoint import (checkpoint_model, load_checkpoint, load_weights, model_checkpoint, pretrained_model,
+                              read_checkpoint, restore_training, save_checkpoint, training_checkpoint)
 from utils.engine import NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch
 from utils.localization import localize, parse_levels
 from utils.metrics import (choose_thresholds, mean_auroc, metrics_table, parse_classes, plot_roc, predictions_frame,
                            summary_line, write_metrics, write_thresholds)
 from utils.report import write_report
-from utils.runtime import amp_setting, close_logging, on_off, seed_everything, setup_logging, use_amp
+from utils.cli import amp_setting, at_least, checked, given_flags, on_off, stored_args
+from utils.runtime import close_logging, seed_everything, setup_logging, use_amp
 
 log = logging.getLogger("traintest")
-
-
-def checked(parse):
-    """An argparse type from a parser that raises ValueError: its message, not argparse's "invalid value"."""
-    def convert(text):
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    return convert
 
 
 def get_args_parser():
@@ -57,7 +48,8 @@ def get_args_parser():
                     help="folder for checkpoints, logs, metrics and heatmaps (training default: runs/run; --predict "
                          "needs one)")
     io.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint_last.pt with "
-                    "the arguments it was started with; flags given with it replace them (e.g. --epochs 30)")
+                    "the arguments it was started with; flags given with it replace them (e.g. --epochs 30, --lr), "
+                    "except those that shape the model, which the checkpoint fixes")
     io.add_argument("--load-model", "--load_model", metavar="CKPT", help="checkpoint to evaluate (--test-only), to "
                     "predict with (--predict), or to start training from")
     io.add_argument("--save-model", "--save_model", metavar="PATH", help="also copy the best checkpoint to PATH")
@@ -78,14 +70,14 @@ def get_args_parser():
     m.add_argument("--weights", metavar="FILE", help="ImageNet weights file of the backbone for --pretrained")
     m.add_argument("--pooling", default="lse", choices=["lse", "max", "avg"],
                    help="global pooling of the Unified DCNN (CheXNet always averages)")
-    m.add_argument("--lse-r", type=float, default=10.0, help="sharpness r of LSE pooling (the paper's best: 10)")
-    m.add_argument("--map-size", type=int, help="resize the Unified DCNN's transition map to S x S (8, 16, 32)")
-    m.add_argument("--image-size", type=int, help="input side in pixels (default 224; a checkpoint's own size "
+    m.add_argument("--lse-r", type=at_least(0.0, float, above=True), default=10.0, help="sharpness r of LSE pooling (the paper's best: 10)")
+    m.add_argument("--map-size", type=at_least(1), help="resize the Unified DCNN's transition map to S x S (8, 16, 32)")
+    m.add_argument("--image-size", type=at_least(1), help="input side in pixels (default 224; a checkpoint's own size "
                    "when evaluating or predicting)")
 
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=20, help="number of epochs")
-    t.add_argument("--batch-size", "--batch_size", type=int, default=16, help="images per batch per process")
+    t.add_argument("--epochs", type=at_least(1), default=20, help="number of epochs")
+    t.add_argument("--batch-size", "--batch_size", type=at_least(1), default=16, help="images per batch per process")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (CheXNet: 1e-3)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
     t.add_argument("--lr-patience", type=int, default=1,
@@ -95,19 +87,19 @@ def get_args_parser():
     t.add_argument("--amp", default="auto", type=amp_setting, metavar="auto|on|off",
                    help="mixed precision: float16 AMP on CUDA, bfloat16 autocast on CPU; auto: on CUDA, and on CPUs "
                    "with native bfloat16 (AVX-512 BF16/AMX; elsewhere bfloat16 is emulated and many times slower)")
-    t.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 2) - 1)),
+    t.add_argument("--workers", type=at_least(0), default=min(4, max(1, (os.cpu_count() or 2) - 1)),
                    help="DataLoader worker processes per training process")
     t.add_argument("--cache", action="store_true", help="keep decoded, resized images in shared memory so that "
                    "epochs after the first decode nothing (needs N x image_size^2 bytes of RAM)")
     t.add_argument("--seed", type=int, default=0, help="random seed (shuffling, flips, initialization)")
     t.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels: a killed and resumed run ends with the same metrics")
-    t.add_argument("--threads", type=int, help="torch intra-op threads per process (default: torch's choice, one "
+    t.add_argument("--threads", type=at_least(1), help="torch intra-op threads per process (default: torch's choice, one "
                    "per core; 1 is faster on a CPU shared with other busy processes)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
-    t.add_argument("--max-train-batches", type=int, help="stop each epoch after this many batches (smoke tests)")
-    t.add_argument("--limit", type=int, help="use only the first N rows of each split (smoke tests)")
-    t.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUROC 95%% intervals")
+    t.add_argument("--max-train-batches", type=at_least(1), help="stop each epoch after this many batches (smoke tests)")
+    t.add_argument("--limit", type=at_least(1), help="use only the first N rows of each split (smoke tests)")
+    t.add_argument("--bootstrap", type=at_least(0), default=1000, help="bootstrap resamples for the AUROC 95%% intervals")
 
     h = p.add_argument_group("localization")
     h.add_argument("--heatmap-classes", type=checked(parse_classes), help="comma-separated classes to map for every image "
@@ -116,33 +108,38 @@ def get_args_parser():
                    help="heatmap levels (0-255) at which boxes are drawn")
     h.add_argument("--boxes-csv", metavar="FILE", help="ground-truth boxes (NIH BBox_List_2017 layout) to score "
                    "localization against")
-    h.add_argument("--max-heatmaps", type=int, default=50, help="at most this many images get heatmap PNGs; boxes "
+    h.add_argument("--max-heatmaps", type=at_least(0), default=50, help="at most this many images get heatmap PNGs; boxes "
                    "are found on every image (0: skip heatmaps, boxes and localization)")
     return p
+
+
+# What a resumed run's checkpoint fixes: its model (with its input) and where it starts from.
+MODEL_FLAGS = ("model", "pretrained", "weights", "pooling", "lse_r", "map_size", "image_size", "load_model")
 
 
 def parse_args(argv):
     """The command line; with --resume, the run's stored arguments are the defaults it replaces."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    given = given_flags(parser, argv)
     if args.resume:
-        path = os.path.join(args.resume, "args.json")
-        if not os.path.isfile(path):
-            raise InputError(f"cannot resume: {path} not found (is {args.resume} a run folder?)")
-        with open(path) as f:
-            stored = json.load(f)
-        stored.setdefault("output_dir", stored.get("run_dir"))  # args.json of the first format
+        refused = [k for k in given if k in MODEL_FLAGS]
+        if refused:
+            raise InputError(f"--resume continues {args.resume}'s own model; it cannot change "
+                             f"{', '.join('--' + k.replace('_', '-') for k in refused)} (start a new run with "
+                             f"--load-model {args.resume}/checkpoint_best.pt to fine-tune)")
         known = vars(parser.parse_args([]))
-        parser.set_defaults(**{k: v for k, v in stored.items() if k in known and k not in ("resume", "overwrite")})
+        parser.set_defaults(**{k: v for k, v in stored_args(args.resume).items()
+                               if k in known and k not in ("resume", "overwrite")})
         args = parser.parse_args(argv)
         args.output_dir = args.resume
-    args.test_only = args.test_only or args.is_training == 0
+    args.given, args.test_only = given, args.test_only or args.is_training == 0
     return args
 
 
 def loader(frame, args, image_size, train=False):
     return make_loader(frame, image_size, CLASSES, batch_size=args.batch_size, workers=args.workers, train=train,
-                       seed=args.seed, cache=args.cache and train,
+                       seed=args.seed, cache=args.cache,
                        pin_memory=torch.cuda.is_available() and args.device != "cpu")
 
 
@@ -190,7 +187,7 @@ def train(args, device, amp):
                          f"{len(val_frame)} val rows")
     ckpt_last, ckpt_best = (os.path.join(args.output_dir, f"checkpoint_{k}.pt") for k in ("last", "best"))
     resumed = read_checkpoint(ckpt_last) if args.resume else None
-    model = build_model(**resumed["model_args"]) if resumed else new_model(args)  # a resumed run is the same model
+    model = checkpoint_model(resumed, ckpt_last) if resumed else new_model(args)  # a resumed run is the same model
     if args.load_model and not args.resume:
         init = read_checkpoint(args.load_model)
         if init["model_args"]["name"] != args.model:
@@ -211,12 +208,17 @@ def train(args, device, amp):
     start_epoch, best_auroc, history = 0, -math.inf, []
     if resumed:
         restore_training(resumed, ckpt_last, model, optimizer, scheduler, scaler)
+        for group in optimizer.param_groups:  # given with --resume: they replace the restored optimizer's own
+            group.update({k: getattr(args, k) for k in ("lr", "weight_decay") if k in args.given})
+        if "lr_patience" in args.given:
+            scheduler.patience = args.lr_patience
         start_epoch, best_auroc, history = resumed["epoch"], resumed["best_auroc"], list(resumed.get("history", []))
         log.info("resuming %s after epoch %d (best validation mean AUROC %.4f)", args.output_dir, start_epoch,
                  best_auroc)
 
     train_loader, val_loader = loader(train_frame, args, image_size, train=True), loader(val_frame, args, image_size)
-    log.info("%s on %s x%d: %d train, %d val images, %d px, batch %d, loss %s, amp %s, %d workers%s", args.model,
+    log.info("%s on %s x%d: %d train, %d val images, %d px, batch %d, loss %s, amp %s, %d workers%s",
+             dist.unwrap(model).model_args["name"],
              device.type, dist.world_size(), len(train_frame), len(val_frame), image_size, args.batch_size, args.loss,
              amp, args.workers, ", cache" if args.cache else "")
     for epoch in range(start_epoch, args.epochs):
@@ -319,7 +321,7 @@ def run(args):
                          f"{args.output_dir}, or pass --overwrite to start over and replace its checkpoints")
     if dist.is_main() and training and not args.resume:
         with open(os.path.join(args.output_dir, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=1)
+            json.dump({k: v for k, v in vars(args).items() if k != "given"}, f, indent=1)
     return train(args, device, amp) if training else evaluate_only(args, device, amp)
 
 

@@ -71,7 +71,7 @@ class ChestImages(Dataset):
             return self.cache[i], self.labels[i], i, self.sizes[i], ""
         try:
             gray = read_gray(self.paths[i])
-        except Exception as e:  # decoders raise many types for a broken file
+        except (InputError, OSError, cv2.error) as e:  # a broken or unreadable file, not a bug
             blank = torch.zeros((1, self.resize.size, self.resize.size), dtype=torch.uint8)
             return blank, self.labels[i], i, torch.zeros(2, dtype=torch.int64), f"cannot decode {self.paths[i]}: {e}"
         img, size = self.resize(gray), torch.tensor(gray.shape[:2], dtype=torch.int64)

@@ -1,5 +1,5 @@
 """tensor -> logits and maps: CheXNet and the Unified DCNN of ChestX-ray8, their pooling, losses and CAM."""
-from models.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, imagenet_url
+from models.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, BackboneStateError, imagenet_url, input_normalization
 from models.base import CAMClassifier
 from models.cam import class_activation_maps, upsample_maps
 from models.chexnet import CheXNet
@@ -8,6 +8,6 @@ from models.losses import LOSSES
 from models.pooling import GlobalPool
 from models.unified import UnifiedDCNN
 
-__all__ = ["ALIASES", "BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "backbone_arch", "CAMClassifier", "CheXNet", "GlobalPool", "LOSSES", "MODELS", "MODEL_NAMES",
+__all__ = ["ALIASES", "BACKBONES", "BackboneStateError", "input_normalization", "IMAGENET_MEAN", "IMAGENET_STD", "backbone_arch", "CAMClassifier", "CheXNet", "GlobalPool", "LOSSES", "MODELS", "MODEL_NAMES",
            "UnifiedDCNN", "build_model", "canonical_name", "class_activation_maps", "imagenet_url", "model_options",
            "upsample_maps"]

@@ -9,6 +9,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class BackboneStateError(ValueError):
+    """A state dict that does not fit the backbone it was given to."""
+
+
 class Backbone:
     """A torchvision classification network: its constructor, its ImageNet weights, the normalization they expect."""
 
@@ -23,6 +27,7 @@ BACKBONES = {
     "alexnet": Backbone(tvm.alexnet, tvm.AlexNet_Weights.IMAGENET1K_V1),
     # torchvision's GoogLeNet weights were trained on input scaled to [-1, 1] (its transform_input converts ImageNet
     # normalization to that); here that normalization is the model's own, so it travels with the checkpoint.
+    # Trained from scratch, GoogLeNet takes ImageNet's normalization like the others.
     "googlenet": Backbone(tvm.googlenet, tvm.GoogLeNet_Weights.IMAGENET1K_V1, mean=(0.5, 0.5, 0.5),
                           std=(0.5, 0.5, 0.5), aux_logits=False, init_weights=True, transform_input=False),
 }
@@ -47,13 +52,21 @@ def adapt_imagenet_state(arch, state):
     return state
 
 
+def input_normalization(arch, pretrained):
+    """(mean, std) of the input: the one the ImageNet weights of `arch` expect, ImageNet's from scratch."""
+    return (BACKBONES[arch].mean, BACKBONES[arch].std) if pretrained else (IMAGENET_MEAN, IMAGENET_STD)
+
+
 def torchvision_network(arch, state=None):
     """A torchvision network, randomly initialised, or with `state` (an ImageNet state dict) loaded.
-    Raises RuntimeError when `state` does not fit."""
+    Raises BackboneStateError when `state` does not fit."""
     backbone = BACKBONES[arch]
     net = backbone.constructor(weights=None, **backbone.kwargs)
     if state is not None:
-        net.load_state_dict(adapt_imagenet_state(arch, state))
+        try:
+            net.load_state_dict(adapt_imagenet_state(arch, state))
+        except RuntimeError as e:
+            raise BackboneStateError(str(e).splitlines()[0]) from None
     return net
 
 

@@ -3,7 +3,8 @@
 forward(x) == classifier(pool(feature_map(x))), so class activation maps (models.cam) are computed the same way for
 all. `model_args` are exactly the keyword arguments that rebuild the model with models.build_model (as nanoGPT
 rebuilds GPT from a checkpoint's model_args); among them the input's mean, std and size (as timm's pretrained_cfg
-carries them), which data.transforms reads, so a checkpoint is always fed the input it was trained on.
+carries them), which utils.engine hands to data.transforms.Normalize, so a checkpoint is always fed the input it was
+trained on.
 """
 import torch.nn.functional as F
 from torch import nn

@@ -2,7 +2,7 @@
 layer to a uniform D-channel map, global pooling (LSE, max or average) and a linear prediction layer."""
 from torch import nn
 
-from models.backbones import BACKBONES, convolutional_part, torchvision_network
+from models.backbones import convolutional_part, input_normalization, torchvision_network
 from models.base import CAMClassifier
 
 # The paper's D: 2048 for ResNet and 1024 for GoogLeNet; 1024 for VGG and AlexNet as well.
@@ -18,11 +18,11 @@ class UnifiedDCNN(CAMClassifier):
 
     def __init__(self, arch, num_classes, *, pooling="lse", lse_r=10.0, transition_dim=None, map_size=None,
                  mean=None, std=None, input_size=224, backbone_state=None):
-        backbone = BACKBONES[arch]
         dim = transition_dim or TRANSITION_DIM[arch]
+        default_mean, default_std = input_normalization(arch, backbone_state is not None)
         super().__init__(name=f"unified-{arch}", num_classes=num_classes, pooling=pooling, lse_r=lse_r,
-                         transition_dim=dim, map_size=map_size, mean=list(mean or backbone.mean),
-                         std=list(std or backbone.std), input_size=input_size)
+                         transition_dim=dim, map_size=map_size, mean=list(mean or default_mean),
+                         std=list(std or default_std), input_size=input_size)
         self.arch = arch
         self.backbone, in_channels = convolutional_part(arch, torchvision_network(arch, backbone_state))
         self.transition = nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=1, bias=False),

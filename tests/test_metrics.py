@@ -52,6 +52,6 @@ def test_threshold_maximizes_f1():
 
 def test_gather_rows_keeps_each_index_once_in_order():
     # A padded DistributedSampler shard repeats index 0 at the end.
-    idx, rows = gather_rows([3, 1, 0, 2, 0], np.arange(10).reshape(5, 2))
+    idx, rows = gather_rows([3, 1, 0, 2, 0], {"probs": np.arange(10).reshape(5, 2), "sizes": np.arange(5)})
     assert idx.tolist() == [0, 1, 2, 3]
-    assert rows.tolist() == [[4, 5], [2, 3], [6, 7], [0, 1]]
+    assert rows["probs"].tolist() == [[4, 5], [2, 3], [6, 7], [0, 1]] and rows["sizes"].tolist() == [2, 1, 3, 0]

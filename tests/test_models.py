@@ -127,6 +127,9 @@ def test_load_checkpoint_reads_the_first_format_too(tmp_path):
     torch.save(model.state_dict(), path)
     with pytest.raises(CheckpointError, match="not a traintest.py checkpoint"):
         load_checkpoint(path)
+    torch.save({"model": model.state_dict(), "args": dict(args, model="inception")}, path)
+    with pytest.raises(CheckpointError, match="describe no model of this toolkit"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("pretrained, mean", [(1, (0.5, 0.5, 0.5)), (0, (0.485, 0.456, 0.406))])

@@ -15,7 +15,7 @@ ARGS = ["--model", "unified-alexnet", "--image-size", 32, "--epochs", 3, "--batc
         "--deterministic", "--seed", 7, "--lr-patience", 0, "--bootstrap", 50, "--max-heatmaps", 0, "--amp", "off"]
 
 
-def test_a_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, make_dataset, traintest, metrics):
+def test_a_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, capsys, make_dataset, traintest, metrics):
     csv = make_dataset(tmp_path / "data", n_train=24, n_val=12, n_test=12, size=32)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert traintest("--csv", csv, "--output-dir", whole, *ARGS) == 0
@@ -47,6 +47,14 @@ def test_a_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, make_
     assert traintest("--resume", killed, "--epoch", 4) == 0
     assert torch.load(killed / "checkpoint_last.pt", weights_only=True)["epoch"] == 4
     assert json.loads((killed / "args.json").read_text())["epochs"] == 3  # the run's record of how it started
+    # The optimizer's settings given with --resume replace the restored ones; what shapes the model is refused.
+    assert traintest("--resume", killed, "--epochs", 5, "--lr", 5e-4, "--lr-patience", 100) == 0
+    last = torch.load(killed / "checkpoint_last.pt", weights_only=True)
+    assert last["epoch"] == 5 and last["optimizer"]["param_groups"][0]["lr"] == 5e-4
+    capsys.readouterr()
+    assert traintest("--resume", killed, "--epochs", 6, "--image", 64, "--model", "chexnet") == 2
+    err = capsys.readouterr().err
+    assert "cannot change --image-size, --model" in err and "Traceback" not in err
 
 
 def test_resume_rejects_unknown_flags_and_a_folder_without_a_checkpoint(tmp_path, capsys, traintest):

@@ -224,7 +224,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 @pytest.mark.parametrize("text, setting", [("auto", "auto"), ("on", "on"), ("1", "on"), ("off", "off"), ("0", "off"),
                                            ("False", "off")])
 def test_amp_switch_spellings(text, setting):
-    from utils.runtime import amp_setting, use_amp
+    from utils.cli import amp_setting
+    from utils.runtime import use_amp
     assert amp_setting(text) == setting
     if setting != "auto":  # only auto asks the machine
         assert use_amp(setting, torch.device("cpu")) == (setting == "on")

@@ -25,8 +25,8 @@ from data.classes import CLASSES
 from data.errors import InputError
 from data.files import atomic_path
 from utils.dist import unwrap
-from models import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, backbone_arch, build_model, canonical_name, imagenet_url, \
-    model_options
+from models import (BackboneStateError, backbone_arch, build_model, canonical_name, imagenet_url, input_normalization,
+                    model_options)
 
 FORMAT = 2
 
@@ -47,11 +47,8 @@ def model_args_from_flags(flags):
     options = model_options(name)
     args.update({k: flags[k] for k in ("pooling", "lse_r", "transition_dim", "map_size")
                  if k in options and flags.get(k) is not None})
-    arch = backbone_arch(name)
-    if arch == "googlenet" and not flags.get("pretrained"):
-        args["mean"], args["std"] = list(IMAGENET_MEAN), list(IMAGENET_STD)
-    else:
-        args["mean"], args["std"] = list(BACKBONES[arch].mean), list(BACKBONES[arch].std)
+    mean, std = input_normalization(backbone_arch(name), bool(flags.get("pretrained")))
+    args["mean"], args["std"] = list(mean), list(std)
     return args
 
 
@@ -94,8 +91,12 @@ def read_checkpoint(path, map_location="cpu", classes=CLASSES):
         raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or not ("model_args" in ckpt or "args" in ckpt):
         raise CheckpointError(f"{path} is not a traintest.py checkpoint (it has no 'model' and 'model_args' entries)")
-    if "model_args" not in ckpt:
-        ckpt["model_args"] = model_args_from_flags(ckpt["args"])
+    try:
+        if "model_args" not in ckpt:
+            ckpt["model_args"] = model_args_from_flags(ckpt["args"])
+        canonical_name(ckpt["model_args"]["name"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its model arguments describe no model of this toolkit ({e})") from None
     if ckpt.get("classes") is not None and list(ckpt["classes"]) != list(classes):
         raise CheckpointError(f"{path} was trained on other classes ({len(ckpt['classes'])}: "
                               f"{', '.join(ckpt['classes'][:4])}, ...); this toolkit classifies the {len(classes)} "
@@ -113,10 +114,18 @@ def load_weights(model, state, path):
                               f"classes: {str(e).splitlines()[0]}") from None
 
 
+def checkpoint_model(ckpt, path):
+    """The model a checkpoint's model_args describe (weights not loaded); CheckpointError when they describe none."""
+    try:
+        return build_model(**ckpt["model_args"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its model arguments describe no model of this toolkit ({e})") from None
+
+
 def load_checkpoint(path, map_location="cpu"):
     """(model, ckpt): the model the checkpoint's model_args describe, with its weights loaded, in eval mode."""
     ckpt = read_checkpoint(path, map_location)
-    model = build_model(**ckpt["model_args"])
+    model = checkpoint_model(ckpt, path)
     load_weights(model, ckpt["model"], path)
     return model.eval(), ckpt
 
@@ -143,11 +152,12 @@ def imagenet_state_dict(arch, weights_file=None):
 def pretrained_model(name, num_classes, weights_file=None, **options):
     """build_model with the backbone's ImageNet weights loaded (from weights_file or torch.hub's cache)."""
     arch = backbone_arch(name)
+    state = imagenet_state_dict(arch, weights_file)
     try:
-        return build_model(name, num_classes, backbone_state=imagenet_state_dict(arch, weights_file), **options)
-    except RuntimeError as e:
+        return build_model(name, num_classes, backbone_state=state, **options)
+    except BackboneStateError as e:
         raise WeightsUnavailable(f"{weights_file or cached_weights_path(arch)} does not hold {arch} ImageNet "
-                                 f"weights: {str(e).splitlines()[0]}") from None
+                                 f"weights: {e}") from None
 
 
 def rng_state():

@@ -57,24 +57,26 @@ def all_reduce_sum(value, device):
     return float(t.item())
 
 
-def gather_rows(indices, rows):
-    """Every rank's (indices, rows) concatenated, then deduplicated and ordered by index. rows is an array with one
-    row per index, or a dict of such arrays.
+def gather_rows(indices, rows, main_only=False):
+    """Every rank's (indices, rows) concatenated, then deduplicated and ordered by index; rows is a dict of arrays
+    with one row per index. main_only: only rank 0 receives them, the other ranks get (None, None).
 
     DistributedSampler pads the last shard by repeating images so that ranks stay in step; keeping the first row
     of each index gives exactly one prediction per image.
     """
     indices = np.asarray(indices)
     if is_dist():
-        parts = [None] * world_size()
-        dist.all_gather_object(parts, (indices, rows))
+        parts = [None] * world_size() if is_main() or not main_only else None
+        if main_only:
+            dist.gather_object((indices, rows), parts, dst=0)
+        else:
+            dist.all_gather_object(parts, (indices, rows))
+        if parts is None:
+            return None, None
         indices = np.concatenate([p[0] for p in parts])
-        rows = ({k: np.concatenate([p[1][k] for p in parts]) for k in rows} if isinstance(rows, dict)
-                else np.concatenate([p[1] for p in parts]))
+        rows = {k: np.concatenate([p[1][k] for p in parts]) for k in rows}
     _, first = np.unique(indices, return_index=True)  # sorted by index
-    if isinstance(rows, dict):
-        return indices[first], {k: np.asarray(v)[first] for k, v in rows.items()}
-    return indices[first], np.asarray(rows)[first]
+    return indices[first], {k: np.asarray(v)[first] for k, v in rows.items()}
 
 
 def unwrap(model):

@@ -65,11 +65,13 @@ def model_input(model, device):
     return Normalize(net.mean, net.std, device)
 
 
-def check_decoded(errors):
-    """Raise InputError naming the first file of the batch that could not be decoded."""
+def check_decoded(errors, device):
+    """Raise InputError naming the first file of the batch that could not be decoded, on every rank at once so that
+    no rank waits for the others in the next collective."""
     bad = [e for e in errors if e]
-    if bad:
-        raise InputError(bad[0] + (f" (and {len(bad) - 1} more files in the same batch)" if len(bad) > 1 else ""))
+    if dist.all_reduce_sum(len(bad), device) > 0:
+        raise InputError(bad[0] + (f" (and {len(bad) - 1} more files in the same batch)" if len(bad) > 1 else "")
+                         if bad else "another process met a file it could not decode (its message names it)")
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=None, amp=True, flip_generator=None,
@@ -86,7 +88,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
     for step, (images, targets, _, _, errors) in enumerate(loader):
         if step >= n_batches:
             break
-        check_decoded(errors)
+        check_decoded(errors, device)
         x = normalize(flip(images) if flip else images)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, amp):
@@ -131,7 +133,7 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
                                                                       disable=not dist.is_main(), dynamic_ncols=True)):
         if step >= n_batches:
             break
-        check_decoded(errors)
+        check_decoded(errors, device)
         x = normalize(images)
         with autocast(device, amp):
             if maps:
@@ -147,9 +149,12 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
         empty = np.zeros((0, n_classes), dtype=np.float32)
         return Predictions(np.zeros(0, np.int64), empty, empty, np.zeros((0, 2), np.int64),
                            np.zeros((0, n_classes, 1, 1), np.float32) if maps else None)
-    indices, rows = dist.gather_rows(np.concatenate(parts["indices"]),
-                                     {k: np.concatenate(v) for k, v in parts.items() if v and k != "indices"})
-    return Predictions(indices, rows["probs"], rows["labels"], rows["sizes"], rows.get("maps"))
+    local = np.concatenate(parts["indices"])
+    indices, rows = dist.gather_rows(local, {k: np.concatenate(parts[k]) for k in ("probs", "labels", "sizes")})
+    gathered = None
+    if maps:  # to rank 0 only, which localizes: every rank holding every map would multiply the memory
+        _, gathered = dist.gather_rows(local, {"maps": np.concatenate(parts["maps"])}, main_only=True)
+    return Predictions(indices, rows["probs"], rows["labels"], rows["sizes"], gathered["maps"] if gathered else None)
 
 
 def evaluate(model, loader, device, loss_fn, *, amp=True, maps=False, desc="evaluate", max_batches=None):

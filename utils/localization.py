@@ -284,7 +284,10 @@ GALLERY_COLUMNS = ["file", "ImageID", "class", "probability", "predicted", "boxe
 
 def parse_levels(text):
     """--box-thresholds: comma-separated heatmap levels 0..255 -> tuple of ints; ValueError otherwise."""
-    levels = tuple(int(v) for v in str(text).split(",") if v.strip())
+    try:
+        levels = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        levels = ()
     if not levels or not all(0 <= v <= 255 for v in levels):
         raise ValueError(f"expected comma-separated heatmap levels from 0 to 255, got {text!r}")
     return levels

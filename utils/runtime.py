@@ -1,5 +1,4 @@
 """The process a run happens in: logging, seeds and determinism, mixed precision."""
-import argparse
 import logging
 import os
 import random
@@ -56,21 +55,6 @@ def seed_everything(seed, deterministic):
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-
-
-def on_off(text):
-    """A switch's value from the command line: 1/0, on/off, true/false, yes/no."""
-    value = str(text).strip().lower()
-    if value in ("1", "on", "true", "yes"):
-        return True
-    if value in ("0", "off", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on or off (1 or 0), got {text!r}")
-
-
-def amp_setting(text):
-    """--amp's value: auto, on or off (1 and 0 too, the seed's spellings)."""
-    return "auto" if str(text).strip().lower() == "auto" else ("on" if on_off(text) else "off")
 
 
 def use_amp(setting, device):
