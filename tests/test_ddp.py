@@ -39,3 +39,19 @@ def test_two_gloo_processes_train_and_gather_every_test_image_once(tmp_path, mak
     assert len(index) > 0
     for row in index.to_dict("records"):
         assert row["probability"] == probs.at[row["ImageID"], f"prob_{row['class']}"], row
+
+
+def test_a_file_that_does_not_decode_stops_every_rank_with_its_name(tmp_path, make_dataset, traintest):
+    # Only one rank reads the broken file; the other must stop too instead of waiting in a collective.
+    csv = make_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=4, size=32)
+    assert traintest("--csv", csv, "--output-dir", tmp_path / "run", "--model", "unified-alexnet", "--image-size", 32,
+                     "--epochs", 1, "--workers", 0, "--bootstrap", 5, "--max-heatmaps", 0) == 0
+    (tmp_path / "data" / "images" / "broken.png").write_bytes(b"not a png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         os.path.join(ROOT, "traintest.py"), "--predict", tmp_path / "data" / "images", "--load-model",
+         tmp_path / "run" / "checkpoint_best.pt", "--output-dir", tmp_path / "pred", "--workers", "0", "--device", "cpu",
+         "--amp", "off"], cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert proc.stderr.count("traintest.py: error: cannot decode") == 2 and "broken.png" in proc.stderr
+    assert not (tmp_path / "pred" / "predictions.csv").exists()

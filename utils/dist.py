@@ -48,13 +48,15 @@ def cleanup():
         dist.destroy_process_group()
 
 
-def all_reduce_sum(value, device):
-    """The sum of a float over all ranks."""
-    if not is_dist():
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item())
+def all_reduce_sum(values, device):
+    """The sum over all ranks of a float, or of each float of a list (one collective for all of them)."""
+    many = isinstance(values, (list, tuple))
+    values = [float(v) for v in values] if many else [float(values)]
+    if is_dist():
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        values = t.tolist()
+    return values if many else values[0]
 
 
 def gather_rows(indices, rows, main_only=False):

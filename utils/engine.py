@@ -65,13 +65,12 @@ def model_input(model, device):
     return Normalize(net.mean, net.std, device)
 
 
-def check_decoded(errors, device):
-    """Raise InputError naming the first file of the batch that could not be decoded, on every rank at once so that
-    no rank waits for the others in the next collective."""
+def decode_error(errors):
+    """InputError naming the first of `errors` (the loader's messages, '' where an image decoded); raised on every
+    rank together, so that no rank waits for the others in a collective."""
     bad = [e for e in errors if e]
-    if dist.all_reduce_sum(len(bad), device) > 0:
-        raise InputError(bad[0] + (f" (and {len(bad) - 1} more files in the same batch)" if len(bad) > 1 else "")
-                         if bad else "another process met a file it could not decode (its message names it)")
+    return InputError(bad[0] + (f" (and {len(bad) - 1} more files)" if len(bad) > 1 else "") if bad
+                      else "another process met a file it could not decode (its message names it)")
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=None, amp=True, flip_generator=None,
@@ -88,14 +87,17 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
     for step, (images, targets, _, _, errors) in enumerate(loader):
         if step >= n_batches:
             break
-        check_decoded(errors, device)
         x = normalize(flip(images) if flip else images)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
         loss = loss_fn(logits, targets)
-        if dist.all_reduce_sum(0.0 if torch.isfinite(loss) else 1.0, device) > 0:
+        # one collective per step for both checks: a file that did not decode, a loss that is not finite
+        undecoded, non_finite = dist.all_reduce_sum([sum(map(bool, errors)), not torch.isfinite(loss)], device)
+        if undecoded or non_finite:
             bar.close()
+            if undecoded:
+                raise decode_error(errors)
             raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch}, batch {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -127,13 +129,14 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
     net = dist.unwrap(model)
     normalize = model_input(model, device)
     n_classes = net.classifier.out_features
-    parts = {"indices": [], "probs": [], "labels": [], "sizes": [], "maps": []}
+    parts = {"indices": [], "probs": [], "labels": [], "sizes": [], "errors": [], "maps": []}
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
     for step, (images, targets, idx, sizes, errors) in enumerate(tqdm(loader, total=n_batches, desc=desc, leave=False,
                                                                       disable=not dist.is_main(), dynamic_ncols=True)):
         if step >= n_batches:
             break
-        check_decoded(errors, device)
+        if any(errors) and not dist.is_dist():
+            raise decode_error(errors)
         x = normalize(images)
         with autocast(device, amp):
             if maps:
@@ -144,13 +147,17 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
         parts["probs"].append(torch.sigmoid(logits.float()).cpu().numpy())
         parts["labels"].append(targets.numpy())
         parts["sizes"].append(sizes.numpy())
+        parts["errors"].append(np.asarray(errors, dtype=object))
         parts["indices"].append(idx.numpy())
     if not parts["indices"]:
         empty = np.zeros((0, n_classes), dtype=np.float32)
         return Predictions(np.zeros(0, np.int64), empty, empty, np.zeros((0, 2), np.int64),
                            np.zeros((0, n_classes, 1, 1), np.float32) if maps else None)
     local = np.concatenate(parts["indices"])
-    indices, rows = dist.gather_rows(local, {k: np.concatenate(parts[k]) for k in ("probs", "labels", "sizes")})
+    indices, rows = dist.gather_rows(local, {k: np.concatenate(parts[k])
+                                             for k in ("probs", "labels", "sizes", "errors")})
+    if any(rows["errors"]):  # under DDP found only now, with every rank's rows: no per-batch collective
+        raise decode_error(rows["errors"])
     gathered = None
     if maps:  # to rank 0 only, which localizes: every rank holding every map would multiply the memory
         _, gathered = dist.gather_rows(local, {"maps": np.concatenate(parts["maps"])}, main_only=True)
