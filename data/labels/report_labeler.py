@@ -167,40 +167,78 @@ NEG_BEFORE_RE = re.compile(_alternation(NEGATION_BEFORE))
 UNC_BEFORE_RE = re.compile(_alternation(UNCERTAIN_BEFORE))
 STRONG_UNC_RE = re.compile(_alternation(STRONG_UNCERTAIN))
 PSEUDO_NEG_RE = re.compile(PSEUDO_NEGATION)
-NEG_AFTER_RE = re.compile(r"^\W*(?:" + "|".join(NEGATION_AFTER) + r")\b")
-UNC_AFTER_RE = re.compile(r"^\W*(?:" + "|".join(UNCERTAIN_AFTER) + r")\b")
+NEG_AFTER_RE = re.compile(r"\W*(?:" + "|".join(NEGATION_AFTER) + r")\b")
+UNC_AFTER_RE = re.compile(r"\W*(?:" + "|".join(UNCERTAIN_AFTER) + r")\b")
 BREAK_RE = re.compile(CLAUSE_BREAK)
 CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
 NAMED = [i for i, c in enumerate(CLASSES) if c not in ("normal", "other findings")]
 NOT_MENTIONED = -2  # internal marker for a blank cell
 
 
-def _clause_starts(text):
-    """Sorted start offsets of the clauses of text."""
-    return [0] + [m.end() for m in BREAK_RE.finditer(text)]
+class _Scope:
+    """The triggers of one clause, found once, so that a mention looks back with a binary search instead of
+    re-reading the clause: a report's cost stays linear in its length however many mentions a clause holds.
+
+    A mention sees the triggers that end at or before it. Triggers inside a pseudo-negation ('no change in')
+    that ends before the mention are not triggers; a pseudo-negation that reaches past the mention's start
+    ('no effusion change') does not hide them."""
+
+    def __init__(self, text, start, end):
+        self.end = end
+        self.pseudo = [m.span() for m in PSEUDO_NEG_RE.finditer(text, start, end)]
+        self.neg = self._split([m.span() for m in NEG_BEFORE_RE.finditer(text, start, end)])
+        self.unc = self._split([m.span() for m in UNC_BEFORE_RE.finditer(text, start, end)])
+        self.strong = self._split([m.span() for m in STRONG_UNC_RE.finditer(text, start, end)])
+        self.pseudo_ends = [b for _, b in self.pseudo]
+
+    def _split(self, spans):
+        """(free spans, their ends, {pseudo index: spans inside it}): a span that overlaps a pseudo-negation
+        is held apart."""
+        free, inside, k = [], {}, 0
+        for a, b in spans:
+            while k < len(self.pseudo) and self.pseudo[k][1] <= a:
+                k += 1
+            if k < len(self.pseudo) and self.pseudo[k][0] < b:
+                inside.setdefault(k, []).append((a, b))
+            else:
+                free.append((a, b))
+        return free, [b for _, b in free], inside
+
+    def _crossing(self, pos):
+        """Index of the pseudo-negation that starts before pos and ends after it, or None."""
+        k = bisect.bisect_right(self.pseudo_ends, pos)
+        return k if k < len(self.pseudo) and self.pseudo[k][0] < pos else None
+
+    def last_end(self, triggers, pos):
+        """End of the last trigger that ends at or before pos, or -1."""
+        free, ends, inside = triggers
+        i = bisect.bisect_right(ends, pos)
+        best = ends[i - 1] if i else -1
+        k = self._crossing(pos) if inside else None
+        for _, b in inside.get(k, ()):
+            if b <= pos:
+                best = max(best, b)
+        return best
+
+    def any_within(self, triggers, lo, hi):
+        """Whether a trigger starts at or after lo and ends at or before hi."""
+        free, _, inside = triggers
+        i = bisect.bisect_left(free, (lo, -1))
+        if i < len(free) and free[i][1] <= hi:
+            return True
+        k = self._crossing(hi) if inside else None
+        return any(a >= lo and b <= hi for a, b in inside.get(k, ()))
 
 
-def _last_end(regex, text):
-    """End offset of the last match of regex in text, or -1."""
-    end = -1
-    for m in regex.finditer(text):
-        end = m.end()
-    return end
-
-
-def _mention_value(text, start, end, clause_start, clause_end):
-    """1, 0 or -1 for one mention at text[start:end] inside text[clause_start:clause_end]."""
-    after = text[end:clause_end]
-    if UNC_AFTER_RE.match(after):
+def _mention_value(text, start, end, scope):
+    """1, 0 or -1 for one mention at text[start:end] inside the clause `scope`."""
+    if UNC_AFTER_RE.match(text, end, scope.end):
         return -1
-    if NEG_AFTER_RE.match(after):
+    if NEG_AFTER_RE.match(text, end, scope.end):
         return 0
-    before = text[clause_start:start]
-    if "no " in before or "not " in before:
-        before = PSEUDO_NEG_RE.sub(lambda m: "_" * len(m.group()), before)
-    neg = _last_end(NEG_BEFORE_RE, before)
-    unc = _last_end(UNC_BEFORE_RE, before)
-    if neg >= 0 and not (unc > neg and STRONG_UNC_RE.search(before, neg)):
+    neg = scope.last_end(scope.neg, start)
+    unc = scope.last_end(scope.unc, start)
+    if neg >= 0 and not (unc > neg and scope.any_within(scope.strong, neg, start)):
         return 0
     if unc >= 0:
         return -1
@@ -211,19 +249,25 @@ def label_report(text):
     """One report -> list of 22 values: 1, 0, -1, or NOT_MENTIONED (-2)."""
     text = " ".join(text.lower().split())
     out = [NOT_MENTIONED] * len(CLASSES)
-    starts = _clause_starts(text)
+    starts = [0] + [m.end() for m in BREAK_RE.finditer(text)]
     bounds = starts[1:] + [len(text)]
-    taken = []  # spans already claimed by a named class, so 'pleural effusion' is not also 'other'
+    scopes = {}
+    # characters claimed by a named class's mention, so that 'pleural effusion' is not also 'other findings'
+    taken = bytearray(len(text) + 1)
     for cls, regex in MENTION_RE:
         j = CLASS_INDEX[cls]
+        other = cls == "other findings"
         for m in regex.finditer(text):
             s, e = m.span()
-            if cls == "other findings" and any(a <= s < b or a < e <= b for a, b in taken):
+            if other and (taken[s] or taken[e - 1]):
                 continue
             k = bisect.bisect_right(starts, s) - 1
-            v = _mention_value(text, s, e, starts[k], bounds[k])
-            if cls != "other findings":
-                taken.append((s, e))
+            scope = scopes.get(k)
+            if scope is None:
+                scope = scopes[k] = _Scope(text, starts[k], bounds[k])
+            v = _mention_value(text, s, e, scope)
+            if not other:
+                taken[s:e] = b"\x01" * (e - s)
             cur = out[j]
             # positive beats uncertain beats negative (CheXpert's aggregation)
             if cur == NOT_MENTIONED or v == 1 or (v == -1 and cur == 0):
