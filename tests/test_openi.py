@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import tarfile
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_all_real_reports_and_images_parse(real):
     assert stats["reports"] == 3955 == len(reports)
     assert stats["images"] == 7470 == len(frame) == frame["ImageID"].nunique()
     assert stats["reports_without_images"] == 104 and stats["malformed_xml"] == 0
-    assert list(frame.columns) == ["ImageID", "PatientID", "StudyID", "Projection", "Source", *CLASSES]
+    assert list(frame.columns) == ["ImageID", "PatientID", "StudyID", "Projection", "Source", *CLASSES, "Unlabeled"]
     # the report id is patient and study: all images of report 1000 share it
     r1000 = frame[frame["ImageID"].str.startswith("CXR1000_")]
     assert r1000["ImageID"].tolist() == ["CXR1000_IM-0003-1001", "CXR1000_IM-0003-2001", "CXR1000_IM-0003-3001"]
@@ -90,29 +91,37 @@ def test_folder_and_archive_agree_and_malformed_xml_is_skipped(tmp_path, caplog)
 
 
 def chexpert_csv(path, texts):
-    """A CheXpert-labeler output for texts: report 0 normal, report 1 opacity + devices + uncertain effusion."""
+    """A CheXpert-labeler output for texts[:4] (the last text has no row): report 0 normal; report 1 opacity +
+    devices + uncertain consolidation and effusion; report 2 opacity and an enlarged cardiomediastinum only; report 3
+    all blank."""
+    texts = texts[:4]
     frame = pd.DataFrame({"Reports": texts, **{c: [np.nan] * len(texts) for c in CHEXPERT_COLUMNS}})
     frame.loc[0, "No Finding"] = 1.0
     frame.loc[1, ["Lung Opacity", "Support Devices"]] = 1.0
     frame.loc[1, ["Consolidation", "Pleural Effusion"]] = [-1.0, -1.0]
     frame.loc[1, "Pneumothorax"] = 0.0
+    frame.loc[2, ["Lung Opacity", "Enlarged Cardiomediastinum"]] = [1.0, -1.0]
     frame.to_csv(path, index=False)
 
 
 def test_chexpert_import_and_bad_chexpert_csv(tmp_path, capsys):
     folder = tmp_path / "reports"
-    small_reports(folder, ("1.xml", "1000.xml"))
+    small_reports(folder, ("1.xml", "1000.xml", "2.xml", "3.xml", "4.xml"))
     _, reports, _ = openi_labels(str(folder))
     csv = tmp_path / "chexpert.csv"
     chexpert_csv(csv, report_text(reports).tolist())
     frame, _, stats = openi_labels(str(folder), "chexpert", str(csv))
-    by_report = frame.drop_duplicates("PatientID").set_index("PatientID")
-    first, second = reports["ReportID"].tolist()
-    row0 = by_report.loc[first, CLASSES].to_dict()
-    row1 = by_report.loc[second, CLASSES].to_dict()
+    by_report = frame.drop_duplicates("PatientID").set_index("PatientID").loc[reports["ReportID"]]
+    row0, row1, row2 = (by_report.iloc[i][CLASSES].to_dict() for i in range(3))
     assert row0["normal"] == 1 and sum(row0.values()) == 1
-    assert row1["other findings"] == 1 and row1["electrical device"] == 1 and row1["pleural effusion"] == -1
-    assert row1["pneumothorax"] == 0 and stats["chexpert_unmatched_reports"] == 0
+    # consolidation is 'infiltrates'; the opacity beside it is no leftover finding
+    assert row1["infiltrates"] == -1 and row1["other findings"] == 0
+    assert row1["electrical device"] == 1 and row1["pleural effusion"] == -1 and row1["pneumothorax"] == 0
+    # observations outside the named classes, and no named one: 'other findings'
+    assert row2["other findings"] == 1 and sum(row2.values()) == 1
+    # an all-blank row and a report without a row give no label
+    assert by_report["Unlabeled"].tolist() == [False, False, False, True, True]
+    assert stats["chexpert_unmatched_reports"] == 1 and stats["unlabeled_reports"] == 2
 
     wrong = tmp_path / "wrong.csv"
     pd.DataFrame({"Reports": ["x"], "Cardiomegaly": [1.0]}).to_csv(wrong, index=False)
@@ -126,6 +135,46 @@ def test_chexpert_import_and_bad_chexpert_csv(tmp_path, capsys):
     assert parselabelfile.main(["--openi-reports", str(folder), "--out", str(tmp_path / "out"),
                                 "--openi-labels", "chexpert", "--chexpert-csv", str(wrong)]) == 2
     assert "wrong.csv, row 3" in capsys.readouterr().err
+
+
+def independent_unlabeled_counts():
+    """(reports, images) whose MeSH <major> codes are only 'No Indexing' / 'Technical Quality of Image
+    Unsatisfactory', and (reports, images) whose FINDINGS and IMPRESSION hold no letter: counted with regexes on the
+    raw XML of the real archive, not with data.labels.openi's parser."""
+    markers = {"no indexing", "technical quality of image unsatisfactory"}
+    mesh, text = [0, 0], [0, 0]
+    with tarfile.open(REAL_TGZ) as tar:
+        for member in tar:
+            if not (member.isfile() and member.name.endswith(".xml")):
+                continue
+            xml = tar.extractfile(member).read().decode("utf-8")
+            images = len(re.findall(r"<parentImage id=", xml))
+            if {t.strip().lower() for t in re.findall(r"<major>(.*?)</major>", xml, re.S)} <= markers:
+                mesh[0] += 1
+                mesh[1] += images
+            sections = re.findall(r'<AbstractText Label="(?:FINDINGS|IMPRESSION)"\s*(?:/>|>(.*?)</AbstractText>)', xml,
+                                  re.S)
+            if not any(re.search(r"[^\W\d_]", s) for s in sections):
+                text[0] += 1
+                text[1] += images
+    return mesh, text
+
+
+def test_studies_without_a_usable_label_are_marked(real):
+    frame, reports, stats = real
+    (mesh_reports, mesh_images), (text_reports, text_images) = independent_unlabeled_counts()
+    assert (mesh_reports, mesh_images) == (101, 186)  # 95 'No Indexing' + 6 'Technical Quality ...' alone
+    assert stats["unlabeled_reports"] == mesh_reports
+    assert frame["Unlabeled"].sum() == mesh_images
+    # the labeled ones: a report coded 'Technical Quality ...' beside a finding keeps its finding
+    assert not frame.loc[frame["PatientID"] == "CXR3912", "Unlabeled"].any()
+    assert frame.loc[frame["PatientID"] == "CXR3912", "cardiomegaly"].eq(1).all()
+    assert positives(frame, "CXR1_IM-0001-3001") == ["normal"] and not frame["Unlabeled"].iloc[0]
+    text_frame, _, text_stats = openi_labels(REAL_TGZ, "text")
+    assert (text_reports, text_images) == (28, 40)
+    assert text_stats["unlabeled_reports"] == text_reports and text_frame["Unlabeled"].sum() == text_images
+    # their text labels are all 0: 'normal' is not claimed for a report with nothing to read
+    assert (text_frame.loc[text_frame["Unlabeled"], CLASSES] == 0).all().all()
 
 
 def test_cli_writes_openi_labels_and_reports(tmp_path):

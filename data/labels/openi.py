@@ -4,6 +4,10 @@
 - text: the built-in report labeler (data.labels.report_labeler) run on FINDINGS + IMPRESSION
 - chexpert: an output CSV of the Stanford CheXpert labeler, its 14 observations mapped to the classes
 
+A study that its source gives no label for is marked in the column `Unlabeled` (its class values mean nothing):
+MeSH codes that are only 'No Indexing' or 'Technical Quality of Image Unsatisfactory'; a report without words
+for the text labeler; a report the CheXpert CSV lacks, or whose 14 observations are all blank.
+
 OpenI has no patient ids, so the report id (uId, e.g. 'CXR1000', from ecgen-radiology/1000.xml) is both
 PatientID and StudyID: every image of a report lands in the same split. Projection is not in the XML and
 is left empty.
@@ -25,7 +29,7 @@ from tqdm import tqdm
 from data.classes import CLASSES
 from data.errors import InputError, LabelFileError
 from data.files import read_table
-from data.labels.report_labeler import evaluate, format_table, label_reports
+from data.labels.report_labeler import NAMED, evaluate, format_table, has_words, label_reports
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,9 @@ MESH_HEADINGS = {
     "central venous catheters": {"catheter"},
 }
 
-# CheXpert observation -> classes, as the original pipeline mapped them
+# CheXpert observation -> class. Consolidation is 'infiltrates', as in the PadChest tree and MeSH. The observations
+# outside the named classes feed 'other findings', the leftover class: it is set only when no named class is
+# positive or uncertain (an opacity beside a pneumonia is the pneumonia).
 CHEXPERT_COLUMNS = {
     "No Finding": "normal",
     "Enlarged Cardiomediastinum": "other findings",
@@ -86,7 +92,7 @@ CHEXPERT_COLUMNS = {
     "Lung Lesion": "mass",
     "Lung Opacity": "other findings",
     "Edema": "pulmonary edema",
-    "Consolidation": "other findings",
+    "Consolidation": "infiltrates",
     "Pneumonia": "pneumonia",
     "Atelectasis": "atelectasis",
     "Pneumothorax": "pneumothorax",
@@ -122,6 +128,12 @@ def mesh_term_classes(term):
             return {"other findings"}
         return {"nsg tube"}
     return {"other findings"}
+
+
+def mesh_unlabeled(major_terms):
+    """Whether the MeSH <major> entries of one report code nothing: no finding and not 'normal' ('No Indexing',
+    'Technical Quality of Image Unsatisfactory', or no entry at all)."""
+    return not any(t.strip().lower() == "normal" or mesh_term_classes(t) for t in major_terms)
 
 
 def mesh_labels(major_terms):
@@ -224,16 +236,20 @@ def report_text(reports):
 
 
 def read_chexpert_csv(path, texts):
-    """CheXpert-labeler output (Reports + 14 observations) -> int8 array [len(texts), 22] aligned to
-    texts by report text (rows are matched on whitespace-normalized text)."""
+    """CheXpert-labeler output (Reports + 14 observations) -> (int8 array [len(texts), 22] aligned to texts by report
+    text (rows are matched on whitespace-normalized text), bool array: no row or a row with all 14 blank, the number
+    of texts without a row)."""
     frame = read_table(path, ["Reports", *CHEXPERT_COLUMNS], what="a CheXpert labeler output", dtype={"Reports": str})
     by_text = {}
+    other = CLASSES.index("other findings")
     for i in range(len(frame)):
         values = np.zeros(len(CLASSES), dtype=np.int8)
+        blank = True
         for obs, cls in CHEXPERT_COLUMNS.items():
             v = frame.at[i, obs]
             if pd.isna(v) or v == "":
                 continue
+            blank = False
             try:
                 v = int(float(v))
             except ValueError:
@@ -244,41 +260,49 @@ def read_chexpert_csv(path, texts):
             # several observations feed 'other findings': positive beats uncertain beats negative
             if v == 1 or (v == -1 and values[j] != 1):
                 values[j] = v
+        if np.isin(values[NAMED], (1, -1)).any():
+            values[other] = 0
         text = " ".join(str(frame.at[i, "Reports"]).split()) if not pd.isna(frame.at[i, "Reports"]) else ""
-        by_text[text] = values
+        by_text[text] = values, blank
     out = np.zeros((len(texts), len(CLASSES)), dtype=np.int8)
+    unlabeled = np.ones(len(texts), dtype=bool)
     unmatched = 0
     for i, t in enumerate(texts):
-        v = by_text.get(" ".join(t.split()))
-        if v is None:
+        found = by_text.get(" ".join(t.split()))
+        if found is None:
             unmatched += 1
         else:
-            out[i] = v
-    return out, unmatched
+            out[i], unlabeled[i] = found
+    return out, unlabeled, unmatched
 
 
 def report_labels(reports, source="mesh", chexpert_csv=None):
-    """Per-report int8 array [n_reports, 22] from one label source, and its stats."""
+    """Per-report labels from one label source: (int8 array [n_reports, 22], bool array [n_reports]: the source
+    gives this report no label, stats)."""
     stats = {}
     if source == "mesh":
         values = np.stack([mesh_labels(m) for m in reports["major"]]) if len(reports) else \
             np.zeros((0, len(CLASSES)), np.int8)
+        unlabeled = np.array([mesh_unlabeled(m) for m in reports["major"]], dtype=bool)
     elif source == "text":
-        values = label_reports(report_text(reports).tolist())
+        texts = report_text(reports)
+        values = label_reports(texts.tolist())
+        unlabeled = ~texts.map(has_words).to_numpy(dtype=bool)
     elif source == "chexpert":
         if not chexpert_csv:
             raise LabelFileError("--openi-labels chexpert needs --chexpert-csv")
-        values, unmatched = read_chexpert_csv(chexpert_csv, report_text(reports).tolist())
-        stats["chexpert_unmatched_reports"] = unmatched
+        values, unlabeled, stats["chexpert_unmatched_reports"] = read_chexpert_csv(
+            chexpert_csv, report_text(reports).tolist())
     else:
         raise ValueError(f"unknown OpenI label source {source!r}")
-    return values, stats
+    stats["unlabeled_reports"] = int(unlabeled.sum())
+    return values, unlabeled, stats
 
 
 def openi_labels(reports_source, source="mesh", chexpert_csv=None):
     """OpenI reports (folder or .tgz) -> (labels DataFrame, one row per parentImage, stats)."""
     reports, stats = read_reports(reports_source)
-    values, more = report_labels(reports, source, chexpert_csv)
+    values, unlabeled, more = report_labels(reports, source, chexpert_csv)
     stats.update(more)
     index = np.repeat(np.arange(len(reports)), reports["images"].map(len).to_numpy())
     ids = reports["ReportID"].to_numpy()[index]
@@ -292,21 +316,25 @@ def openi_labels(reports_source, source="mesh", chexpert_csv=None):
     dup = out["ImageID"].duplicated()
     stats["duplicate_images"] = int(dup.sum())
     labels = pd.DataFrame(values[index], columns=CLASSES)
+    labels["Unlabeled"] = unlabeled[index]
     out = pd.concat([out, labels], axis=1)[~dup.to_numpy()].reset_index(drop=True)
     return out, reports, stats
 
 
-def evaluate_labeler(reports_source):
-    """The built-in report labeler's text labels against the MeSH <major> labels people assigned, on every OpenI
-    report -> (rows of report_labeler.evaluate(), reports/s)."""
+def evaluate_labeler(reports_source, labeler=label_reports):
+    """A report labeler's text labels (by default the built-in one; `labeler` maps a list of texts to an array
+    [n, 22]) against the MeSH <major> labels people assigned, on the OpenI reports that have both
+    -> (rows of report_labeler.evaluate(), reports/s)."""
     reports, _ = read_reports(reports_source)
-    # 'No Indexing' alone means the indexers coded nothing: no reference for those reports
+    texts = report_text(reports)
+    # 'No Indexing' alone means the indexers coded nothing: no reference for those reports; a report without
+    # words (28, all MeSH 'normal') gives a labeler nothing to read
     indexed = reports["major"].map(lambda m: any(t.strip().lower() != "no indexing" for t in m))
-    reports = reports[indexed.to_numpy()].reset_index(drop=True)
-    reference, _ = report_labels(reports, "mesh")
-    texts = report_text(reports).tolist()
+    scored = (indexed & texts.map(has_words)).to_numpy(dtype=bool)
+    reports, texts = reports[scored].reset_index(drop=True), texts[scored].tolist()
+    reference, _, _ = report_labels(reports, "mesh")
     t = time.perf_counter()
-    predicted = label_reports(texts)
+    predicted = labeler(texts)
     rate = len(texts) / (time.perf_counter() - t)
     return evaluate(predicted, reference), rate
 

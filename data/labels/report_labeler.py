@@ -1,15 +1,19 @@
 """A rule-based radiology report labeler for the 22 classes: a pure-Python drop-in for the CheXpert labeler.
 
-Input: a CSV with one report per row and no header (the CheXpert labeler's input). Output: the report,
-then one column per class with 1 (positive), 0 (negative), -1 (uncertain) or blank (not mentioned).
+Input: a CSV with one report per row and no header (the CheXpert labeler's input; reports of any length, a
+UTF-8 byte-order mark ignored). Output: the report, then one column per class with 1 (positive), 0 (negative),
+-1 (uncertain) or blank (not mentioned), written to a temporary file and renamed when complete.
 
 How it reads a report: mention phrases (with synonyms and abbreviations) are found with compiled regexes;
 each mention is negated or made uncertain by a trigger in the same clause (a trigger before it, like 'no',
-'without', 'may', or after it, like 'has resolved', 'cannot be excluded'). Clauses end at sentence
-punctuation and at words that turn the sentence ('but', 'however', 'although', 'there is', ...).
-Aggregation per class follows CheXpert: any positive -> 1, else any uncertain -> -1, else 0 when only
-negated mentions. 'other findings' is set only when no named class is positive or uncertain, and 'normal'
-when nothing is positive or uncertain at all.
+'without', 'may', or after it, like 'has resolved', 'cannot be excluded'). A hedged negation ('cannot exclude',
+'not ruled out', 'difficult to exclude') is uncertain, also after a negation in its clause. Clauses end at
+sentence punctuation and at words that turn the sentence ('but', 'however', 'although', 'there is', ...).
+A statement that a structure is normal ('heart size is normal', 'the lungs are clear') is a negative mention of
+the findings about it. Aggregation per class follows CheXpert: any positive -> 1, else any uncertain -> -1, else
+0 when only negated mentions. 'other findings' is set only when no named class is positive or uncertain, and
+'normal' when nothing is positive or uncertain at all; a report without words is all blank. The time is linear in
+the report's length (each clause's triggers are found once).
 
     python -m data.labels.report_labeler --reports IN.csv --out OUT.csv
     python -m data.labels.openi --evaluate-labeler NLMCXR_reports.tgz    # P/R/F1 against OpenI's MeSH codes
@@ -18,6 +22,7 @@ when nothing is positive or uncertain at all.
 import argparse
 import bisect
 import csv
+import os
 import re
 import sys
 import time
@@ -26,6 +31,7 @@ import numpy as np
 
 from data.classes import CLASSES
 from data.errors import InputError
+from data.files import atomic_path
 
 # Mention phrases per class: lower-case regexes matched on word boundaries; where two start at the same
 # word the first listed wins, so longer phrases go first. The classes follow the PadChest taxonomy (e.g.
@@ -51,7 +57,8 @@ MENTIONS = {
     ],
     "copd signs": [r"copd", r"chronic obstructive", r"obstructive (?:pulmonary|lung|airway)s? disease"],
     "pleural effusion": [
-        r"(?:pleural )?effusions?", r"pleural fluid", r"fluid in the (?:\w+ )?(?:pleural space|fissure)",
+        r"(?<!pericardial )(?:pleural )?effusions?", r"pleural fluid",
+        r"fluid in the (?:\w+ )?(?:pleural space|fissure)",
         r"hydropneumothora\w*", r"hemothora\w*", r"fluid (?:layering|collection)",
     ],
     "electrical device": [
@@ -77,7 +84,8 @@ MENTIONS = {
     "pneumothorax": [r"(?<!hydro)(?<!hemo)pneumothora\w*", r"hydropneumothora\w*", r"hemopneumothora\w*", r"ptx",
                      r"pleural air(?: collection)?", r"air collection"],
     "pulmonary edema": [
-        r"(?:pulmonary |interstitial |alveolar )?edema", r"(?:pulmonary |interstitial |alveolar )?oedema",
+        # soft-tissue and subcutaneous edema are outside the lungs ('other findings')
+        r"(?<!soft tissue )(?<!soft-tissue )(?<!subcutaneous )(?:pulmonary |interstitial |alveolar )?o?edema",
         r"fluid overload", r"volume overload",
     ],
     "pulmonary fibrosis": [r"(?:pulmonary |interstitial )?fibros\w+", r"fibrotic (?:changes?|lung disease)"],
@@ -114,6 +122,7 @@ MENTIONS = {
         r"volume loss", r"effacement", r"azygos lobe", r"nipple shadows?", r"epicardial fat", r"cardiac monitor",
         r"(?:monitor|ecg|ekg) leads", r"wires?", r"hyperlucen\w+", r"bronchitis", r"airway disease",
         r"(?:peribronchial|bronchial) (?:cuffing|wall thickening)", r"kerley", r"cephalization",
+        r"pericardial effusions?", r"(?:soft[- ]tissue|subcutaneous) o?edema",
     ],
 }
 
@@ -126,29 +135,60 @@ NEGATION_BEFORE = [
 ]
 # ... and before them (the mention comes first): 'pneumothorax has resolved'
 NEGATION_AFTER = [
-    r"(?:is |are |has |have |has been |have been |was |were )?(?:resolved|removed|cleared|clear|absent)",
+    r"(?:is |are |has |have |has been |have been |was |were )?"
+    r"(?:resolved|removed|cleared|clear|absent|excluded|ruled out)",
     r"(?:is |are |was |were )?(?:not (?:seen|identified|present|visualized|evident|appreciated|demonstrated))",
     r"(?:is |are )?no longer (?:seen|present|visualized|identified|evident|appreciated|demonstrated)?",
     r"(?:is |are )?not",
 ]
+# A negation hedged: 'cannot exclude', 'cannot be entirely excluded', 'not ruled out', 'difficult to exclude', 'to
+# rule out'. It holds a negation trigger ('exclude', 'not', 'rule out'); the hedge wins over the trigger it holds.
+HEDGED_NEGATION = (r"(?:cannot|can not|could not|may not|not|difficult to|hard to|unable to|to|should)"
+                   r"(?: be)?(?: \w+ly)?(?: be)? (?:exclude[ds]?|rule[ds]? out)")
 UNCERTAIN_BEFORE = [
-    r"may", r"might", r"could", r"possibl[ey]", r"questionabl[ey]", r"question of",
-    r"cannot (?:be )?(?:exclude|excluded|rule out|ruled out)", r"can not (?:be )?(?:exclude|excluded|rule out)",
+    HEDGED_NEGATION, r"may", r"might", r"could", r"possibl[ey]", r"questionabl[ey]", r"question of",
     r"suggest\w*", r"suspicious for", r"suspect\w*", r"concern\w* for", r"worrisome for", r"differential",
     r"versus", r"vs\.?", r"consider\w*", r"equivocal", r"vague", r"cannot", r"presumed",
     r"either", r"favor\w*", r"evaluate for", r"assess for",
-    r"not (?:entirely |totally |completely )?(?:exclude|excluded)",
 ]
 # hedges that override an earlier negation in the clause ('no effusion, possibly atelectasis'); weaker ones
 # like 'suggest' do not ('no opacity to suggest pneumonia')
-STRONG_UNCERTAIN = [r"may", r"might", r"could", r"possibl[ey]", r"versus", r"vs\.?"]
+STRONG_UNCERTAIN = [HEDGED_NEGATION, r"may", r"might", r"could", r"possibl[ey]", r"versus", r"vs\.?"]
 # 'no change in the effusion' reports an effusion
 PSEUDO_NEGATION = r"\bno (?:\w+ )?(?:change|increase|decrease|progression)\b|\bnot (?:\w+ )?changed\b"
 UNCERTAIN_AFTER = [
-    r"(?:is |are |was |were )?(?:not|cannot be|can not be) (?:entirely |totally |completely )?(?:excluded|ruled out)",
+    # the passive hedges; 'cannot exclude' after a mention hedges the next one ('no effusion, cannot exclude X')
+    r"(?:is |are |was |were )?(?:cannot|can not|could not|may not|not|should)(?: be)?(?: \w+ly)?(?: be)? "
+    r"(?:excluded|ruled out)", r"(?:is |are )?difficult to (?:\w+ly )?exclude(?=\W*$)",
     r"(?:is |are )?(?:possible|suspected|questioned|likely|not excluded|versus|vs\.?)",
     r"(?:could|may|might) (?:be|represent)",
 ]
+# Statements that a structure is normal are negative mentions of the findings about that structure, as in the
+# CheXpert labeler ('heart size is normal': cardiomegaly 0). Plain statements only: 'upper limits of normal',
+# 'borderline', 'normal to mildly enlarged' and 'not clear' say nothing. They set 0 and never claim text.
+_HEART = r"(?:heart|cardiac|cardiomediastinal|cardio mediastinal)(?: (?:size|silhouettes?|contours?|shadow))?"
+_AND_MORE = (r"(?:(?:,? and|,) (?:the )?(?:mediastin\w+|cardiomediastinal|pulmonary|hilar|xxxx)"
+             r"(?: (?:size|silhouettes?|contours?|vascularity|vasculature|xxxx))?){0,3}")
+_IS = r"(?: (?:is|are|appears?|remains?|seems?))?(?: (?:grossly|overall|otherwise|essentially|again|still|now))?"
+_NOT_LARGE = r"(?!(?:\W+\w+){0,4}?\W+(?:enlarge\w*|large|borderline|upper|cardiomegaly)\b)"
+NORMAL_STATEMENTS = {
+    ("cardiomegaly",): [
+        _HEART + _AND_MORE + _IS + r"(?: of)? (?:normal|within (?:normal limits|limits of normal)|unremarkable|"
+        r"not enlarged)\b" + _NOT_LARGE,
+        r"(?<!upper )(?<!high )(?<!top )(?<!borderline )(?<!of )normal (?:\w+ )?(?:heart|cardiac|cardiomediastinal)"
+        + _NOT_LARGE,
+        r"normal size (?:and \w+ )?of the (?:heart|cardiac)",
+    ],
+    ("infiltrates", "pneumonia", "pulmonary edema"): [
+        # both lungs: 'the left lung is clear' says nothing of the right
+        r"lungs" + _IS + r"(?: (?:normally|well|fully|inflated|expanded|and|bilaterally)){0,3} clear",
+        r"clear (?:and (?:well[- ])?expanded )?lungs", r"(?:well[- ])?expanded and clear lungs",
+    ],
+    ("pulmonary edema",): [r"pulmonary (?:vascularity|vasculature)" + _IS
+                           + r" (?:normal|within normal limits|unremarkable)", r"normal pulmonary vascula\w+"],
+    ("pleural effusion", "pneumothorax"): [r"pleural spaces?" + _IS + r" (?:clear|normal|unremarkable)"],
+}
+
 # Where a negation or uncertainty stops: sentence ends and words that turn the sentence
 CLAUSE_BREAK = (
     r"(?<!\d)\.(?!\d)|[;:!?\n]|\b(?:but|however|although|though|whereas|except|otherwise|which|while|"
@@ -168,11 +208,28 @@ UNC_BEFORE_RE = re.compile(_alternation(UNCERTAIN_BEFORE))
 STRONG_UNC_RE = re.compile(_alternation(STRONG_UNCERTAIN))
 PSEUDO_NEG_RE = re.compile(PSEUDO_NEGATION)
 NEG_AFTER_RE = re.compile(r"\W*(?:" + "|".join(NEGATION_AFTER) + r")\b")
-UNC_AFTER_RE = re.compile(r"\W*(?:" + "|".join(UNCERTAIN_AFTER) + r")\b")
+# the hedge after a list covers its items: 'atelectasis or infiltrate cannot be ruled out'
+UNC_AFTER_RE = re.compile(r"\W*(?:(?:or|and/or) (?:[\w-]+ ){1,4}?)?(?:" + "|".join(UNCERTAIN_AFTER) + r")\b")
 BREAK_RE = re.compile(CLAUSE_BREAK)
 CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
 NAMED = [i for i, c in enumerate(CLASSES) if c not in ("normal", "other findings")]
 NOT_MENTIONED = -2  # internal marker for a blank cell
+NORMAL_STATEMENT_RE = [([CLASS_INDEX[c] for c in classes], re.compile(_alternation(p)))
+                       for classes, p in NORMAL_STATEMENTS.items()]
+LETTER_RE = re.compile(r"[^\W\d_]")
+
+
+def _outside(matches, spans):
+    """The spans of `matches` that lie inside none of `spans` (both in text order, each non-overlapping): the
+    negation trigger 'exclude' inside the hedge 'cannot exclude' is no negation."""
+    out, k = [], 0
+    for m in matches:
+        a, b = m.span()
+        while k < len(spans) and spans[k][1] < b:
+            k += 1
+        if not (k < len(spans) and spans[k][0] <= a):
+            out.append((a, b))
+    return out
 
 
 class _Scope:
@@ -186,8 +243,9 @@ class _Scope:
     def __init__(self, text, start, end):
         self.end = end
         self.pseudo = [m.span() for m in PSEUDO_NEG_RE.finditer(text, start, end)]
-        self.neg = self._split([m.span() for m in NEG_BEFORE_RE.finditer(text, start, end)])
-        self.unc = self._split([m.span() for m in UNC_BEFORE_RE.finditer(text, start, end)])
+        unc = [m.span() for m in UNC_BEFORE_RE.finditer(text, start, end)]
+        self.neg = self._split(_outside(NEG_BEFORE_RE.finditer(text, start, end), unc))
+        self.unc = self._split(unc)
         self.strong = self._split([m.span() for m in STRONG_UNC_RE.finditer(text, start, end)])
         self.pseudo_ends = [b for _, b in self.pseudo]
 
@@ -245,10 +303,21 @@ def _mention_value(text, start, end, scope):
     return 1
 
 
+def has_words(text):
+    """Whether a report holds a letter: one that does not gives a labeler nothing to read."""
+    return LETTER_RE.search(text) is not None
+
+
 def label_report(text):
     """One report -> list of 22 values: 1, 0, -1, or NOT_MENTIONED (-2)."""
-    text = " ".join(text.lower().split())
     out = [NOT_MENTIONED] * len(CLASSES)
+    if not has_words(text):
+        return out  # an empty or punctuation-only report says nothing, not 'normal'
+    text = " ".join(text.lower().split())
+    for columns, regex in NORMAL_STATEMENT_RE:
+        if regex.search(text):
+            for j in columns:
+                out[j] = 0
     starts = [0] + [m.end() for m in BREAK_RE.finditer(text)]
     bounds = starts[1:] + [len(text)]
     scopes = {}
@@ -337,22 +406,41 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+# A report may be any length: the csv module's default field limit (128 KB) would reject the whole file, and
+# parselabelfile.py writes reports of any length. 2**31 - 1 fits a C long everywhere.
+FIELD_LIMIT = 2**31 - 1
+
+
 def read_report_csv(path):
-    """CheXpert-labeler input: one report per row, no header, first column."""
+    """CheXpert-labeler input: one report per row, no header, first column. A UTF-8 byte-order mark is not text."""
+    limit = csv.field_size_limit(FIELD_LIMIT)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             return [row[0] if row else "" for row in csv.reader(f)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"{path}: cannot read reports: {e}") from None
+    finally:
+        csv.field_size_limit(limit)
 
 
-def write_labeled_csv(path, texts, values):
-    """CheXpert-labeler output layout: Reports, then one column per class; blank = not mentioned."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["Reports", *CLASSES])
-        for t, row in zip(texts, values):
-            w.writerow([t, *("" if v == NOT_MENTIONED else f"{v:.1f}" for v in row)])
+def check_out_path(path):
+    """Raise InputError naming `path` when it cannot be a new or replaced file: a folder, or a parent folder that is
+    missing or a file. (A folder it may not write to shows when the file is opened, before any labeling.)"""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder; --out takes a CSV file name")
+    if not os.path.isdir(parent):
+        what = "is a file, not a folder" if os.path.exists(parent) else "does not exist"
+        raise InputError(f"{path}: cannot write: {parent} {what}")
+
+
+def write_labeled_csv(f, texts, values):
+    """CheXpert-labeler output layout to the open file f: Reports, then one column per class; blank = not
+    mentioned."""
+    w = csv.writer(f)
+    w.writerow(["Reports", *CLASSES])
+    for t, row in zip(texts, values):
+        w.writerow([t, *("" if v == NOT_MENTIONED else f"{v:.1f}" for v in row)])
 
 
 def main(argv=None):
@@ -363,14 +451,21 @@ def main(argv=None):
                         help="output CSV: Reports, then the 22 classes (1, 0, -1, blank = not mentioned)")
     args = parser.parse_args(argv)
     try:
+        check_out_path(args.out)
         texts = read_report_csv(args.reports)
+        # written to a temporary file beside --out, renamed when complete; opened first, so that a folder it may
+        # not write to stops the run before the labeling
+        with atomic_path(args.out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            t = time.perf_counter()
+            values = [label_report(x) for x in texts]
+            dt = time.perf_counter() - t
+            write_labeled_csv(f, texts, values)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    t = time.perf_counter()
-    values = [label_report(x) for x in texts]
-    dt = time.perf_counter() - t
-    write_labeled_csv(args.out, texts, values)
+    except OSError as e:
+        print(f"error: {args.out}: cannot write: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"labeled {len(texts)} reports in {dt:.2f} s ({len(texts) / max(dt, 1e-9):,.0f} reports/s) -> {args.out}")
     return 0
 
