@@ -300,7 +300,9 @@ def report_labels(reports, source="mesh", chexpert_csv=None):
 
 
 def openi_labels(reports_source, source="mesh", chexpert_csv=None):
-    """OpenI reports (folder or .tgz) -> (labels DataFrame, one row per parentImage, stats)."""
+    """OpenI reports (folder or .tgz) -> (labels DataFrame, one row per parentImage, reports, stats). The frame's last
+    column, Unlabeled, is True where the source gives the study no label (stats["unlabeled_reports"] counts the
+    reports); parselabelfile.py decides what becomes of them."""
     reports, stats = read_reports(reports_source)
     values, unlabeled, more = report_labels(reports, source, chexpert_csv)
     stats.update(more)
