@@ -154,11 +154,12 @@ def write_csv(frame, path, **to_csv_kwargs):
 
 
 def _write_counted(path, rows, write):
-    if rows is not None and os.path.exists(rows_path(path)):
-        # the old count goes first: a kill between the renames leaves a file without a count, never a wrong count
-        os.remove(rows_path(path))
     with atomic_path(path) as tmp:
         write(tmp)
+        if rows is not None and os.path.exists(rows_path(path)):
+            # the old count goes just before the rename: a kill in between leaves a file without a count, never a
+            # count that belongs to another file
+            os.remove(rows_path(path))
     if rows is not None:
         write_text_atomic(rows_path(path), f"{rows} data rows in {os.path.basename(path)}\n")
 
