@@ -136,6 +136,16 @@ def parse_openi(args):
         (f" ({counts['unlabeled']} unlabeled dropped)" if args.unlabeled == "drop" else "")
 
 
+def check_inputs(args):
+    """Every input named on the command line exists, before a minute is spent on the first one."""
+    for flag, path in (("--padchest-csv", args.padchest_csv), ("--taxonomy", args.padchest_csv and args.taxonomy),
+                       ("--openi-reports", args.openi_reports), ("--chexpert-csv", args.chexpert_csv)):
+        if path and not os.path.exists(path):
+            raise InputError(f"{flag} {path}: no such file or folder")
+        if path and flag != "--openi-reports" and os.path.isdir(path):
+            raise InputError(f"{flag} {path}: is a folder, not a file")
+
+
 def stop_on_sigterm(*_):
     raise KeyboardInterrupt  # so the atomic writes clean up their temporary files
 
@@ -146,6 +156,7 @@ def main(argv=None):
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     summary = []
     try:
+        check_inputs(args)
         output_folder(args.out)
         if args.padchest_csv:
             summary.append(parse_padchest(args))

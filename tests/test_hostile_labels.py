@@ -22,7 +22,7 @@ from data.dataset import read_combined
 from data.errors import InputError, LabelFileError
 from data.files import read_table, rows_path, write_csv
 from data.labels.combine import read_label_csv
-from data.labels.padchest import CSV_NAME
+from data.labels.padchest import CSV_NAME, read_taxonomy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TXRV = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data")
@@ -90,13 +90,18 @@ def test_parse_out_a_file_under_a_file_or_read_only(tmp_path, capsys):
         assert os.listdir(ro) == []
 
 
-def test_parse_taxonomy_missing_or_a_folder(tmp_path, capsys):
+def test_parse_inputs_missing_or_a_folder(tmp_path, capsys):
     csv = padchest_csv(tmp_path / "p.csv")
+    for flag, path, says in (("--taxonomy", tmp_path / "nope.csv", "no such file or folder"),
+                             ("--taxonomy", tmp_path, "is a folder, not a file"),
+                             ("--padchest-csv", tmp_path, "is a folder, not a file"),
+                             ("--openi-reports", tmp_path / "nope", "no such file or folder")):
+        err = user_error(capsys, parselabelfile.main, "--padchest-csv", csv, "--out", tmp_path / "o", flag, path)
+        assert f"{flag} {path}: {says}" in err
+    assert not (tmp_path / "o").exists()  # checked before anything is made
     for taxonomy in (tmp_path / "nope.csv", tmp_path):
-        err = user_error(capsys, parselabelfile.main, "--padchest-csv", csv, "--out", tmp_path / "o",
-                         "--taxonomy", taxonomy)
-        assert f"{taxonomy}: cannot read the PadChest taxonomy" in err
-    assert not (tmp_path / "o" / "padchest_labels.csv").exists()
+        with pytest.raises(LabelFileError, match=f"{taxonomy}: cannot read the PadChest taxonomy"):
+            read_taxonomy(str(taxonomy))
 
 
 def test_parse_unreadable_or_cut_report_archive(tmp_path, capsys):

@@ -104,6 +104,8 @@ def test_real_csv_defaults_keep_frontal_views_and_count_what_they_drop(real, raw
     assert unlabeled == (raw["frontal"] & raw["unlabeled"]).sum()
     assert f"{physician} of the images kept labelled by physicians" in printed
     assert f"{kept} PadChest images -> " in printed and f"({unlabeled} unlabeled dropped)" in printed
+    basal = int(raw.loc[raw["kept"], "terms"].map(lambda t: "hypoexpansion basal" in t).sum())
+    assert basal > 0 and f"'hypoexpansion basal': {basal}" in printed  # not in the taxonomy: counted and shown
     print(f"real PadChest: {kept} frontal images kept, {physician} labelled by physicians, {laterals} laterals and "
           f"{unlabeled} unlabeled dropped")
 
