@@ -59,6 +59,13 @@ def main(argv=None):
         print(f"labeled images not in the manifest (skipped): {stats['missing_images']}")
     if stats["unlabeled_images"]:
         print(f"manifest images without labels (skipped; e.g. PadChest 'exclude' rows): {stats['unlabeled_images']}")
+    if stats["all_uncertain"] and args.uncertain != "ignore":
+        print(f"warning: {stats['all_uncertain']} images of studies without a usable label have every class -1; "
+              f"--uncertain {args.uncertain} makes them all {0 if args.uncertain == 'zeros' else 1} "
+              f"(--uncertain ignore keeps them out of the loss)")
+    if len(frame):
+        views = frame["view"].replace("", "unknown").value_counts().to_dict()
+        print(f"views: {views}; PadChest images labelled by physicians: {(frame['MethodLabel'] == 'Physician').sum()}")
     if stats["duplicate_label_rows"]:
         print(f"duplicate ImageIDs in the label files (first kept): {stats['duplicate_label_rows']}")
     if len(frame):

@@ -351,3 +351,24 @@ def test_cut_gzip_label_csv_names_the_file(tmp_path):
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(LabelFileError, match=r"labels\.csv\.gz: cannot read as CSV \(the compressed file is cut"):
         read_table(str(path), ["ImageID"])
+
+
+def test_combine_warns_when_unlabeled_studies_would_become_all_negative(tmp_path, capsys):
+    rows = [["a.png", "s1", "p1", "PA", "Physician", "['unchanged']"], ["b.png", "s2", "p2", "PA", "RNN_model",
+                                                                        "['normal']"]]
+    labels = tmp_path / "labels"
+    assert parselabelfile.main(["--padchest-csv", str(padchest_csv(tmp_path / "p.csv", rows)), "--out", str(labels),
+                                "--unlabeled", "keep-uncertain"]) == 0
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"ImageID": ["a.png", "b.png"], "path": ["a.png", "b.png"], "width": 1, "height": 1}).to_csv(
+        manifest, index=False)
+    capsys.readouterr()
+    base = ["--labels", str(labels), "--manifest", str(manifest), "--out", str(tmp_path / "c.csv"), "--val-frac", "0",
+            "--test-frac", "0"]
+    assert combinelabels.main(base) == 0
+    out = capsys.readouterr().out
+    assert "warning: 1 images of studies without a usable label have every class -1; --uncertain zeros makes " \
+           "them all 0" in out and "views: {'PA': 2}; PadChest images labelled by physicians: 1" in out
+    assert combinelabels.main(base + ["--uncertain", "ignore"]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert (pd.read_csv(tmp_path / "c.csv").set_index("ImageID").loc["a.png", CLASSES] == -1).all()

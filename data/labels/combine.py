@@ -224,6 +224,8 @@ def combine(labels_dir, manifest, uncertain="zeros", val_frac=0.1, test_frac=0.1
     frame = labels[found.to_numpy()].merge(images, on="ImageID", how="left")
     # the label file knows PadChest's view; step 1 may know the others' (from the DICOM header)
     frame["view"] = frame["Projection"].where(frame["Projection"] != "", frame["view"])
+    # parselabelfile.py --unlabeled keep-uncertain: only --uncertain ignore keeps these from becoming all-negative
+    stats["all_uncertain"] = int((frame[CLASSES].to_numpy() == -1).all(axis=1).sum())
     frame[CLASSES] = apply_uncertain(frame[CLASSES].to_numpy(), uncertain)
     frame["split"] = patient_split(frame, val_frac, test_frac, seed) if len(frame) else []
     stats["images"] = len(frame)
