@@ -4,21 +4,44 @@ r"""Step 2: PadChest label CSV + taxonomy and OpenI XML reports -> per-source la
         --openi-reports NLMCXR_reports.tgz --out labels/
 
 Writes labels/padchest_labels.csv and labels/openi_labels.csv (ImageID, PatientID, StudyID, Projection,
-Source, then the 22 classes: 1 positive, 0 negative or not mentioned, -1 uncertain), and
+Source, MethodLabel, then the 22 classes: 1 positive, 0 negative or not mentioned, -1 uncertain), and
 labels/openi_reports.csv (one report per row, no header: the input of the CheXpert labeler or of
-`python -m data.labels.report_labeler`).
+`python -m data.labels.report_labeler`). Each CSV is written whole or not at all, with its row count beside it
+(NAME.rows) so that step 3 notices a file cut short.
+
+Every source follows one rule (data/labels/rules.py): consolidation is 'infiltrates'; 'other findings' is 1 only
+when something abnormal is present and none of the 20 named findings is 1 or -1; 'normal' is 1 only when no other
+class is 1 or -1. Studies without a usable label (PadChest 'unchanged' or 'suboptimal study' alone, OpenI reports
+the label source marks unlabeled) are dropped and counted, or kept as all -1 with --unlabeled keep-uncertain.
 """
 
 import argparse
 import logging
 import os
+import signal
 import sys
-
+import tarfile
+import zlib
 
 from data.classes import CLASSES
 from data.errors import InputError
+from data.files import output_folder, write_csv
 from data.labels.openi import openi_labels, report_text
-from data.labels.padchest import TAXONOMY, VIEWS, padchest_labels
+from data.labels.padchest import PROJECTIONS, TAXONOMY, VIEWS, padchest_labels
+from data.labels.rules import UNLABELED_POLICIES, finish
+
+
+def view_list(text):
+    """--views: 'all' (None) or PadChest Projection names, matched without regard to case."""
+    if text.strip().lower() == "all":
+        return None
+    known = {p.lower(): p for p in PROJECTIONS}
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v.lower() not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'nothing'} is not a PadChest projection; give "
+                                         f"some of {', '.join(PROJECTIONS)} or 'all'")
+    return [known[v.lower()] for v in names]
 
 
 def parse_args(argv=None):
@@ -28,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--openi-reports", help="OpenI reports: the ecgen-radiology folder of XML files or "
                                            "NLMCXR_reports.tgz; leave out to skip OpenI")
     p.add_argument("--out", required=True, help="output folder for padchest_labels.csv, openi_labels.csv, "
-                                                "openi_reports.csv")
+                                                "openi_reports.csv (created if needed)")
     p.add_argument("--taxonomy", default=TAXONOMY, help="PadChest term hierarchy (tree_term_CUI_counts_160K.csv); "
                                                        "default: the copy shipped in data/labels/padchest_tree.csv")
     p.add_argument("--openi-labels", choices=["mesh", "text", "chexpert"], default="mesh",
@@ -36,9 +59,15 @@ def parse_args(argv=None):
                         "text = the built-in report labeler, chexpert = a CheXpert labeler output CSV")
     p.add_argument("--chexpert-csv", help="CheXpert labeler output for openi_reports.csv "
                                           "(needed with --openi-labels chexpert)")
-    p.add_argument("--views", default=",".join(VIEWS),
-                   help="PadChest projections to keep, comma-separated (default: %(default)s; "
-                        "'all' keeps every projection, including COSTAL and UNK)")
+    p.add_argument("--views", type=view_list, default=list(VIEWS),
+                   help=f"PadChest projections to keep, comma-separated, from {', '.join(PROJECTIONS)} (default: "
+                        f"the frontal views {','.join(VIEWS)}; 'all' keeps every projection); the images of other "
+                        f"projections are dropped and counted")
+    p.add_argument("--unlabeled", choices=UNLABELED_POLICIES, default="drop",
+                   help="studies without a usable label (PadChest 'unchanged' or 'suboptimal study' alone, OpenI "
+                        "reports marked unlabeled): drop them (default; counted), or keep-uncertain: keep them with "
+                        "all 22 classes -1 (then use combinelabels.py --uncertain ignore, or they become "
+                        "all-negative there)")
     args = p.parse_args(argv)
     if not args.padchest_csv and not args.openi_reports:
         p.error("give --padchest-csv and/or --openi-reports")
@@ -54,42 +83,93 @@ def counts_line(frame):
                      for c in CLASSES)
 
 
+def rules_line(name, counts, policy):
+    kept = "kept as all -1" if policy == "keep-uncertain" else "dropped"
+    return (f"{name}: {counts['unlabeled']} images of studies without a usable label {kept}; rules: 'normal' set to 0 "
+            f"on {counts['normal_cleared']} images with another finding, 'other findings' set to 0 on "
+            f"{counts['other_cleared']} images with a named finding")
+
+
+def parse_padchest(args):
+    frame, stats = padchest_labels(args.padchest_csv, args.taxonomy, args.views)
+    frame, counts = finish(frame, args.unlabeled)
+    path = os.path.join(args.out, "padchest_labels.csv")
+    write_csv(frame, path, index=False)
+    if stats["encoding"] != "utf-8":
+        print(f"PadChest: {args.padchest_csv} is not UTF-8; read it as {stats['encoding']}")
+    views = {k[len("dropped_view_"):]: v for k, v in stats.items() if k.startswith("dropped_view_")}
+    print(f"PadChest: {stats['rows']} rows, {len(frame)} images kept; dropped: {sum(views.values())} of other "
+          f"views {views}, {stats.get('dropped_exclude', 0)} 'exclude', {stats.get('dropped_no_labels', 0)} without "
+          f"labels" + (f", {counts['unlabeled']} unlabeled ('unchanged' or 'suboptimal study' alone)"
+                       if args.unlabeled == "drop" else ""))
+    print(rules_line("PadChest", counts, args.unlabeled))
+    print(f"PadChest: {(frame['MethodLabel'] == 'Physician').sum()} of the images kept labelled by physicians")
+    if stats["unknown_terms"]:
+        n = sum(stats["unknown_terms"].values())
+        print(f"PadChest: {n} labels with terms not in the taxonomy (counted as findings): {stats['unknown_terms']}")
+    print("PadChest positives per class:\n" + counts_line(frame))
+    return f"{len(frame)} PadChest images -> {path}" + \
+        (f" ({counts['unlabeled']} unlabeled dropped)" if args.unlabeled == "drop" else "")
+
+
+def parse_openi(args):
+    try:
+        frame, reports, stats = openi_labels(args.openi_reports, args.openi_labels, args.chexpert_csv)
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
+        # a file or archive that cannot be read; the label module names its own input errors
+        where = getattr(e, "filename", None)
+        raise InputError(f"--openi-reports {args.openi_reports}: cannot read" + (f" {where}" if where else "") +
+                         f": {getattr(e, 'strerror', None) or e}") from None
+    frame, counts = finish(frame, args.unlabeled)
+    path = os.path.join(args.out, "openi_labels.csv")
+    write_csv(frame, path, index=False)
+    write_csv(report_text(reports).to_frame(), os.path.join(args.out, "openi_reports.csv"), index=False, header=False)
+    print(f"OpenI: {stats['reports']} reports, {stats['images']} images, "
+          f"{stats['reports_without_images']} reports without images, "
+          f"{stats['malformed_xml']} malformed XML files skipped")
+    print(rules_line("OpenI", counts, args.unlabeled))
+    if stats.get("chexpert_unmatched_reports"):
+        print(f"OpenI: {stats['chexpert_unmatched_reports']} reports not found in {args.chexpert_csv} "
+              f"(left all 0)")
+    print(f"OpenI positives per class ({args.openi_labels} labels):\n" + counts_line(frame))
+    return f"{len(frame)} OpenI images ({args.openi_labels} labels) -> {path}" + \
+        (f" ({counts['unlabeled']} unlabeled dropped)" if args.unlabeled == "drop" else "")
+
+
+def check_inputs(args):
+    """Every input named on the command line exists, before a minute is spent on the first one."""
+    for flag, path in (("--padchest-csv", args.padchest_csv), ("--taxonomy", args.padchest_csv and args.taxonomy),
+                       ("--openi-reports", args.openi_reports), ("--chexpert-csv", args.chexpert_csv)):
+        if path and not os.path.exists(path):
+            raise InputError(f"{flag} {path}: no such file or folder")
+        if path and flag != "--openi-reports" and os.path.isdir(path):
+            raise InputError(f"{flag} {path}: is a folder, not a file")
+
+
+def stop_on_sigterm(*_):
+    raise KeyboardInterrupt  # so the atomic writes clean up their temporary files
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(format="%(message)s")  # the label modules' warnings (a malformed report) on stderr
-    views = None if args.views.strip().lower() == "all" else [v.strip() for v in args.views.split(",") if v.strip()]
-    os.makedirs(args.out, exist_ok=True)
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     summary = []
     try:
+        check_inputs(args)
+        output_folder(args.out)
         if args.padchest_csv:
-            frame, stats = padchest_labels(args.padchest_csv, args.taxonomy, views)
-            path = os.path.join(args.out, "padchest_labels.csv")
-            frame.to_csv(path, index=False)
-            dropped = {k[len("dropped_"):]: v for k, v in stats.items() if k.startswith("dropped_")}
-            print(f"PadChest: {stats['rows']} rows, {stats['kept']} images kept, dropped {dropped}")
-            if stats["unknown_terms"]:
-                n = sum(stats["unknown_terms"].values())
-                print(f"PadChest: {n} labels with terms not in the taxonomy (counted as findings): "
-                      f"{stats['unknown_terms']}")
-            print("PadChest positives per class:\n" + counts_line(frame))
-            summary.append(f"{len(frame)} PadChest images -> {path}")
+            summary.append(parse_padchest(args))
         if args.openi_reports:
-            frame, reports, stats = openi_labels(args.openi_reports, args.openi_labels, args.chexpert_csv)
-            path = os.path.join(args.out, "openi_labels.csv")
-            frame.to_csv(path, index=False)
-            report_text(reports).to_frame().to_csv(os.path.join(args.out, "openi_reports.csv"),
-                                                   index=False, header=False)
-            print(f"OpenI: {stats['reports']} reports, {stats['images']} images, "
-                  f"{stats['reports_without_images']} reports without images, "
-                  f"{stats['malformed_xml']} malformed XML files skipped")
-            if stats.get("chexpert_unmatched_reports"):
-                print(f"OpenI: {stats['chexpert_unmatched_reports']} reports not found in {args.chexpert_csv} "
-                      f"(left all 0)")
-            print(f"OpenI positives per class ({args.openi_labels} labels):\n" + counts_line(frame))
-            summary.append(f"{len(frame)} OpenI images ({args.openi_labels} labels) -> {path}")
+            summary.append(parse_openi(args))
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the CSV being written was left as it was before this run", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print("done: " + "; ".join(summary))
     return 0
 

@@ -1,51 +1,133 @@
-"""Files on disk: the checked CSV reader every step uses, atomic writes, and finding image files."""
+"""Files on disk: the checked CSV reader every step uses, atomic writes, output locations, and finding image files.
+
+Row numbers in messages are the rows a spreadsheet shows: the header is row 1, so the first data row is row 2.
+
+A CSV that a step writes with `write_csv` gets a row count beside it (`NAME.rows`); `read_table` compares the
+count with what it read, so a file cut short (a killed writer of an older version, a partial copy, a full disk) is
+an error naming the file instead of fewer rows. A CSV without a count (written by hand or by another tool) reads
+unchecked.
+"""
 import contextlib
+import lzma
 import os
+import secrets
+import tempfile
+import zlib
 
 import numpy as np
 import pandas as pd
 
 from data.decode import IMAGE_SUFFIXES
-from data.errors import LabelFileError
+from data.errors import InputError, LabelFileError
+
+ROWS_SUFFIX = ".rows"
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
 
 
-def read_table(path, columns, what="CSV", error=LabelFileError, **read_csv_kwargs):
+def rows_path(path):
+    """Where the row count of the CSV at `path` is kept."""
+    return f"{path}{ROWS_SUFFIX}"
+
+
+def read_table(path, columns, what="CSV", error=LabelFileError, fallback_encoding=None, **read_csv_kwargs):
     """The CSV at `path` as a DataFrame, after checking that it holds `columns`.
 
-    Raises `error` naming the file: when it is missing or unreadable, and when a column is missing (row 1, the
-    header). `what` says in the message what the file should have been. Keyword arguments go to pandas.read_csv;
+    Raises `error` naming the file: when it is missing or unreadable (a cut .gz too), when a column is missing (row 1,
+    the header), and when it has another number of rows than the count written beside it. `what` says in the message
+    what the file should have been. Text that is not UTF-8 is an error saying so, or is read as `fallback_encoding`
+    (then `frame.attrs["encoding"]` names it, so the caller can say so). Keyword arguments go to pandas.read_csv;
     `usecols` is checked against the header before the body is read.
     """
     if not os.path.isfile(path):
-        raise error(f"{path}: {what} not found")
+        raise error(f"{path}: {what} not found" + (" (it is a folder)" if os.path.isdir(path) else ""))
     try:
-        header = pd.read_csv(path, nrows=0, **{k: v for k, v in read_csv_kwargs.items() if k != "usecols"}).columns
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise error(f"{path}: missing columns {missing} (row 1, the header); not {what}")
-        return pd.read_csv(path, **read_csv_kwargs)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        try:
+            frame = _read_checked(path, columns, what, error, read_csv_kwargs)
+        except UnicodeDecodeError as e:
+            if fallback_encoding is None:
+                raise error(f"{path}: not UTF-8 text ({e.reason}, byte {e.object[e.start:e.start + 1]!r}); "
+                            f"save it as UTF-8") from None
+            frame = _read_checked(path, columns, what, error, {**read_csv_kwargs, "encoding": fallback_encoding})
+            frame.attrs["encoding"] = fallback_encoding
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, pd.errors.ParserError, pd.errors.EmptyDataError,
+            UnicodeDecodeError, ValueError) as e:
         if isinstance(e, error):
             raise
-        raise error(f"{path}: cannot read as CSV: {e}") from None
+        cut = " (the compressed file is cut short)" if isinstance(e, EOFError) else ""
+        raise error(f"{path}: cannot read as CSV{cut}: {' '.join(str(e).split())}") from None
+    if "nrows" not in read_csv_kwargs:
+        _check_row_count(path, len(frame), error)
+    return frame
+
+
+def _read_checked(path, columns, what, error, kwargs):
+    header = pd.read_csv(path, nrows=0, **{k: v for k, v in kwargs.items() if k != "usecols"}).columns
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise error(f"{path}: missing columns {missing} (row 1, the header); not {what}")
+    return pd.read_csv(path, **kwargs)
+
+
+def _check_row_count(path, rows, error):
+    count_file = rows_path(path)
+    if not os.path.isfile(count_file):
+        return
+    try:
+        with open(count_file, encoding="utf-8") as f:
+            expected = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        raise error(f"{count_file}: not a row count; delete it to read {path} unchecked") from None
+    cut_row = not path.lower().endswith(_COMPRESSED) and not _ends_with_newline(path)
+    if rows != expected or cut_row:
+        found = f"{rows} data rows" + (", the last one cut" if cut_row else "")
+        raise error(f"{path}: {found}, but {count_file} says {expected}: the file was cut short (a killed write, a "
+                    f"partial copy, a full disk) or changed after it was written; write it again (or delete "
+                    f"{count_file} if you changed the CSV on purpose)")
+
+
+def _ends_with_newline(path):
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) in (b"\n", b"\r")
 
 
 def check_values(frame, path, columns, allowed, error=LabelFileError):
-    """Raise `error` naming the file, the first bad row (CSV row numbers: the header is row 1) and its column when a
-    value of `columns` is not in `allowed`."""
-    bad = ~frame[list(columns)].isin(list(allowed))
-    if bad.to_numpy().any():
-        i, j = (int(k[0]) for k in np.nonzero(bad.to_numpy()))
-        column = columns[j]
-        raise error(f"{path}, row {i + 2}: {column} is {str(frame[column].iloc[i])!r}, expected one of "
-                    f"{', '.join(map(str, allowed))}")
+    """Raise `error` naming the file, the first bad value's row and column and the value as the file has it, when a
+    value of `columns` is not one of the numbers in `allowed` (text that reads as one, '1' or '1.0', is fine; blank
+    is not). `frame` is the CSV at `path` as read, one frame row per data row."""
+    columns, allowed = list(columns), list(allowed)
+    numbers = frame[columns].apply(pd.to_numeric, errors="coerce")
+    bad = ~numbers.isin(allowed).to_numpy()
+    if not bad.any():
+        return
+    rows, cols = np.nonzero(bad)  # row-major: the first is the first bad row, its leftmost bad column
+    i, column = int(rows[0]), columns[int(cols[0])]
+    value = _as_written(path, i, column, frame[column].iloc[i])
+    more = f"; {len(rows) - 1} more bad values" if len(rows) > 1 else ""
+    expected = ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
+    raise error(f"{path}, row {i + 2}: {column} is {value!r}{' (blank)' if value == '' else ''}, expected "
+                f"{expected} (row 1 is the header: this is data row {i + 1}){more}")
+
+
+def _as_written(path, i, column, parsed):
+    """The text of one cell as the file has it: a parsed frame shows blanks as NaN and 2 as 2.0."""
+    try:
+        raw = pd.read_csv(path, usecols=[column], dtype=str, keep_default_na=False)[column]
+        return raw.iloc[i] if i < len(raw) else str(parsed)
+    except Exception:  # the message is already an error path: fall back to what was parsed
+        return str(parsed)
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """A temporary path beside `path` to write to; renamed onto `path` only when the block ends without an error, so
-    a process killed while writing leaves the previous file (or none), never a partial one."""
-    tmp = f"{path}.tmp"
+    a process killed while writing leaves the previous file (or none), never a partial one. The name is unique, so
+    two writers of one file never write into each other's temporary file."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f"{name[:200]}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -54,9 +136,62 @@ def atomic_path(path):
             os.remove(tmp)
 
 
-def write_text_atomic(path, text):
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        f.write(text)
+def write_text_atomic(path, text, rows=None):
+    """Write `text` to `path` atomically; with `rows`, also the row count that read_table checks."""
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            f.write(text)
+    _write_counted(path, rows, write)
+
+
+def write_csv(frame, path, **to_csv_kwargs):
+    """frame.to_csv(path) atomically, with its row count beside it; InputError naming the file when it cannot be
+    written (a read-only folder, a full disk)."""
+    try:
+        _write_counted(path, len(frame), lambda tmp: frame.to_csv(tmp, **to_csv_kwargs))
+    except OSError as e:
+        raise InputError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+def _write_counted(path, rows, write):
+    with atomic_path(path) as tmp:
+        write(tmp)
+        if rows is not None and os.path.exists(rows_path(path)):
+            # the old count goes just before the rename: a kill in between leaves a file without a count, never a
+            # count that belongs to another file
+            os.remove(rows_path(path))
+    if rows is not None:
+        write_text_atomic(rows_path(path), f"{rows} data rows in {os.path.basename(path)}\n")
+
+
+def output_folder(path, flag="--out"):
+    """Create the folder `path` if needed and check that files can be written in it, before any work; InputError
+    naming `flag` when it is a file, cannot be created or is read-only."""
+    _writable_folder(path, f"{flag} {path}")
+
+
+def output_file(path, flag="--out"):
+    """Check that the file `path` can be written (its folder is created if needed), before any work."""
+    if os.path.isdir(path):
+        raise InputError(f"{flag} {path}: is a folder; give the path of the file to write")
+    folder = os.path.dirname(os.path.abspath(path))
+    _writable_folder(folder, f"{flag} {path}: its folder {folder}")
+
+
+def _writable_folder(folder, label):
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"{label} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        reason = "a part of the path is a file" if isinstance(e, (NotADirectoryError, FileExistsError)) \
+            else e.strerror or str(e)
+        raise InputError(f"{label} cannot be created ({reason})") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise InputError(f"{label} is not writable ({e.strerror or e})") from None
 
 
 def missing_files(paths):

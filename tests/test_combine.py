@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import tarfile
 
 import numpy as np
 import pandas as pd
@@ -9,11 +10,15 @@ import pytest
 from skmultilearn.model_selection import IterativeStratification
 
 import combinelabels
+import parselabelfile
 from data.classes import CLASSES
 from data.labels.combine import OUT_COLUMNS, FastBookkeeping, RarestFirstStratification, combine, patient_split
-from data.labels.openi import openi_labels
+from data.labels.openi import (CHEXPERT_COLUMNS, mesh_term_classes, openi_labels, read_reports, report_labels,
+                               report_text)
 from data.errors import LabelFileError
-from data.labels.padchest import CSV_NAME, padchest_labels
+from data.labels.padchest import CSV_NAME, padchest_labels, term_classes
+from data.labels.report_labeler import label_reports
+from data.labels.rules import CONSOLIDATION, LABEL_COLUMNS, apply_rules, finish
 
 TXRV = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data")
 
@@ -139,3 +144,103 @@ def test_cli_and_bad_input(small, tmp_path, capsys):
     bad.to_csv(labels / "openi_labels.csv", index=False)
     with pytest.raises(LabelFileError, match=r"openi_labels\.csv, row 3: nodule is '7'"):
         combine(str(labels), str(manifest))
+
+
+def test_combined_keeps_view_and_method_label(tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    pad = label_frame("padchest", [("a.png", "p1", {"normal": 1}), ("b.png", "p2", {"nodule": 1})])
+    pad["MethodLabel"] = ["Physician", "RNN_model"]
+    pad.loc[1, "Projection"] = "AP_horizontal"
+    pad.to_csv(labels / "padchest_labels.csv", index=False)
+    openi = label_frame("openi", [("CXR1_IM-1", "CXR1", {"normal": 1}), ("CXR1_IM-2", "CXR1", {"normal": 1})])
+    openi["Projection"] = ""  # OpenI's XML has no view; this label file has no MethodLabel column (written by hand)
+    openi.to_csv(labels / "openi_labels.csv", index=False)
+    ids = ["a.png", "b.png", "CXR1_IM-1", "CXR1_IM-2"]
+    manifest_frame(ids).to_csv(tmp_path / "manifest.csv", index=False)
+    frame = combine(str(labels), str(tmp_path / "manifest.csv"), val_frac=0, test_frac=0)[0].set_index("ImageID")
+    assert frame.loc[ids, "view"].tolist() == ["PA", "AP_horizontal", "", ""]
+    assert frame.loc[ids, "MethodLabel"].tolist() == ["Physician", "RNN_model", "", ""]
+    # where step 1 writes a view (from the DICOM header), images whose label file has none take it
+    manifest = manifest_frame(ids).assign(view=["AP", "AP", "PA", ""])
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    frame = combine(str(labels), str(tmp_path / "manifest.csv"), val_frac=0, test_frac=0)[0].set_index("ImageID")
+    assert frame.loc[ids, "view"].tolist() == ["PA", "AP_horizontal", "PA", ""]
+
+
+# ---- one rule for every label source (data/labels/rules.py) ----
+
+def test_rule_clears_other_and_normal_beside_findings():
+    values = np.zeros((5, len(CLASSES)), dtype=np.int8)
+    col = CLASSES.index
+    values[0, [col("other findings"), col("cardiomegaly")]] = 1  # CheXpert: Lung Opacity + Cardiomegaly
+    values[1, [col("normal"), col("electrical device")]] = 1  # CheXpert: No Finding + Support Devices
+    values[2, col("other findings")] = 1  # abnormal, none of the 20: stays
+    values[2, col("normal")] = 1  # ... and then not normal
+    values[3, col("normal")] = 1  # normal alone: stays
+    values[4, col("other findings")], values[4, col("nodule")] = 1, -1  # an uncertain named finding counts too
+    out, counts = apply_rules(values)
+    positives = [[c for c in CLASSES if row[col(c)] != 0] for row in out]
+    assert positives == [["cardiomegaly"], ["electrical device"], ["other findings"], ["normal"], ["nodule"]]
+    assert counts == {"other_cleared": 2, "normal_cleared": 2}
+    assert apply_rules(out)[1] == {"other_cleared": 0, "normal_cleared": 0}  # applying it again changes nothing
+
+
+def test_consolidation_counts_as_infiltrates_in_the_tree_mesh_and_text():
+    assert term_classes()["consolidation"] == {CONSOLIDATION}
+    assert mesh_term_classes("Consolidation/lung, right/lower lobe") == {CONSOLIDATION}
+    row = label_reports(["Right lower lobe consolidation."])[0]
+    assert [c for c, v in zip(CLASSES, row) if v] == [CONSOLIDATION]
+
+
+@pytest.mark.xfail(strict=True, reason="data/labels/openi.py CHEXPERT_COLUMNS maps 'Consolidation' to 'other findings' "
+                                       "(another helper's file): it should map it to 'infiltrates'")
+def test_consolidation_counts_as_infiltrates_in_chexpert():
+    assert CHEXPERT_COLUMNS["Consolidation"] == CONSOLIDATION
+
+
+def test_real_mesh_and_text_labels_already_follow_the_rule():
+    """The MeSH and text sources set 'other findings' and 'normal' as the rule does: on all 3,955 real reports it
+    changes nothing."""
+    reports, _ = read_reports(os.path.join(TXRV, "NLMCXR_reports.tgz"))
+    for source in ("mesh", "text"):
+        values, _ = report_labels(reports, source)
+        assert apply_rules(values)[1] == {"other_cleared": 0, "normal_cleared": 0}, source
+
+
+def test_openi_unlabeled_reports_are_dropped_or_kept_uncertain():
+    """OpenI's label function marks reports without a usable label in an Unlabeled column (here: the 'No Indexing'
+    ones, as the test says); without the column nothing is dropped."""
+    frame, reports, _ = openi_labels(os.path.join(TXRV, "NLMCXR_reports.tgz"))
+    no_indexing = set(reports.loc[reports["major"].map(lambda m: [t.lower() for t in m] == ["no indexing"]),
+                                  "ReportID"])
+    assert len(no_indexing) == 95  # issue 10's count
+    without, counts = finish(frame)
+    assert len(without) == len(frame) and counts["unlabeled"] == 0
+    marked = frame.assign(Unlabeled=frame["PatientID"].isin(no_indexing))
+    dropped, counts = finish(marked)
+    assert counts["unlabeled"] == marked["Unlabeled"].sum() > 0
+    assert len(dropped) == len(frame) - counts["unlabeled"] and not dropped["PatientID"].isin(no_indexing).any()
+    kept, _ = finish(marked, "keep-uncertain")
+    assert (kept.loc[kept["PatientID"].isin(no_indexing), CLASSES] == -1).all().all()
+    assert list(kept.columns) == LABEL_COLUMNS and (kept["MethodLabel"] == "").all()
+
+
+def test_the_rule_is_applied_to_chexpert_labels_by_parselabelfile(tmp_path):
+    folder = tmp_path / "ecgen-radiology"
+    folder.mkdir()
+    with tarfile.open(os.path.join(TXRV, "NLMCXR_reports.tgz")) as tar:
+        for name in ("1.xml", "1000.xml"):
+            (folder / name).write_bytes(tar.extractfile(f"ecgen-radiology/{name}").read())
+    reports, _ = read_reports(str(folder))
+    chexpert = pd.DataFrame({"Reports": report_text(reports), **{c: np.nan for c in CHEXPERT_COLUMNS}})
+    chexpert.loc[0, ["No Finding", "Support Devices"]] = 1.0  # normal beside a device
+    chexpert.loc[1, ["Lung Opacity", "Cardiomegaly"]] = 1.0  # 'other findings' beside a named finding
+    chexpert.to_csv(tmp_path / "chexpert.csv", index=False)
+    out = tmp_path / "out"
+    assert parselabelfile.main(["--openi-reports", str(folder), "--out", str(out), "--openi-labels", "chexpert",
+                                "--chexpert-csv", str(tmp_path / "chexpert.csv")]) == 0
+    frame = pd.read_csv(out / "openi_labels.csv").drop_duplicates("PatientID").set_index("PatientID")
+    first, second = reports["ReportID"]
+    assert [c for c in CLASSES if frame.at[first, c]] == ["electrical device"]
+    assert [c for c in CLASSES if frame.at[second, c]] == ["cardiomegaly"]

@@ -53,6 +53,23 @@ def test_combined_csv_has_the_classes_and_a_patient_split(pipeline):
     # 60 PadChest rows minus the two 'exclude' ones, plus every OpenI image
     manifest = pd.read_csv(pipeline["ingest"] / "manifest.csv")
     assert len(frame) == len(manifest) - 2
+    # PadChest's view and labeller travel to combined.csv; OpenI's view only where step 1 read one
+    raw = pd.read_csv(pipeline["world"] / "labels" / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv")
+    padchest = frame[frame.Source == "padchest"].merge(raw[["ImageID", "Projection", "MethodLabel"]], on="ImageID",
+                                                       suffixes=("", "_raw"))
+    assert len(padchest) == 58 and (padchest.view == padchest.Projection_raw).all()
+    assert (padchest.MethodLabel == padchest.MethodLabel_raw).all() and set(padchest.MethodLabel) == {"Physician",
+                                                                                                    "RNN_model"}
+    openi = frame[frame.Source == "openi"]
+    if "view" in manifest:  # step 1 reads it from the DICOM header
+        views = manifest.set_index("ImageID").view
+        assert openi.view.fillna("").tolist() == views.loc[openi.ImageID].fillna("").tolist()
+    else:
+        assert openi.view.isna().all()
+    # step 2 and 3 CSVs carry their row counts
+    for csv in (pipeline["labels"] / "padchest_labels.csv", pipeline["labels"] / "openi_labels.csv",
+                pipeline["combined"]):
+        assert int(open(f"{csv}.rows").read().split()[0]) == len(pd.read_csv(csv))
 
 
 def test_run_folder_holds_model_metrics_predictions_and_heatmaps(pipeline):

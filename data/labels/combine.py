@@ -6,6 +6,7 @@ not images, so no patient is in two splits. The stratified labels are each (sour
 source, so every class keeps about the same prevalence in train, val and test within each source.
 """
 
+import math
 import os
 
 import numpy as np
@@ -15,10 +16,13 @@ from skmultilearn.model_selection import IterativeStratification
 from data.classes import CLASSES
 from data.errors import InputError, LabelFileError
 from data.files import check_values, read_table
+from data.labels.rules import ID_COLUMNS
 
-ID_COLUMNS = ["ImageID", "PatientID", "StudyID", "Projection", "Source"]
 MANIFEST_COLUMNS = ["ImageID", "path", "width", "height"]
-OUT_COLUMNS = ["ImageID", "path", "Source", "PatientID", "StudyID", "Projection", "width", "height", "split", *CLASSES]
+# view: the label file's Projection (PadChest), else the manifest's view column where step 1 wrote one, else blank.
+# MethodLabel: PadChest's 'Physician' or 'RNN_model', blank for other sources.
+OUT_COLUMNS = ["ImageID", "path", "Source", "PatientID", "StudyID", "Projection", "view", "MethodLabel", "width",
+               "height", "split", *CLASSES]
 SPLITS = ["train", "val", "test"]
 LABEL_FILES = ["padchest_labels.csv", "openi_labels.csv"]
 
@@ -123,10 +127,13 @@ def stratified_folds(y, fractions, seed=1):
 
 
 def read_label_csv(path):
-    """A per-source label CSV (step 2) with its columns checked."""
+    """A per-source label CSV (step 2) with its columns and values checked; MethodLabel blank where it has none."""
     frame = read_table(path, ID_COLUMNS + CLASSES, what="a per-source label CSV of parselabelfile.py",
-                       dtype={c: str for c in ID_COLUMNS}, keep_default_na=False)
+                       dtype={c: str for c in [*ID_COLUMNS, "MethodLabel"]}, keep_default_na=False)
     check_values(frame, path, CLASSES, (1, 0, -1))
+    frame[CLASSES] = frame[CLASSES].apply(pd.to_numeric).astype(np.int8)
+    if "MethodLabel" not in frame:
+        frame["MethodLabel"] = ""
     return frame
 
 
@@ -141,12 +148,12 @@ def read_labels(labels_dir):
 def read_manifest(path):
     """Step 1's manifest: ImageID, absolute path, width, height of every image that was written."""
     frame = read_table(path, MANIFEST_COLUMNS, what="download_images.py's manifest.csv",
-                       dtype={"ImageID": str, "path": str, "status": str}, keep_default_na=False)
+                       dtype={"ImageID": str, "path": str, "status": str, "view": str}, keep_default_na=False)
     if "status" in frame.columns:
         frame = frame[frame["status"].isin(["ok", ""])]
     frame = frame.drop_duplicates("ImageID")
     root = os.path.dirname(os.path.abspath(path))
-    frame = frame[MANIFEST_COLUMNS].copy()
+    frame = frame.reindex(columns=[*MANIFEST_COLUMNS, "view"], fill_value="")
     relative = ~frame["path"].str.startswith(("/", "\\")) & ~frame["path"].str.match(r"^[A-Za-z]:[\\/]")
     frame.loc[relative, "path"] = root + os.sep + frame.loc[relative, "path"].str.replace("/", os.sep)
     return frame
@@ -179,10 +186,16 @@ def patient_labels(frame):
     return codes, y
 
 
+def check_fractions(val_frac, test_frac):
+    """InputError unless both are numbers >= 0 with a sum below 1 (NaN and infinity are not)."""
+    if not all(math.isfinite(f) and f >= 0 for f in (val_frac, test_frac)) or val_frac + test_frac >= 1:
+        raise InputError(f"need 0 <= --val-frac, --test-frac and --val-frac + --test-frac < 1, got --val-frac "
+                         f"{val_frac} and --test-frac {test_frac}")
+
+
 def patient_split(frame, val_frac=0.1, test_frac=0.1, seed=1):
     """'train'/'val'/'test' per row, the same for every image of a patient (Source + PatientID)."""
-    if val_frac < 0 or test_frac < 0 or val_frac + test_frac >= 1:
-        raise InputError("need 0 <= --val-frac, --test-frac and --val-frac + --test-frac < 1")
+    check_fractions(val_frac, test_frac)
     codes, y = patient_labels(frame)
     fractions = [1 - val_frac - test_frac, val_frac, test_frac]
     keep = [k for k, f in enumerate(fractions) if f > 0]
@@ -192,7 +205,9 @@ def patient_split(frame, val_frac=0.1, test_frac=0.1, seed=1):
 
 
 def combine(labels_dir, manifest, uncertain="zeros", val_frac=0.1, test_frac=0.1, seed=1):
-    """Labels + manifest -> (combined DataFrame in the combined.csv layout, stats)."""
+    """Labels + manifest -> (combined DataFrame in the combined.csv layout, stats). InputError when no labelled image
+    is in the manifest."""
+    check_fractions(val_frac, test_frac)
     labels = read_labels(labels_dir)
     images = read_manifest(manifest)
     stats = {"labeled": len(labels)}
@@ -202,7 +217,15 @@ def combine(labels_dir, manifest, uncertain="zeros", val_frac=0.1, test_frac=0.1
     found = labels["ImageID"].isin(images["ImageID"])
     stats["missing_images"] = labels.loc[~found.to_numpy(), "Source"].value_counts().to_dict()
     stats["unlabeled_images"] = int((~images["ImageID"].isin(labels["ImageID"])).sum())
+    if not found.any():
+        raise InputError(f"none of the {len(labels)} labelled images in {labels_dir} is among the {len(images)} "
+                         f"images of {manifest} (labels: {', '.join(labels['ImageID'].head(3))}, ...; manifest: "
+                         f"{', '.join(images['ImageID'].head(3)) or 'no image'}): are they from the same dataset?")
     frame = labels[found.to_numpy()].merge(images, on="ImageID", how="left")
+    # the label file knows PadChest's view; step 1 may know the others' (from the DICOM header)
+    frame["view"] = frame["Projection"].where(frame["Projection"] != "", frame["view"])
+    # parselabelfile.py --unlabeled keep-uncertain: only --uncertain ignore keeps these from becoming all-negative
+    stats["all_uncertain"] = int((frame[CLASSES].to_numpy() == -1).all(axis=1).sum())
     frame[CLASSES] = apply_uncertain(frame[CLASSES].to_numpy(), uncertain)
     frame["split"] = patient_split(frame, val_frac, test_frac, seed) if len(frame) else []
     stats["images"] = len(frame)
