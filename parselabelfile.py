@@ -20,8 +20,6 @@ import logging
 import os
 import signal
 import sys
-import tarfile
-import zlib
 
 from data.classes import CLASSES
 from data.errors import InputError
@@ -115,8 +113,8 @@ def parse_padchest(args):
 def parse_openi(args):
     try:
         frame, reports, stats = openi_labels(args.openi_reports, args.openi_labels, args.chexpert_csv)
-    except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
-        # a file or archive that cannot be read; the label module names its own input errors
+    except OSError as e:
+        # a file that cannot be read; the label module names its own input errors (a damaged archive included)
         where = getattr(e, "filename", None)
         raise InputError(f"--openi-reports {args.openi_reports}: cannot read" + (f" {where}" if where else "") +
                          f": {getattr(e, 'strerror', None) or e}") from None
@@ -126,7 +124,9 @@ def parse_openi(args):
     write_csv(report_text(reports).to_frame(), os.path.join(args.out, "openi_reports.csv"), index=False, header=False)
     print(f"OpenI: {stats['reports']} reports, {stats['images']} images, "
           f"{stats['reports_without_images']} reports without images, "
-          f"{stats['malformed_xml']} malformed XML files skipped")
+          f"{stats['malformed_xml']} malformed or unreadable XML files skipped"
+          + (f" ({', '.join(stats['malformed_files'][:5])}{', ...' if stats['malformed_xml'] > 5 else ''})"
+             if stats["malformed_xml"] else ""))
     print(rules_line("OpenI", counts, args.unlabeled))
     if stats.get("chexpert_unmatched_reports"):
         print(f"OpenI: {stats['chexpert_unmatched_reports']} reports not found in {args.chexpert_csv} "

@@ -20,6 +20,7 @@ import re
 import sys
 import tarfile
 import time
+import zlib
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -154,22 +155,28 @@ def mesh_labels(major_terms):
 
 
 def iter_report_files(source):
-    """(name, bytes) of every .xml report in a folder (recursively) or a .tgz/.tar archive."""
+    """(name, bytes) of every .xml report in a folder (recursively) or a .tgz/.tar archive; (name, OSError) for a
+    file in a folder that cannot be read."""
     if os.path.isdir(source):
         for root, _, files in os.walk(source):
             for f in sorted(files):
                 if f.lower().endswith(".xml"):
                     path = os.path.join(root, f)
-                    with open(path, "rb") as fh:
-                        yield path, fh.read()
+                    try:
+                        with open(path, "rb") as fh:
+                            data = fh.read()
+                    except OSError as e:  # one unreadable file is skipped and named, not the end of the folder
+                        data = e
+                    yield path, data
     elif os.path.isfile(source):
         try:
             with tarfile.open(source) as tar:
                 for member in tar:
                     if member.isfile() and member.name.lower().endswith(".xml"):
                         yield f"{source}:{member.name}", tar.extractfile(member).read()
-        except tarfile.TarError as e:
-            raise LabelFileError(f"{source}: not a readable tar archive: {e}") from None
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise LabelFileError(f"{source}: not a readable tar archive (cut short or damaged?): {reason}") from None
     else:
         raise LabelFileError(f"{source}: no such folder or archive")
 
@@ -212,6 +219,10 @@ def read_reports(source):
     rows, malformed = [], []
     for name, data in tqdm(iter_report_files(source), desc="OpenI reports", unit="report", disable=None,
                            mininterval=0.5):
+        if isinstance(data, OSError):
+            malformed.append(name)
+            log.warning("warning: %s: cannot read (%s), skipped", name, data.strerror or data)
+            continue
         try:
             rows.append(parse_report(data, name))
         except ET.ParseError as e:
