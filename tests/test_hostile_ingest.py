@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zipfile
 from urllib.parse import quote
@@ -209,6 +210,24 @@ def test_a_machine_fault_stops_the_run_and_a_rerun_after_the_fix_completes_it(tm
     assert download_images.main([*map(str, args)]) == 0
     assert len(read_csv(out / "manifest.csv")) == 9 and read_csv(out / "errors.csv") == []
     assert_same_as_fresh(src, out, tmp_path)
+
+
+def test_images_on_another_file_system(tmp_path):
+    """OUT/images linked to another disk: each image is written beside its final place, so the rename never crosses
+    file systems (it failed with 'Invalid cross-device link' for every image)."""
+    elsewhere = tempfile.mkdtemp(dir="/dev/shm") if os.path.isdir("/dev/shm") else None
+    if elsewhere is None or os.stat(elsewhere).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system at /dev/shm")
+    try:
+        src, out = tmp_path / "src", tmp_path / "out"
+        src.mkdir()
+        write_zip(src / "0.zip", [("a.png", png8(1)), ("b.png", png8(2))])
+        out.mkdir()
+        os.symlink(elsewhere, out / "images")
+        assert ingest(src, out, workers=1) == 0
+        assert read_csv(out / "errors.csv") == [] and sorted(os.listdir(elsewhere)) == ["a.png", "b.png"]
+    finally:
+        shutil.rmtree(elsewhere)
 
 
 def test_a_second_run_on_the_same_out_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, capsys):
