@@ -12,7 +12,7 @@ import sys
 
 from google.api_core.exceptions import GoogleAPIError
 
-from data.errors import InputError
+from data.errors import EnvironmentFault, InputError
 from data.ingest.pipeline import ingest, summary_line
 
 DESCRIPTION = """\
@@ -61,6 +61,8 @@ class Interrupted(BaseException):
 
 
 def _raise_interrupted(signum, frame):
+    for s in (signal.SIGINT, signal.SIGTERM):  # the clean-up that follows runs once, not cut short by a second signal
+        signal.signal(s, signal.SIG_IGN)
     raise Interrupted(signum)
 
 
@@ -78,7 +80,8 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="gs://BUCKET[/PREFIX], a local folder, or one archive file")
     p.add_argument("--out", required=True, help="output folder (images/, manifest.csv, errors.csv; .parts/ records finished "
-                        "archives for resuming). One run at a time per folder")
+                        "archives for resuming). One run at a time per folder: a second "
+                        "run on the same OUT is refused (OUT/.lock)")
     p.add_argument("--size", type=int, default=512,
                    help="longest side of the written images in pixels, aspect ratio kept, never "
                         "upscaled; 0 keeps the original size (default: 512)")
@@ -106,11 +109,14 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         summary = ingest(args.source, args.out, size=args.size, workers=args.workers, shard=args.shard,
                          keep_archives=args.keep_archives, download_dir=args.download_dir,
                          progress=not args.quiet)
+    except EnvironmentFault as e:
+        print(f"error: {e}; what it stopped is not marked done: fix this and rerun", file=sys.stderr)
+        return 2
     except (InputError, OSError, GoogleAPIError) as e:  # bad input, a full or unwritable disk, bucket access
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -120,7 +126,8 @@ def main(argv=None):
               f"{os.path.join(args.out, '.parts')}; rerun the same command to resume", file=sys.stderr)
         return 128 + signum
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     print(summary_line(summary))
     if args.strict and summary["error_rows"]:
         print(f"error: --strict and {summary['error_rows']} rows in {os.path.join(args.out, 'errors.csv')}",

@@ -136,6 +136,28 @@ def test_an_archive_added_or_replaced_later_gives_what_a_fresh_run_gives(tmp_pat
     assert np.array_equal(pixels(out / "images" / "same.png"), decode_image_bytes(SAME_B, "same.png")[0])
 
 
+def test_shards_copied_together_give_what_one_run_gives(tmp_path, capsys):
+    """README's merge of shards: .parts/ and images/ of each copied into one OUT, then a rerun there. The two shards
+    both wrote images/same.png; whose pixels the copy left is unknown, so both archives are ingested again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_zip(src / "a.zip", [("same.png", SAME_A), ("a_only.png", png8(3))])
+    write_zip(src / "b.zip", [("same.png", SAME_B), ("b_only.png", png8(4))])
+    write_zip(src / "c.zip", [("c_only.png", png8(5))])
+    merged = tmp_path / "merged"
+    for k in range(2):
+        assert ingest(src, tmp_path / f"s{k}", "--shard", f"{k}/2") == 0
+    for k in range(2):
+        for folder in (".parts", "images"):
+            shutil.copytree(tmp_path / f"s{k}" / folder, merged / folder, dirs_exist_ok=True)
+    assert np.array_equal(pixels(merged / "images" / "same.png"), decode_image_bytes(SAME_B, "same.png")[0])
+    capsys.readouterr()
+    assert ingest(src, merged) == 0
+    out, err = capsys.readouterr()
+    assert "a.zip, b.zip all hold images/same.png" in err and "1 of 3 archives already done" in out
+    assert_same_as_fresh(src, merged, tmp_path)
+
+
 def change_archive(src):
     write_zip(src / "0.zip", [("img_0_0.png", png8(10)), ("replaced.png", png8(11))])
     os.utime(src / "0.zip", ns=(10**9, 10**9))  # the size may match; the time differs

@@ -120,8 +120,11 @@ class Ledger:
         for name, marker in self.done.items():
             for row in marker["manifest"]:
                 holders.setdefault(file_key(_image_name(row)), []).append(name)
-        for units in holders.values():
-            if len(units) > 1:  # e.g. images/ and .parts/ of two shards copied together: whose pixels are there?
+        for key, units in sorted(holders.items()):
+            if len(units) > 1 and any(name in self.done for name in units):
+                # e.g. images/ and .parts/ of two shards copied together: whose pixels are in the file?
+                warn(f"warning: {', '.join(sorted(set(units)))} all hold images/{key} (markers copied together?); "
+                     f"they count as not done and are ingested again")
                 for name in units:
                     self.done.pop(name, None)
         for name, marker in self.done.items():
