@@ -4,7 +4,7 @@ Flow: check the flags and OUT, list the source (a local folder or gs://bucket/pr
 one per folder of loose images) -> take OUT's lock -> for each unit not done yet, in name order: fetch it (GCS:
 download with checksum while the previous unit is processed), stream its members into a process pool (decode ->
 8-bit mapping -> resize -> atomic write), then record the unit's manifest and error rows in its part marker
-OUT/.parts/<unit>-<hash>.json, written atomically (data/ingest/ledger.py says what makes a unit done and which copy
+OUT/.parts/<unit, %-quoted>.json, written atomically (data/ingest/ledger.py says what makes a unit done and which copy
 of an image keeps its file). Only after the marker exists is a downloaded archive deleted. manifest.csv and
 errors.csv are rebuilt from all done markers at the end, sorted, so a run that was killed and resumed writes the
 same bytes as one that was not.
