@@ -331,11 +331,13 @@ def test_a_signal_ends_every_process_with_one_line_and_resume_is_byte_identical(
         if (out / ".parts").is_dir() and os.listdir(out / ".parts"):
             break
         time.sleep(0.01)
-    assert proc.poll() is None, "the signal should land mid-run"
+    os.kill(proc.pid, signal.SIGSTOP)  # held still, so that the signal lands mid-run however fast the machine
+    assert proc.poll() is None and len(os.listdir(out / ".parts")) < 4, "the signal should land mid-run"
     if to_group:
         os.killpg(proc.pid, signum)
     else:
         os.kill(proc.pid, signum)
+    os.kill(proc.pid, signal.SIGCONT)
     try:
         _, err = proc.communicate(timeout=60)  # EOF on both pipes: every process that held them has ended
     except subprocess.TimeoutExpired:
