@@ -14,7 +14,9 @@ download_images.py and the images read back by the other steps look the same:
   0..255. Without any VOI the robust percentile window is used. MONOCHROME1 is
   inverted so that lungs are dark, as in MONOCHROME2.
 
-Bad input raises ImageError with a short reason that ends up in errors.csv.
+The format comes from the file's first bytes (PNG and JPEG signatures, DICOM's "DICM" at byte 128), so PNG bytes
+named .jpg are read as the PNG they are; only bytes without a signature (DICOM without its preamble) fall back to
+the suffix. Bad input raises ImageError with a short reason that ends up in errors.csv.
 Images whose header declares more than MAX_PIXELS pixels are refused before
 decoding (decompression bombs).
 """
@@ -37,6 +39,10 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = PNG_SUFFIXES + JPEG_SUFFIXES + DICOM_SUFFIXES
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+# Part of what a finished ingest records (OUT/.parts): bump it whenever the pixels written for the same input change
+# (decoding, intensity mapping, resizing, PNG parameters), so that a rerun re-ingests instead of mixing versions.
+DECODER_VERSION = 2
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
 
 
@@ -51,20 +57,28 @@ def read_image(path):
     return decode_image_bytes(data, os.path.basename(path))[0]
 
 
+def image_format(data, name):
+    """"PNG", "JPEG" or "DICOM": from the signature in the bytes, else from the suffix of `name`."""
+    suffix = os.path.splitext(name.lower())[1]
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(f"not an image file (suffix {suffix or 'none'!r})")
+    if data[:8] == PNG_SIGNATURE:
+        return "PNG"
+    if data[:3] == JPEG_SIGNATURE:
+        return "JPEG"
+    if data[128:132] == b"DICM":
+        return "DICOM"
+    return "PNG" if suffix in PNG_SUFFIXES else "JPEG" if suffix in JPEG_SUFFIXES else "DICOM"
+
+
 def decode_image_bytes(data, name):
-    """Decode one file's bytes; the suffix of `name` picks the format.
+    """Decode one file's bytes (`name` only needs an image suffix; see image_format).
 
     Returns (uint8 HxW array, info) with info = {width, height, bits, photometric}
     describing the original image.
     """
-    suffix = os.path.splitext(name.lower())[1]
-    if suffix in PNG_SUFFIXES:
-        return _decode_raster(data, "PNG")
-    if suffix in JPEG_SUFFIXES:
-        return _decode_raster(data, "JPEG")
-    if suffix in DICOM_SUFFIXES:
-        return _decode_dicom(data)
-    raise ImageError(f"not an image file (suffix {suffix or 'none'!r})")
+    kind = image_format(data, name)
+    return _decode_dicom(data) if kind == "DICOM" else _decode_raster(data, kind)
 
 
 def resize_longest(img, size):
@@ -78,7 +92,7 @@ def resize_longest(img, size):
     if size <= 0 or max(h, w) <= size:
         return img
     shrink = max(h, w) // size
-    if shrink >= 2:
+    if shrink >= 2 and min(h, w) >= shrink:  # a 1 x 5000 strip would lose its short side to 0 px
         # Integer area reduction first: OpenCV's fast path, 2x quicker than one fractional INTER_AREA.
         img = cv2.resize(img, None, fx=1 / shrink, fy=1 / shrink, interpolation=cv2.INTER_AREA)
         h, w = img.shape[:2]

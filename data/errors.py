@@ -15,3 +15,9 @@ class ImageError(InputError):
 
 class LabelFileError(InputError):
     """A label, manifest or box file that cannot be read, with the file and row in the message."""
+
+
+class EnvironmentFault(OSError):
+    """Not the input's fault: a file that cannot be read or written now (permission, a full disk, a file gone, another
+    file system). A run stops on it with one line, and what it was doing is not marked done, so that a rerun after
+    the fix completes it; bad input, in contrast, is recorded once and for all."""

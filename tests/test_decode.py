@@ -147,6 +147,23 @@ def test_resize_longest_keeps_aspect_and_never_upscales():
     assert resize_longest(img, 0).shape == (2500, 2048)
 
 
+@pytest.mark.parametrize("shape, size, expected", [((5000, 1), 64, (64, 1)), ((1, 5000), 64, (1, 64)),
+                                                   ((5000, 3), 512, (512, 1)), ((3, 5000), 64, (1, 64))])
+def test_a_strip_keeps_at_least_one_pixel_across(shape, size, expected):
+    assert resize_longest(np.full(shape, 200, np.uint8), size).shape == expected
+
+
+def test_the_format_comes_from_the_bytes_not_the_suffix():
+    png16 = cv2.imencode(".png", np.full((30, 40), 3000, np.uint16))[1].tobytes()
+    img, info = decode_image_bytes(png16, "disguised.jpg")
+    assert info == {"width": 40, "height": 30, "bits": 16, "photometric": "MONOCHROME2"} and img.shape == (30, 40)
+    jpg = cv2.imencode(".jpg", np.full((30, 40), 90, np.uint8))[1].tobytes()
+    assert decode_image_bytes(jpg, "disguised.png")[1] == {"width": 40, "height": 30, "bits": 8,
+                                                           "photometric": "MONOCHROME2"}
+    ds, _ = unci_crop(32)
+    assert decode_image_bytes(dicom_bytes(ds), "disguised.png")[1]["photometric"] == "MONOCHROME1"
+
+
 def png_header_only(width, height):
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))

@@ -18,6 +18,7 @@ from google.cloud.storage import transfer_manager
 from google.cloud.storage.exceptions import DataCorruption
 
 import download_images
+from data.decode import decode_image_bytes
 from data.ingest import gcs
 
 
@@ -89,6 +90,30 @@ def test_ingest_from_a_bucket_prefix(gcs_server, tmp_path, capsys):
                                "0", "--shard", "1/2", "--keep-archives", "--quiet"])
     assert rc == 0
     assert sorted(os.listdir(tmp_path / "s1" / ".download")) == ["1.zip"]
+
+
+def test_a_blob_replaced_under_its_name_is_ingested_again(gcs_server, tmp_path, capsys):
+    """Identity on GCS is the generation and CRC32C: a new upload under the same name is not 'already done'. Long
+    names (40 CJK characters are 364 once %-quoted) fit both the download and the part marker."""
+    bucket = gcs_server.create_bucket("chest")
+    long_name = ("胸部光片影像資料集第一批次壓縮檔案" * 3)[:40] + ".zip"
+    bucket.blob(f"px/{long_name}").upload_from_string(zip_of_pngs(["long.png"], 4))
+    bucket.blob("px/0.zip").upload_from_string(zip_of_pngs(["a.png", "b.png"], 0))
+    out = tmp_path / "out"
+    argv = ["--source", "gs://chest/px", "--out", str(out), "--workers", "0", "--quiet"]
+    assert download_images.main(argv) == 0
+    assert download_images.main(argv) == 0
+    assert "2 of 2 archives already done" in capsys.readouterr().out
+    replaced = zip_of_pngs(["a.png", "c.png"], 5)
+    bucket.blob("px/0.zip").upload_from_string(replaced)  # a new generation under the same name
+    assert download_images.main(argv) == 0
+    assert "1 of 2 archives already done" in capsys.readouterr().out
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["ImageID"] for r in rows) == ["a.png", "c.png", "long.png"]  # b.png's row replaced, not kept
+    assert sorted(os.listdir(out / "images")) == ["a.png", "c.png", "long.png"]
+    new_a = decode_image_bytes(zipfile.ZipFile(io.BytesIO(replaced)).read("a.png"), "a.png")[0]
+    assert np.array_equal(cv2.imread(str(out / "images" / "a.png"), cv2.IMREAD_UNCHANGED), new_a)
 
 
 def test_download_is_chunked_checksummed_and_reuses_a_valid_copy(gcs_server, tmp_path):

@@ -153,8 +153,9 @@ def test_bad_input_is_recorded_never_fatal_and_never_escapes(tmp_path, capsys):
     assert np.array_equal(a, resize_longest(read_image(tmp_path / "a16.png"), 64))
     assert (manifest[0]["width"], manifest[0]["height"], manifest[0]["bits"]) == ("80", "96", "16")
 
-    # --strict turns the same errors into a non-zero exit; the rerun skips finished archives.
-    assert download_images.main(["--source", str(src), "--out", str(out), "--strict", "--quiet"]) == 1
+    # --strict turns the same errors into a non-zero exit; the rerun (same --size) skips finished archives.
+    assert download_images.main(["--source", str(src), "--out", str(out), "--size", "64", "--strict",
+                                 "--quiet"]) == 1
     assert "0 images written" in capsys.readouterr().out
 
 
@@ -212,8 +213,8 @@ def test_kill_and_resume_gives_byte_identical_outputs(tmp_path, capsys):
     assert 1 <= len(done) < 6, "the kill should land mid-run"
     assert not (out / "manifest.csv").exists()
 
-    (out / ".tmp").mkdir(exist_ok=True)
-    (out / ".tmp" / "123-img_0_0.png").write_bytes(b"partial")  # what a kill mid-write leaves
+    (out / "images" / ".tmp-123-x").mkdir(exist_ok=True)
+    (out / "images" / ".tmp-123-x" / "123-0a1b.tmp").write_bytes(b"partial")  # what a kill mid-write leaves
     assert download_images.main(["--source", str(src), "--out", str(out), "--size", "128", "--workers", "2",
                                  "--quiet"]) == 0
     assert f"{len(done)} of 6 archives already done" in capsys.readouterr().out

@@ -5,15 +5,25 @@ one folder. Members are streamed out of an archive one at a time (zip: by name,
 read by the worker itself; tar: sequential 'r|*' stream), so no archive is ever
 unpacked to disk. Members that are not plain, safe, reasonably sized image files
 come out as errors with a reason instead of jobs.
+
+Input files are opened through SourceFile, which tells the two kinds of failure
+apart: what the machine refuses now (permission, I/O) is an EnvironmentFault that
+stops the run, while what is wrong with the bytes (a bad zip, a cut tar, a bz2
+stream's own OSError) is an error row.
 """
+import hashlib
+import io
 import os
 import re
 import stat
 import tarfile
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from data.decode import IMAGE_SUFFIXES, is_image_name
+from data.errors import EnvironmentFault, InputError
 
 ZIP_SUFFIXES = (".zip",)
 TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz")
@@ -36,8 +46,11 @@ class Job:
     member: str
     image_id: str
     zip_path: str = None
+    zip_info: zipfile.ZipInfo = None  # not the name: a zip may hold two members of one name
     file_path: str = None
     data: bytes = None
+    out_name: str = None      # file name under OUT/images, and its collision key (see file_key)
+    key: str = None
 
 
 def archive_kind(name):
@@ -84,6 +97,27 @@ def output_name(image_id):
     return stem + ".png"
 
 
+def file_key(name):
+    """What makes two output file names one file on some file system: case (macOS, Windows) and Unicode
+    normalization (macOS) are folded, so images that would overwrite each other there collide everywhere."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+MAX_NAME_BYTES = 255  # a file name's limit on ext4, XFS, APFS and NTFS
+
+
+def safe_file_name(name, suffix=""):
+    """A file name for anything named `name` (an archive, a blob path): the name %-quoted when that is short enough
+    ('0.zip' -> '0.zip' + suffix, 'a/b.zip' -> 'a%2Fb.zip' + suffix); else its first 80 quoted characters, '+' (which
+    quoting always escapes, so the two forms never meet) and a hash of the whole name. Distinct names, distinct files."""
+    quoted = quote(name, safe="")
+    if len(quoted) + len(suffix.encode()) <= 200:
+        return quoted + suffix
+    readable = quoted[:80]
+    readable = readable[:readable.rfind("%")] if "%" in readable[-2:] else readable  # no escape cut in two
+    return f"{readable}+{hashlib.sha256(name.encode()).hexdigest()[:16]}{suffix}"
+
+
 def member_problem(name, size, is_link=False, is_file=True):
     """Why a member cannot be ingested, or None when it is a safe image file."""
     path = name.replace("\\", "/")
@@ -104,6 +138,55 @@ def member_problem(name, size, is_link=False, is_file=True):
     return None
 
 
+class SourceFile(io.FileIO):
+    """An input file, opened without blocking (a FIFO named x.png must not hang the run) and checked to be a regular
+    file (InputError otherwise); the operating system's refusals to open or read it are EnvironmentFaults."""
+
+    def __init__(self, path):
+        try:
+            super().__init__(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK))
+        except OSError as e:
+            if os.path.islink(path) and not os.path.exists(path):
+                raise InputError("broken symbolic link") from None
+            raise EnvironmentFault(f"{path}: cannot open ({e.strerror or e})") from None
+        mode = os.fstat(self.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            self.close()
+            kind = ("FIFO" if stat.S_ISFIFO(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "socket" if stat.S_ISSOCK(mode) else "not a file")
+            raise InputError(f"not a regular file ({kind})")
+
+    def _fault(self, e):
+        return EnvironmentFault(f"{self.name}: cannot read ({e.strerror or e})")
+
+    def read(self, size=-1):
+        try:
+            return super().read(size)
+        except OSError as e:
+            raise self._fault(e) from None
+
+    def readall(self):
+        try:
+            return super().readall()
+        except OSError as e:
+            raise self._fault(e) from None
+
+    def readinto(self, buffer):
+        try:
+            return super().readinto(buffer)
+        except OSError as e:
+            raise self._fault(e) from None
+
+
+def read_loose_file(path):
+    """A loose file's bytes; InputError when it is not a regular file or too large to be an image."""
+    with SourceFile(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_MEMBER_BYTES:
+            raise InputError(f"file too large ({size} bytes > {MAX_MEMBER_BYTES}), refused as a decompression bomb")
+        return f.read()
+
+
 def iter_members(unit, local_files):
     """Yield (member, Job or None, error reason or None) for every member of a unit.
 
@@ -122,8 +205,13 @@ def iter_members(unit, local_files):
 
 def _zip_members(path):
     try:
-        with zipfile.ZipFile(path) as zf:
+        with SourceFile(path) as f, zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
+    except EnvironmentFault:
+        raise
+    except InputError as e:
+        yield "", None, str(e)
+        return
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         yield "", None, f"corrupt archive ({type(e).__name__}: {e})"
         return
@@ -135,13 +223,37 @@ def _zip_members(path):
         if problem:
             yield info.filename, None, problem
         else:
-            yield info.filename, Job(info.filename, image_id_for(info.filename), zip_path=path), None
+            yield info.filename, Job(info.filename, image_id_for(info.filename), zip_path=path, zip_info=info), None
+
+
+class _TarInfo(tarfile.TarInfo):
+    """Remembers on its TarFile why reading headers stopped: tarfile ends quietly at a missing, cut or damaged
+    header, which would make a tar cut at a member boundary look complete."""
+
+    @classmethod
+    def fromtarfile(cls, tf):
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.HeaderError as e:
+            tf.end_reason = e
+            raise
+
+
+def _missing_end(tf):
+    """Why the stream did not end with the two zero blocks of a complete tar, or None when it did."""
+    reason = getattr(tf, "end_reason", None)
+    if isinstance(reason, tarfile.EOFHeaderError):  # the first zero block was read; the second must follow
+        return None if tf.fileobj.read(tarfile.BLOCKSIZE) == tarfile.NUL * tarfile.BLOCKSIZE else \
+            "it ends after one of its two end-of-archive blocks"
+    if isinstance(reason, tarfile.InvalidHeaderError):
+        return f"a damaged header where the next member should start ({reason})"
+    return "it ends without the end-of-archive blocks"
 
 
 def _tar_members(path):
     complete = 0
     try:
-        with tarfile.open(path, "r|*") as tf:
+        with SourceFile(path) as f, tarfile.open(fileobj=f, mode="r|*", tarinfo=_TarInfo) as tf:
             for info in tf:
                 if info.isdir():
                     continue
@@ -154,25 +266,49 @@ def _tar_members(path):
                 data = tf.extractfile(info).read()
                 complete += 1
                 yield info.name, Job(info.name, image_id_for(info.name), data=data), None
+            missing = _missing_end(tf)
+    except EnvironmentFault:
+        raise
+    except InputError as e:
+        yield "", None, str(e)
+        return
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         # zlib/gzip errors are OSError or EOFError subclasses.
         yield "", None, f"corrupt archive (after {complete} complete members; {type(e).__name__}: {e})"
+        return
+    if missing:
+        yield "", None, f"truncated archive (after {complete} complete members; {missing})"
 
 
 _open_zip = {}
 
 
 def read_job_bytes(job):
-    """The member's bytes; a worker keeps one zip open and reopens when the archive changes."""
+    """The member's bytes; a worker keeps one zip open and reopens when the archive changes.
+
+    InputError when the member cannot be read out of its archive (bad CRC, broken compressed data, encryption),
+    EnvironmentFault when the file cannot be read now.
+    """
     if job.data is not None:
         return job.data
     if job.file_path is not None:
-        with open(job.file_path, "rb") as f:
-            return f.read()
-    zf = _open_zip.get(job.zip_path)
-    if zf is None:
-        for old in _open_zip.values():
-            old.close()  # the archive may be deleted next: don't hold its disk space
+        return read_loose_file(job.file_path)
+    if job.zip_path not in _open_zip:
+        for f, zf in _open_zip.values():
+            zf.close()
+            f.close()  # the archive may be deleted next: don't hold its disk space
         _open_zip.clear()
-        zf = _open_zip[job.zip_path] = zipfile.ZipFile(job.zip_path)
-    return zf.read(job.member)
+        f = SourceFile(job.zip_path)
+        try:
+            _open_zip[job.zip_path] = f, zipfile.ZipFile(f)
+        except Exception as e:
+            f.close()
+            if isinstance(e, (EnvironmentFault, InputError)):
+                raise
+            raise InputError(f"corrupt archive ({type(e).__name__}: {e})") from None
+    try:
+        return _open_zip[job.zip_path][1].read(job.zip_info)
+    except EnvironmentFault:
+        raise
+    except Exception as e:  # bad CRC, zlib/bz2/lzma data errors, an encrypted or unsupported member
+        raise InputError(f"cannot read member ({type(e).__name__}: {e})") from None

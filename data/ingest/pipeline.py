@@ -1,37 +1,38 @@
 """Step 1 of the pipeline: archives -> OUT/images/*.png (8-bit), OUT/manifest.csv, OUT/errors.csv.
 
-Flow: list the source (a local folder or gs://bucket/prefix) -> units (one per
-archive, one per folder of loose images) -> for each unit not finished yet:
-fetch it (GCS: download with checksum while the previous unit is processed),
-stream its members into a process pool (decode -> 8-bit mapping -> resize ->
-atomic write), then record the unit's manifest and error rows in one part file
-OUT/.parts/<unit>.json written atomically. That part file is the "finished"
-marker a rerun skips; only after it exists is a downloaded archive deleted.
-manifest.csv and errors.csv are rebuilt from all part files at the end, sorted,
-so a run that was killed and resumed writes the same bytes as one that was not.
+Flow: check the flags and OUT, list the source (a local folder or gs://bucket/prefix) -> units (one per archive,
+one per folder of loose images) -> take OUT's lock -> for each unit not done yet, in name order: fetch it (GCS:
+download with checksum while the previous unit is processed), stream its members into a process pool (decode ->
+8-bit mapping -> resize -> atomic write), then record the unit's manifest and error rows in its part marker
+OUT/.parts/<unit, %-quoted>.json, written atomically (data/ingest/ledger.py says what makes a unit done and which copy
+of an image keeps its file). Only after the marker exists is a downloaded archive deleted. manifest.csv and
+errors.csv are rebuilt from all done markers at the end, sorted, so a run that was killed and resumed writes the
+same bytes as one that was not.
+
+Bad input (a corrupt member, a bad DICOM, a truncated archive) is an error row, final. An EnvironmentFault (a
+permission refused, a full disk, a failed download) stops the run: the unit it hit is not marked done.
 """
 import csv
+import glob
+import heapq
 import io
-import json
 import os
 import shutil
+import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent import futures
-from urllib.parse import quote
 
 from tqdm import tqdm
 
-from data.errors import InputError
+from data.errors import EnvironmentFault, InputError
 from data.files import write_text_atomic
 from data.ingest import gcs
-from data.ingest.archives import plan_units, shard_units
+from data.ingest.archives import plan_units, safe_file_name, shard_units
+from data.ingest.ledger import ERROR_COLUMNS, MANIFEST_COLUMNS, Ledger, settings_for, unit_identity
+from data.ingest.lock import OutLock
 from data.ingest.workers import WorkerPool, process_unit
-
-MANIFEST_COLUMNS = ["ImageID", "path", "archive", "member", "width", "height", "bits", "photometric",
-                    "status"]
-ERROR_COLUMNS = ["archive", "member", "reason"]
-
 
 def csv_text(rows, columns):
     buf = io.StringIO()
@@ -41,48 +42,72 @@ def csv_text(rows, columns):
     return buf.getvalue()
 
 
-def merge_parts(out, run_errors):
-    """Rebuild manifest.csv and errors.csv from all part files; returns (manifest rows, error rows)."""
-    parts_dir = os.path.join(out, ".parts")
-    rows, errors = [], list(run_errors)
-    for name in sorted(os.listdir(parts_dir)):
-        if name.endswith(".json"):
-            with open(os.path.join(parts_dir, name)) as f:
-                part = json.load(f)
-            rows += part["manifest"]
-            errors += part["errors"]
-    rows.sort(key=lambda r: (r["archive"], r["member"]))
-    kept, owner = [], {}
-    for row in rows:
-        if row["ImageID"] in owner:  # the same image in two archives: keep the first
-            errors.append({"archive": row["archive"], "member": row["member"],
-                           "reason": f"duplicate ImageID ({row['ImageID']}, kept {owner[row['ImageID']]})"})
-        else:
-            owner[row["ImageID"]] = f"{row['archive']}:{row['member']}"
-            kept.append(row)
-    errors.sort(key=lambda e: (e["archive"], e["member"], e["reason"]))
-    write_text_atomic(os.path.join(out, "manifest.csv"), csv_text(kept, MANIFEST_COLUMNS))
-    write_text_atomic(os.path.join(out, "errors.csv"), csv_text(errors, ERROR_COLUMNS))
-    return kept, errors
+def _stat_identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def list_source(source, skip_dirs):
-    """(sorted source-relative file names, {name: blob} for a gs:// source or None)."""
-    if source.startswith("gs://"):
+    """(sorted source-relative file names, {name: identity}, {name: blob} for a gs:// source or None)."""
+    if gcs.is_gcs_url(source):
         client = gcs.make_client()
         blobs = gcs.list_blobs(client, source)
-        return sorted(blobs), blobs
+        identities = {n: {"generation": b.generation, "crc32c": b.crc32c, "size": b.size} for n, b in blobs.items()}
+        return sorted(blobs), identities, blobs
     if os.path.isfile(source):
-        return [os.path.basename(source)], None
+        name = os.path.basename(source)
+        return [name], {name: _stat_identity(source)}, None
     if not os.path.isdir(source):
         raise InputError(f"source not found: {source}")
     skip = {os.path.realpath(d) for d in skip_dirs}
-    names = []
+    names, identities = [], {}
     for folder, subdirs, files in os.walk(source):
         subdirs[:] = sorted(d for d in subdirs if os.path.realpath(os.path.join(folder, d)) not in skip)
         for f in files:
-            names.append(os.path.relpath(os.path.join(folder, f), source).replace(os.sep, "/"))
-    return sorted(names), None
+            name = os.path.relpath(os.path.join(folder, f), source).replace(os.sep, "/")
+            names.append(name)
+            identities[name] = _stat_identity(os.path.join(folder, f))
+    return sorted(names), identities, None
+
+
+def _inside(path, folder):
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_flags(source, out, size):
+    """Refuse, before anything is read or written, what cannot work."""
+    if size < 0:
+        raise InputError(f"--size must be >= 0 (0 keeps the original size), got {size}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if not gcs.is_gcs_url(source) and os.path.exists(source):
+        src, real_out = os.path.realpath(source), os.path.realpath(out)
+        if src == real_out or any(_inside(src, os.path.join(real_out, d)) for d in ("images", ".parts")):
+            raise InputError(f"--source {source} is --out {out} or inside its output folders: a rerun would ingest "
+                             f"its own images; give an --out outside --source (a subfolder of it is fine)")
+
+
+def _prepare_out(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create it ({e.strerror or e})") from None
+
+
+def _fresh_temp_dir(images_dir, out):
+    """This run's temporary folder, inside images/ so that the final rename never crosses file systems (images/ may
+    be a link to another disk). Under OUT's lock, leftovers of killed runs are no other run's."""
+    for old in glob.glob(os.path.join(glob.escape(images_dir), ".tmp-*")):
+        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(os.path.join(out, ".tmp"), ignore_errors=True)  # where older versions kept theirs
+    return tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=images_dir)
+
+
+def _warn(message):
+    tqdm.write(message, file=sys.stderr)
 
 
 def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=False,
@@ -90,67 +115,111 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
     """Run step 1; returns a summary dict (see the module doc for what is written)."""
     start = time.perf_counter()
     out = os.path.abspath(out)
-    images_dir, parts_dir, tmp_dir = (os.path.join(out, d) for d in ("images", ".parts", ".tmp"))
+    check_flags(source, out, size)
     download_dir = os.path.abspath(download_dir or os.path.join(out, ".download"))
-    names, blobs = list_source(source, skip_dirs=[out, download_dir])  # before anything is written
-    shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of a killed run
-    for d in (images_dir, parts_dir, tmp_dir):
-        os.makedirs(d, exist_ok=True)
+    names, file_identities, blobs = list_source(source, skip_dirs=[out, download_dir])  # before anything is written
+    all_units = plan_units(names)
+    if not all_units:
+        raise InputError(f"--source {source}: no archive (.zip, .tar, .tgz, .tar.gz) or image file (.png, .jpg, "
+                         f".jpeg, .dcm) to ingest")
+    units = shard_units(all_units, *shard)
+    identities = {u.name: unit_identity(u, file_identities) for u in all_units}
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
-    units = shard_units(plan_units(names), *shard)
-    part_of = {u.name: os.path.join(parts_dir, quote(u.name, safe="") + ".json") for u in units}
-    todo = [u for u in units if not os.path.exists(part_of[u.name])]
     local_root = source if os.path.isdir(source) else os.path.dirname(source)
+    _prepare_out(out)
+    with OutLock(out):
+        images_dir, parts_dir = os.path.join(out, "images"), os.path.join(out, ".parts")
+        try:
+            for d in (images_dir, parts_dir):
+                os.makedirs(d, exist_ok=True)
+            tmp_dir = _fresh_temp_dir(images_dir, out)
+        except OSError as e:
+            raise InputError(f"--out {out}: cannot write there ({e.strerror or e}: {e.filename})") from None
+        try:
+            ledger = Ledger(parts_dir, images_dir, settings_for(size), identities, _warn)
+            done_before = {u.name for u in units if ledger.is_done(u.name)}
+            processed, written, unit_errors = _run_units(
+                units, ledger, blobs, local_root, download_dir, keep_archives, pool_size=workers,
+                dirs=(images_dir, tmp_dir), size=size, progress=progress)
+            manifest, all_errors = ledger.merged()
+            write_text_atomic(os.path.join(out, "manifest.csv"), csv_text(manifest, MANIFEST_COLUMNS))
+            write_text_atomic(os.path.join(out, "errors.csv"), csv_text(all_errors, ERROR_COLUMNS))
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    elsewhere = sorted(ledger.redo)
+    if elsewhere:
+        _warn(f"warning: {len(elsewhere)} finished units outside this run are no longer done (an earlier archive now "
+              f"holds one of their file names), first {elsewhere[0]!r}; the run that covers them ingests them again")
+    seconds = time.perf_counter() - start
+    reasons = Counter(e["reason"].split(" (")[0] for e in all_errors)
+    return {"images_written": written, "errors": unit_errors,
+            "units_total": len(units), "units_skipped": len(done_before - processed),
+            "manifest_rows": len(manifest), "error_rows": len(all_errors),
+            "error_reasons": dict(reasons), "seconds": seconds,
+            "images_per_s": written / seconds if seconds > 0 else 0.0}
+
+
+def _run_units(units, ledger, blobs, local_root, download_dir, keep_archives, pool_size, dirs, size, progress):
+    """Ingest every unit that is not done, in name order, including those an earlier one makes not done on the
+    way; returns (names processed, images written, error rows)."""
+    by_name = {u.name: u for u in units}
+    heap = sorted(u.name for u in units if not ledger.is_done(u.name))
+    queued, processed, written, unit_errors = set(heap), set(), 0, 0
 
     def fetch(unit):
         if blobs is None:
             return {name: os.path.join(local_root, name) for name in unit.files}
-        # quote(): a blob name must not steer the download outside download_dir
-        return {name: gcs.download_blob(blobs[name], os.path.join(download_dir, quote(name, safe="")))
+        # A blob name must not steer the download outside download_dir, nor be too long for a file name.
+        return {name: gcs.download_blob(blobs[name], os.path.join(download_dir, safe_file_name(name)))
                 for name in unit.files}
 
-    run_errors, written, unit_errors = [], 0, 0
-    pool = WorkerPool(workers) if workers > 0 else None
-    archive_bar = tqdm(total=len(todo), desc="archives", unit="archive", disable=not progress, position=0)
+    pool = WorkerPool(pool_size) if pool_size > 0 else None
+    fetcher = futures.ThreadPoolExecutor(1)
+    prefetched = {}
+    archive_bar = tqdm(total=len(heap), desc="archives", unit="archive", disable=not progress, position=0)
     image_bar = tqdm(desc="images", unit="img", disable=not progress, position=1)
+    aborted = False
     try:
-        with futures.ThreadPoolExecutor(1) as fetcher:
-            # The next unit downloads while this one is processed: at most two archives on disk.
-            next_fetch = fetcher.submit(fetch, todo[0]) if todo else None
-            for i, unit in enumerate(todo):
-                current = next_fetch
-                next_fetch = fetcher.submit(fetch, todo[i + 1]) if i + 1 < len(todo) else None
-                archive_bar.set_postfix_str(unit.name)
-                try:
-                    local_files = current.result()
-                except Exception as e:  # not marked finished: a rerun tries it again
-                    run_errors.append({"archive": unit.name, "member": "",
-                                       "reason": f"download failed ({type(e).__name__}: {e})"})
-                    archive_bar.update(1)
-                    continue
-                rows, errors = process_unit(unit, local_files, pool, (images_dir, tmp_dir), size, image_bar)
-                part = {"archive": unit.name, "manifest": rows, "errors": errors}
-                write_text_atomic(part_of[unit.name], json.dumps(part, sort_keys=True))
-                written += len(rows)
-                unit_errors += len(errors)
-                if blobs is not None and not keep_archives:
-                    for path in local_files.values():
-                        os.remove(path)
-                archive_bar.update(1)
+        while heap:
+            name = heapq.heappop(heap)
+            queued.discard(name)
+            unit = by_name[name]
+            current = prefetched.pop(name, None) or fetcher.submit(fetch, unit)
+            if heap and heap[0] not in prefetched:
+                # The next unit downloads while this one is processed: at most two archives on disk.
+                prefetched[heap[0]] = fetcher.submit(fetch, by_name[heap[0]])
+            archive_bar.set_postfix_str(name)
+            try:
+                local_files = current.result()
+            except (EnvironmentFault, InputError):
+                raise
+            except Exception as e:  # a download that failed after its retries: the machine's or network's
+                raise EnvironmentFault(f"{name}: download failed ({type(e).__name__}: {e})") from None
+            rows, errors, lost = process_unit(unit, local_files, pool, dirs, size, image_bar, ledger)
+            ledger.finish(name, rows, errors, lost)
+            processed.add(name)
+            written += len(rows)
+            unit_errors += len(errors)
+            if blobs is not None and not keep_archives:
+                for path in local_files.values():
+                    os.remove(path)
+            for other in sorted(ledger.redo - queued):
+                if other in by_name:  # an earlier archive took one of its file names: ingest it again, after
+                    heapq.heappush(heap, other)
+                    queued.add(other)
+                    archive_bar.total += 1
+            ledger.redo -= set(by_name)
+            archive_bar.update(1)
+    except BaseException:
+        aborted = True
+        raise
     finally:
+        fetcher.shutdown(wait=not aborted, cancel_futures=True)  # an interrupt does not wait for a download
         if pool is not None:
-            pool.close()
+            pool.close(abort=aborted)
         archive_bar.close()
         image_bar.close()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    manifest, all_errors = merge_parts(out, run_errors)
-    seconds = time.perf_counter() - start
-    reasons = Counter(e["reason"].split(" (")[0] for e in all_errors)
-    return {"images_written": written, "errors": unit_errors + len(run_errors),
-            "units_total": len(units), "units_skipped": len(units) - len(todo),
-            "manifest_rows": len(manifest), "error_rows": len(all_errors),
-            "error_reasons": dict(reasons), "seconds": seconds,
-            "images_per_s": written / seconds if seconds > 0 else 0.0}
+    return processed, written, unit_errors
 
 
 def summary_line(s):

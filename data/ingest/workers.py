@@ -1,47 +1,77 @@
 """Decoding the members of one unit in a pool of worker processes: decode -> 8-bit mapping -> resize -> atomic write.
 
 The pool is rebuilt when a worker dies (a decoder crash or the OOM killer), and only a member that kills a worker a
-second time, alone, is blamed for it.
+second time, alone, is blamed for it. Bad input comes back as an error row; an EnvironmentFault (a file that cannot
+be read or written now) comes back as itself and stops the unit, which then is not marked done.
 """
+import ctypes
+import hashlib
 import multiprocessing
 import os
+import signal
 from concurrent import futures
 from concurrent.futures.process import BrokenProcessPool
 
 import cv2
 
 from data.decode import ImageError, decode_image_bytes, resize_longest
-from data.ingest.archives import iter_members, output_name, read_job_bytes
+from data.errors import EnvironmentFault, InputError
+from data.ingest.archives import MAX_NAME_BYTES, file_key, iter_members, output_name, read_job_bytes
 
 # Fixed settings and no timestamps: the same input always gives the same PNG bytes.
 # The "up" filter alone at deflate level 1: as small as level 3 with adaptive filters on radiographs,
 # and under half the time.
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+PR_SET_PDEATHSIG = 1
 
 
 def _init_worker():
     cv2.setNumThreads(1)  # one core per worker process; the pool provides the parallelism
+    # Ctrl-C reaches the whole process group: the main process ends the workers, they print no traceback of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:  # Linux: die with the fork server, which dies with the main process, even when that one is SIGKILLed
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def write_image(png, name, images_dir, tmp_dir):
+    """Write next door, then rename: OUT/images never holds a partial file. Any failure is the machine's."""
+    final = os.path.join(images_dir, name)
+    tmp = os.path.join(tmp_dir, f"{os.getpid()}-{hashlib.sha1(name.encode()).hexdigest()[:16]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(png)
+        os.replace(tmp, final)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise EnvironmentFault(f"cannot write {final} ({e.strerror or e})") from None
 
 
 def process_job(job, images_dir, tmp_dir, size):
-    """Decode, map to 8 bits, resize and write one member. Returns (manifest row, None) or (None, reason)."""
+    """Decode, map to 8 bits, resize and write one member to images/<job.out_name>.
+
+    Returns (manifest row, None) or (None, reason); raises EnvironmentFault.
+    """
     try:
         img, info = decode_image_bytes(read_job_bytes(job), job.member)
         img = resize_longest(img, size)
         ok, png = cv2.imencode(".png", img, PNG_PARAMS)
         if not ok:
             raise ImageError("PNG encoding failed")
-        name = output_name(job.image_id)
-        # Written next door, then renamed: OUT/images never holds a partial file.
-        tmp = os.path.join(tmp_dir, f"{os.getpid()}-{name}")
-        with open(tmp, "wb") as f:
-            f.write(png.tobytes())
-        os.replace(tmp, os.path.join(images_dir, name))
-    except ImageError as e:
+    except EnvironmentFault:
+        raise
+    except InputError as e:
         return None, str(e)
-    except Exception as e:  # corrupt zip member (bad CRC, zlib error), unreadable file...
-        return None, f"cannot read member ({type(e).__name__}: {e})"
-    row = {"ImageID": job.image_id, "path": f"images/{name}", "member": job.member, "status": "ok"}
+    except MemoryError:
+        raise EnvironmentFault(f"out of memory decoding {job.member} (try fewer --workers)") from None
+    except Exception as e:  # whatever else a decoder raises on bad bytes
+        return None, f"cannot decode member ({type(e).__name__}: {e})"
+    write_image(png.tobytes(), job.out_name, images_dir, tmp_dir)
+    row = {"ImageID": job.image_id, "path": f"images/{job.out_name}", "member": job.member, "status": "ok"}
     row.update(info)
     return row, None
 
@@ -67,35 +97,71 @@ class WorkerPool:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
 
-    def close(self):
-        if self.executor is not None:
-            self.executor.shutdown()
+    def close(self, abort=False):
+        """Wait for the workers to end; abort: kill them first (an interrupt, or a unit that failed)."""
+        if self.executor is None:
+            return
+        if abort:
+            # ProcessPoolExecutor cannot stop a running task before Python 3.14's terminate_workers().
+            for process in list(getattr(self.executor, "_processes", {}).values()):
+                process.kill()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = None
 
 
 WORKER_DIED = "worker process died while decoding (crash or out of memory)"
 
 
-def process_unit(unit, local_files, pool, dirs, size, bar):
-    """Ingest every member of one unit; returns (manifest rows, error rows), both sorted by member."""
-    images_dir, tmp_dir = dirs
-    rows, errors, seen, pending, suspects = [], [], {}, {}, []
+def process_unit(unit, local_files, pool, dirs, size, bar, ledger):
+    """Ingest every member of one unit; returns (manifest rows, error rows, lost file keys), rows sorted by member.
 
-    def record(member, row, reason):
+    An output file name goes to the first copy in archive order that decodes (see data/ingest/ledger.py): a later
+    copy in the same unit waits and is tried only when the earlier one fails, so worker timing decides nothing.
+    """
+    images_dir, tmp_dir = dirs
+    rows, errors, lost, pending, suspects = [], [], [], {}, []
+    running, waiting, kept = {}, {}, {}  # file key -> the copy being decoded / later copies / the copy written
+
+    def error(member, reason):
+        errors.append({"archive": unit.name, "member": member, "reason": reason})
+        bar.update(1)
+
+    def start(job):
+        running[job.key] = job
+        if pool is None:
+            settle(job, *process_job(job, images_dir, tmp_dir, size))
+        else:
+            fut, executor = pool.submit(job, images_dir, tmp_dir, size)
+            pending[fut] = (job, executor)
+
+    def settle(job, row, reason):
+        del running[job.key]
         if row is not None:
             row["archive"] = unit.name
             rows.append(row)
+            bar.update(1)
+            kept[job.key] = job
+            for later in waiting.pop(job.key, []):
+                error(later.member, duplicate_reason(later, unit.name, job))
+            return
+        error(job.member, reason)
+        later = waiting.get(job.key)
+        if later:
+            start(later.pop(0))
         else:
-            errors.append({"archive": unit.name, "member": member, "reason": reason})
-        bar.update(1)
+            waiting.pop(job.key, None)
+            ledger.release(unit.name, job.key)
 
     def collect(done):
         for fut in done:
             job, executor = pending.pop(fut)
             try:
-                record(job.member, *fut.result())
+                result = fut.result()
             except (BrokenProcessPool, futures.CancelledError):
                 suspects.append(job)  # any in-flight member may be the one that killed the worker
                 pool.discard(executor)
+                continue
+            settle(job, *result)
 
     def drain(limit):
         while len(pending) > limit:
@@ -104,26 +170,47 @@ def process_unit(unit, local_files, pool, dirs, size, bar):
 
     for member, job, problem in iter_members(unit, local_files):
         if problem:
-            record(member, None, problem)
+            error(member, problem)
             continue
-        if job.image_id in seen:
-            record(member, None, f"duplicate ImageID ({job.image_id}, also member {seen[job.image_id]})")
+        job.out_name = output_name(job.image_id)
+        if len(job.out_name.encode()) > MAX_NAME_BYTES:
+            error(member, f"ImageID too long for a file name ({len(job.out_name.encode())} bytes > {MAX_NAME_BYTES})")
             continue
-        seen[job.image_id] = member
-        if pool is None:
-            record(member, *process_job(job, images_dir, tmp_dir, size))
+        job.key = file_key(job.out_name)
+        if job.key in kept:
+            error(member, duplicate_reason(job, unit.name, kept[job.key]))
             continue
-        fut, executor = pool.submit(job, images_dir, tmp_dir, size)
-        pending[fut] = (job, executor)
-        drain(2 * pool.workers - 1)  # bounded in-flight work: memory stays flat
-    drain(0)
-    for job in suspects:  # one at a time, so only a member that kills a worker again is blamed
+        if job.key in running:
+            waiting.setdefault(job.key, []).append(job)
+            continue
+        held = ledger.holder(job.key)
+        if held is not None and held.unit <= unit.name:  # an earlier unit keeps it
+            error(member, duplicate_reason(job, held.unit, held))
+            lost.append(job.key)
+            continue
+        ledger.take(unit.name, job.key, member, job.image_id)
+        start(job)
+        if pool is not None:
+            drain(2 * pool.workers - 1)  # bounded in-flight work: memory stays flat
+    if pool is not None:
+        drain(0)
+    while suspects:  # one at a time, so only a member that kills a worker again is blamed
+        job = suspects.pop(0)
         fut, executor = pool.submit(job, images_dir, tmp_dir, size)
         try:
-            record(job.member, *fut.result())
+            result = fut.result()
         except (BrokenProcessPool, futures.CancelledError):
-            record(job.member, None, WORKER_DIED)
+            result = None, WORKER_DIED
             pool.discard(executor)
+        settle(job, *result)
+        drain(0)  # a later copy started by a failed one
     rows.sort(key=lambda r: r["member"])
     errors.sort(key=lambda e: (e["member"], e["reason"]))
-    return rows, errors
+    return rows, errors, lost
+
+
+def duplicate_reason(job, unit_name, kept):
+    """Why `job` is not written: `kept` (a Job, or the ledger's holder of the name in another unit) has its file."""
+    what = "duplicate ImageID" if kept.image_id == job.image_id else "output file name taken"
+    return (f"{what} ({job.image_id} -> images/{job.out_name}; kept {kept.image_id} from "
+            f"{unit_name}:{kept.member}, the first copy in archive order)")
