@@ -1,0 +1,68 @@
+"""Radiograph views: what a DICOM header says an image is, and which views a run keeps.
+
+CheXNet and ChestX-ray8 train and score on frontal images only, and heatmaps on a lateral are scored against nothing,
+so every step keeps the frontal views by default. A view is the DICOM ViewPosition as written (PA, AP, LL, ...),
+PadChest's Projection (PA, AP, AP_horizontal, L, COSTAL), or 'frontal' / 'lateral' where only the kind is known (the
+view classifier's answer for an image whose header says nothing).
+"""
+import re
+
+FRONTAL = ("PA", "AP", "AP_horizontal", "frontal")
+LATERAL = ("L", "LL", "RL", "LATERAL", "LARGE LATERAL", "lateral")
+DEFAULT_VIEWS = ("PA", "AP", "AP_horizontal")
+# Words of free-text descriptions (series, protocol, processing) that name the view, checked in this order.
+_TEXT_VIEWS = [(re.compile(r"(?:^|[^a-z])lat(?:eral)?(?:[^a-z]|$)|chestlat"), "lateral"),
+               (re.compile(r"(?:^|[^a-z])p\.?a\.?(?:[^a-z]|$)|postero-?anterior"), "PA"),
+               (re.compile(r"(?:^|[^a-z])a\.?p\.?(?:[^a-z]|$)|antero-?posterior|chestap"), "AP")]
+_CODE_VIEWS = {"postero-anterior": "PA", "antero-posterior": "AP", "left lateral": "LL", "right lateral": "RL",
+               "lateral": "LATERAL"}
+
+
+def view_kind(view):
+    """'frontal', 'lateral', 'other' (COSTAL, oblique, ...) or '' (unknown) for a view value."""
+    value = "" if view is None else str(view).strip()
+    if value in ("", "nan", "None"):
+        return ""
+    if value in FRONTAL or value.upper() in FRONTAL:
+        return "frontal"
+    if value in LATERAL or value.upper() in LATERAL:
+        return "lateral"
+    return "other"
+
+
+def header_view(header):
+    """The view of a DICOM image from its header (a pydicom Dataset, or any object whose attributes are DICOM
+    keywords): ViewPosition when set; else the View Code Sequence's meaning; else a view named in the series or
+    protocol description; '' when none says. A study-level description ('PA and lateral') is not read: it names the
+    study's views, not this image's."""
+    position = str(getattr(header, "ViewPosition", "") or "").strip().upper()
+    if position:
+        return position
+    for item in getattr(header, "ViewCodeSequence", None) or []:
+        meaning = str(getattr(item, "CodeMeaning", "") or "").strip().lower()
+        if meaning in _CODE_VIEWS:
+            return _CODE_VIEWS[meaning]
+    for keyword in ("SeriesDescription", "ProtocolName", "AcquisitionDeviceProcessingDescription"):
+        text = str(getattr(header, keyword, "") or "").strip().lower()
+        named = {view for pattern, view in _TEXT_VIEWS if pattern.search(text)}
+        if len(named) == 1:  # 'PA and lateral' names two: it says nothing about this image
+            return named.pop()
+    return ""
+
+
+def parse_views(text):
+    """A --views value -> the set of views kept, or None for 'all'. 'frontal' and 'lateral' stand for their views."""
+    text = str(text).strip()
+    if text.lower() == "all":
+        return None
+    views = set()
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        views |= set(FRONTAL if item.lower() == "frontal" else LATERAL if item.lower() == "lateral" else (item,))
+    if not views:
+        raise ValueError(f"--views {text!r} names no view (a comma list such as PA,AP,AP_horizontal, or 'all')")
+    return views
+
+
+def keeps(views, value):
+    """True when a view value is kept by parse_views' result (an unknown view only with 'all')."""
+    return views is None or str(value) in views or (str(value).upper() in views)
