@@ -43,6 +43,8 @@ def bootstrap_weights(n, clusters, n_boot, seed):
 def weighted_auroc(y, p, weights):
     """AUROC of one class under each row of weights ([B, n]); ties count one half, as in roc_auc_score.
     nan where a row has no weight on positives or on negatives. y must be 0/1 (unlabelled entries removed)."""
+    if not len(y):
+        return np.full(len(weights), np.nan)
     order = np.argsort(p, kind="mergesort")
     p, y, w = p[order], y[order], weights[:, order]
     starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])  # first index of each block of tied scores
