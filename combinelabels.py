@@ -51,8 +51,9 @@ def parse_args(argv=None):
                    help="uncertain (-1) labels become 0 (zeros, default), 1 (ones) or stay -1 (ignore: "
                         "masked out of the loss); unknown (blank) labels stay blank with every choice")
     p.add_argument("--test-boxes", metavar="CSV",
-                   help="a box list (NIH's BBox_List_2017.csv, plain or .gz): the patients of its images all go to "
-                        "test; box rows whose image is not in the manifest are counted")
+                   help="a box list (NIH's BBox_List_2017.csv, plain or .gz): the patients of its images (found in "
+                        "the label files, so a box image missing from the manifest still sends its patient) all go "
+                        "to test; box rows whose image is not in the manifest are counted")
     p.add_argument("--nih-test-list", metavar="TXT",
                    help="NIH's official test_list.txt (one image name a line): exactly the patients of these NIH "
                         "images go to test, the other NIH patients to train and val")
@@ -78,20 +79,20 @@ def forced_lines(stats):
     lines = []
     if "nih_test_list" in stats:
         s = stats["nih_test_list"]
-        lines.append(f"--nih-test-list: {s['names']} names, {s['images']} NIH images of {s['patients']} patients put "
-                     f"in test (every other NIH patient in train or val); {s['not_in_manifest']} names not in the "
-                     f"manifest, {s['without_labels']} in it without labels" + _first(s))
+        lines.append(f"--nih-test-list: {s['names']} names; their {s['patients']} NIH patients in test ({s['images']} "
+                     f"images), every other NIH patient in train or val; {s['not_in_manifest']} names not in the "
+                     f"manifest, {s['not_labelled']} not in the label files" + _first(s))
     if "test_boxes" in stats:
         s = stats["test_boxes"]
-        lines.append(f"--test-boxes: {s['rows']} box rows on {s['images']} images; the patients of its "
-                     f"{s['found_images']} combined images ({s['patients']} patients) put in test; "
-                     f"{s['rows_not_found']} box rows whose image is not combined: {s['not_in_manifest']} images "
-                     f"not in the manifest, {s['without_labels']} in it without labels" + _first(s))
+        lines.append(f"--test-boxes: {s['rows']} box rows on {s['names']} images of {s['patients']} patients; all "
+                     f"{s['images']} images of these patients in test; {s['rows_not_in_manifest']} box rows "
+                     f"({s['not_in_manifest']} images) not in the manifest, {s['not_labelled']} images not in the "
+                     f"label files" + _first(s))
     return lines
 
 
 def _first(s):
-    return f" (first: {', '.join(s['first_not_found'])})" if s["first_not_found"] else ""
+    return f" (first not in the manifest: {', '.join(s['first_not_in_manifest'])})" if s["not_in_manifest"] else ""
 
 
 def main(argv=None):

@@ -3,7 +3,14 @@
 The split is multilabel iterative stratification (scikit-multilearn's IterativeStratification, with the
 rarest-label-first order of the original algorithm restored and constant-time bookkeeping) over patients,
 not images, so no patient is in two splits. The stratified labels are each (source, class) pair and the
-source, so every class keeps about the same prevalence in train, val and test within each source.
+source, so every class keeps about the same prevalence in train, val and test within each source. Some patients
+can be constrained (the patients of a box list's images to test, NIH's patients to test or not by NIH's official
+test list): they are placed first and count towards their split's share and labels, so the free patients fill the
+splits around them.
+
+Class values: 1, 0, -1 (uncertain) and NaN for unknown, a class the source never annotates (a blank cell in the
+per-source CSVs and in combined.csv). --uncertain acts on -1 only, so a blank is never made 0, 1 or -1; the split
+counts unknown as not positive.
 """
 
 import glob
@@ -334,44 +341,49 @@ def patient_split(frame, val_frac=0.1, test_frac=0.1, seed=1, test_rows=None, no
     return np.array(SPLITS)[keep][fold][codes]
 
 
-def forced_test(frame, images, nih_test_images=None, test_images=None):
-    """(test_rows, no_test_rows, stats) for patient_split from NIH's official test list (its NIH patients to test,
-    every other NIH patient to train or val) and a list of image names whose patients go to test (a box list's
-    images: one entry per box row). `images`: the manifest frame, to tell names not in the manifest from names in it
-    without labels. InputError for a test list without a single NIH image of the manifest."""
+def forced_test(frame, labels, images, nih_test_images=None, test_images=None):
+    """(test_rows, no_test_rows, stats) for patient_split: the patients of NIH's official test list go to test and
+    every other NIH patient to train or val; the patients of `test_images` (a box list's images, one entry per box
+    row) go to test. A name's patient is looked up in `labels` (every label row, combined or not), so the patient of a
+    box image that is missing from the manifest still goes to test with the rest of its images. `images`: the
+    manifests' frame, for counting names not in it. InputError for a test list that names no NIH image."""
+    key = lambda f: f["Source"].astype(str) + "\x00" + f["PatientID"].astype(str)
+    patients = key(frame)
     test_rows = np.zeros(len(frame), dtype=bool)
     no_test_rows = np.zeros(len(frame), dtype=bool)
     stats = {}
-    ids = frame["ImageID"]
+    in_manifest = set(images["ImageID"])
     if nih_test_images is not None:
-        listed = pd.Series(list(nih_test_images), dtype=str).drop_duplicates()
-        nih = (frame["Source"] == NIH).to_numpy()
-        hit = nih & ids.isin(set(listed)).to_numpy()
-        if not hit.any():
-            raise InputError(f"--nih-test-list: none of its {len(listed)} image names ({', '.join(listed.head(3))}, "
-                             f"...) is among the {int(nih.sum())} NIH images of the manifest with labels")
+        names = pd.Series(list(nih_test_images), dtype=str).drop_duplicates()
+        nih = labels[labels["Source"] == NIH]
+        listed = nih[nih["ImageID"].isin(set(names))]
+        if listed.empty:
+            raise InputError(f"--nih-test-list: none of its {len(names)} image names ({', '.join(names.head(3))}, "
+                             f"...) is an NIH image of the label files ({len(nih)} NIH images)")
+        chosen = set(key(listed))
+        hit = patients.isin(chosen).to_numpy()
         test_rows |= hit
-        no_test_rows |= nih & ~hit
-        stats["nih_test_list"] = {"names": len(listed), "images": int(hit.sum()),
-                                  "patients": int(frame.loc[hit, "PatientID"].nunique()),
-                                  **_not_found(listed, ids[nih], images)}
+        no_test_rows |= (frame["Source"] == NIH).to_numpy() & ~hit
+        stats["nih_test_list"] = {"names": len(names), "patients": len(chosen), "images": int(hit.sum()),
+                                  **_not_found(names, set(nih["ImageID"]), in_manifest)}
     if test_images is not None:
         rows = pd.Series(list(test_images), dtype=str)
-        hit = ids.isin(set(rows)).to_numpy()
+        listed = labels[labels["ImageID"].isin(set(rows))]
+        chosen = set(key(listed))
+        hit = patients.isin(chosen).to_numpy()
         test_rows |= hit
-        found = rows.isin(set(ids[hit]))
-        stats["test_boxes"] = {"rows": len(rows), "images": rows.nunique(), "found_images": int(hit.sum()),
-                               "patients": int(frame.loc[hit, ["Source", "PatientID"]].drop_duplicates().shape[0]),
-                               "rows_not_found": int((~found).sum()), **_not_found(rows, ids[hit], images)}
+        stats["test_boxes"] = {"rows": len(rows), "names": rows.nunique(), "patients": len(chosen),
+                               "images": int(hit.sum()), "rows_not_in_manifest": int((~rows.isin(in_manifest)).sum()),
+                               **_not_found(rows, set(labels["ImageID"]), in_manifest)}
     return test_rows, no_test_rows, stats
 
 
-def _not_found(names, found, images):
-    """Counts of the distinct `names` not among `found`: not in the manifest at all, or in it without labels."""
-    missing = pd.Series(names.unique()[~pd.Series(names.unique()).isin(set(found)).to_numpy()], dtype=str)
-    in_manifest = missing.isin(set(images["ImageID"]))
-    return {"not_in_manifest": int((~in_manifest).sum()), "without_labels": int(in_manifest.sum()),
-            "first_not_found": missing.head(3).tolist()}
+def _not_found(names, labelled, in_manifest):
+    """Counts of the distinct `names` not in the manifests and not among the `labelled` images, and the first few."""
+    names = names.drop_duplicates()
+    missing = names[~names.isin(in_manifest)]
+    return {"not_in_manifest": len(missing), "not_labelled": int((~names.isin(labelled)).sum()),
+            "first_not_in_manifest": missing.head(3).tolist()}
 
 
 def combine(labels_dir, manifests, uncertain="zeros", val_frac=0.1, test_frac=0.1, seed=1, nih_test_images=None,
@@ -405,7 +417,7 @@ def combine(labels_dir, manifests, uncertain="zeros", val_frac=0.1, test_frac=0.
     stats["unknown"] = {source: [c for c in CLASSES if part[c].isna().all()]
                         for source, part in frame.groupby("Source") if part[CLASSES].isna().any().any()}
     frame[CLASSES] = label_frame(apply_uncertain(values, uncertain), index=frame.index)  # blank stays blank
-    test_rows, no_test_rows, forced = forced_test(frame, images, nih_test_images, test_images) \
+    test_rows, no_test_rows, forced = forced_test(frame, labels, images, nih_test_images, test_images) \
         if nih_test_images is not None or test_images is not None else (None, None, {})
     stats.update(forced)
     frame["split"] = patient_split(frame, val_frac, test_frac, seed, test_rows, no_test_rows) if len(frame) else []
