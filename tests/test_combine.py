@@ -317,3 +317,22 @@ def test_allowed_folds_are_kept_and_change_nothing_when_free():
     for label in range(3):
         share = y[fold == 2, label].sum() / y[:, label].sum()
         assert abs(share - 0.1) < 0.02, label
+
+
+def test_the_rule_never_reads_or_writes_an_unknown_class():
+    col = CLASSES.index
+    values = np.zeros((3, len(CLASSES)))
+    values[:, col("catheter")] = np.nan  # a class the source never annotates
+    values[0, col("normal")] = 1  # normal beside an unknown device: stays normal
+    values[1, [col("other findings"), col("nodule")]] = 1
+    values[2, col("other findings")] = 1
+    out, counts = apply_rules(values)
+    assert np.isnan(out[:, col("catheter")]).all() and counts == {"other_cleared": 1, "normal_cleared": 0}
+    assert out[0, col("normal")] == 1 and out[1, col("other findings")] == 0 and out[2, col("other findings")] == 1
+    frame = label_frame("nih", [(f"i{k}", f"p{k}", {}) for k in range(3)])
+    frame[CLASSES] = values
+    frame["Unlabeled"] = [False, False, True]
+    kept, counts = finish(frame, "keep-uncertain")
+    assert counts["unlabeled"] == 1 and kept[CLASSES].dtypes.eq("Int8").all()
+    assert kept.loc[2, "catheter"] is pd.NA and (kept.loc[2, [c for c in CLASSES if c != "catheter"]] == -1).all()
+    assert kept[CLASSES].to_csv(index=False).splitlines()[1].split(",")[col("catheter")] == ""
