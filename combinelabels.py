@@ -13,7 +13,8 @@ Every image of a patient lands in the same split (OpenI has no patient ids: each
 are 'nih-<Patient ID>'); the split stratifies the 22 classes and the source over patients (scikit-multilearn's
 iterative stratification). --test-boxes puts the patients of every image of a box list (NIH's BBox_List_2017) in
 test, so no box image is ever trained on; --nih-test-list puts exactly the patients of the listed NIH images in test
-and every other NIH patient in train or val. Forced patients count towards test's share and labels.
+and every other NIH patient in train or val (train:val as the fractions' train:val). Forced patients count
+towards test's share and labels, so the free patients fill the splits around them.
 
 Class values in combined.csv: 1 positive, 0 negative, -1 uncertain (only with --uncertain ignore), and a BLANK cell
 for unknown: a class the image's source never annotates (NIH: aortic elongation, catheter, copd signs, electrical
@@ -56,7 +57,8 @@ def parse_args(argv=None):
                         "to test; box rows whose image is not in the manifest are counted")
     p.add_argument("--nih-test-list", metavar="TXT",
                    help="NIH's official test_list.txt (one image name a line): exactly the patients of these NIH "
-                        "images go to test, the other NIH patients to train and val")
+                        "images go to test, the other NIH patients to train and val (in the ratio of the train "
+                        "and val fractions); with --test-boxes too, the box images' patients join them")
     p.add_argument("--val-frac", type=float, default=0.1, help="share of patients in val (default %(default)s)")
     p.add_argument("--test-frac", type=float, default=0.1, help="share of patients in test (default %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="seed of the split (default %(default)s)")
