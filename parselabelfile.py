@@ -1,13 +1,21 @@
-r"""Step 2: PadChest label CSV + taxonomy and OpenI XML reports -> per-source label CSVs for the 22 classes.
+r"""Step 2: PadChest label CSV + taxonomy, OpenI XML reports and NIH ChestX-ray14's Data_Entry CSV -> per-source label
+CSVs for the 22 classes.
 
     python parselabelfile.py --padchest-csv PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz \
-        --openi-reports NLMCXR_reports.tgz --out labels/
+        --openi-reports NLMCXR_reports.tgz --nih-csv Data_Entry_2017_v2020.csv.gz --out labels/
 
-Writes labels/padchest_labels.csv and labels/openi_labels.csv (ImageID, PatientID, StudyID, Projection,
-Source, MethodLabel, then the 22 classes: 1 positive, 0 negative or not mentioned, -1 uncertain), and
+Writes labels/padchest_labels.csv, labels/openi_labels.csv and labels/nih_labels.csv (ImageID, PatientID, StudyID,
+Projection, Source, MethodLabel, then the 22 classes: 1 positive, 0 negative or not mentioned, -1 uncertain, blank
+unknown: a class the source never annotates, as NIH never annotates devices, tubes, surgery and six more), and
 labels/openi_reports.csv (one report per row, no header: the input of the CheXpert labeler or of
 `python -m data.labels.report_labeler`). Each CSV is written whole or not at all, with its row count beside it
 (NAME.rows) so that step 3 notices a file cut short.
+
+NIH's 14 findings map onto the classes as data/labels/nih.py says (Consolidation -> infiltrates, Pleural_Thickening
+and Hernia -> other findings, No Finding -> normal); NIH PatientIDs are written 'nih-<Patient ID>'. With
+--nih-google-labels, labels/nih_google_labels.csv holds Google's 2019 radiologist labels of 4 findings on 4,376 NIH
+images (google_fracture, google_pneumothorax, google_airspace_opacity, google_nodule_or_mass: 1 or 0), which step 3
+adds to combined.csv as columns of their own.
 
 Every source follows one rule (data/labels/rules.py): consolidation is 'infiltrates'; 'other findings' is 1 only
 when something abnormal is present and none of the 20 named findings is 1 or -1; 'normal' is 1 only when no other
@@ -25,6 +33,7 @@ from data.classes import CLASSES
 from data.errors import InputError
 from data.files import output_folder, write_csv
 from data.labels.openi import openi_labels, report_text
+from data.labels.nih import google_labels, nih_labels
 from data.labels.padchest import PROJECTIONS, TAXONOMY, VIEWS, padchest_labels
 from data.labels.rules import UNLABELED_POLICIES, finish
 
@@ -48,8 +57,13 @@ def parse_args(argv=None):
                                           "plain or .gz); leave out to skip PadChest")
     p.add_argument("--openi-reports", help="OpenI reports: the ecgen-radiology folder of XML files or "
                                            "NLMCXR_reports.tgz; leave out to skip OpenI")
+    p.add_argument("--nih-csv", help="NIH ChestX-ray14's Data_Entry_2017_v2020.csv (plain or .gz); leave out to skip "
+                                      "NIH")
+    p.add_argument("--nih-google-labels", help="Google's 2019 relabelling of NIH images "
+                                               "(google2019_nih-chest-xray-labels.csv, plain or .gz): "
+                                               "nih_google_labels.csv, a stricter label set for its 4 findings")
     p.add_argument("--out", required=True, help="output folder for padchest_labels.csv, openi_labels.csv, "
-                                                "openi_reports.csv (created if needed)")
+                                                "openi_reports.csv, nih_labels.csv (created if needed)")
     p.add_argument("--taxonomy", default=TAXONOMY, help="PadChest term hierarchy (tree_term_CUI_counts_160K.csv); "
                                                        "default: the copy shipped in data/labels/padchest_tree.csv")
     p.add_argument("--openi-labels", choices=["mesh", "text", "chexpert"], default="mesh",
@@ -67,8 +81,8 @@ def parse_args(argv=None):
                         "all 22 classes -1 (then use combinelabels.py --uncertain ignore, or they become "
                         "all-negative there)")
     args = p.parse_args(argv)
-    if not args.padchest_csv and not args.openi_reports:
-        p.error("give --padchest-csv and/or --openi-reports")
+    if not (args.padchest_csv or args.openi_reports or args.nih_csv or args.nih_google_labels):
+        p.error("give one or more of --padchest-csv, --openi-reports, --nih-csv")
     if args.openi_labels == "chexpert" and not args.chexpert_csv:
         p.error("--openi-labels chexpert needs --chexpert-csv")
     return args
@@ -77,8 +91,14 @@ def parse_args(argv=None):
 def counts_line(frame):
     positives = (frame[CLASSES] == 1).sum()
     uncertain = (frame[CLASSES] == -1).sum()
-    return "\n".join(f"  {c:28s} {positives[c]:7d}" + (f"  (+{uncertain[c]} uncertain)" if uncertain[c] else "")
-                     for c in CLASSES)
+    unknown = frame[CLASSES].isna().sum()
+
+    def line(c):
+        if len(frame) and unknown[c] == len(frame):
+            return f"  {c:28s} {'unknown':>7s}  (never annotated: blank, left out of loss and metrics)"
+        return f"  {c:28s} {positives[c]:7d}" + (f"  (+{uncertain[c]} uncertain)" if uncertain[c] else "") + \
+            (f"  (+{unknown[c]} unknown)" if unknown[c] else "")
+    return "\n".join(line(c) for c in CLASSES)
 
 
 def rules_line(name, counts, policy):
@@ -136,10 +156,33 @@ def parse_openi(args):
         (f" ({counts['unlabeled']} unlabeled dropped)" if args.unlabeled == "drop" else "")
 
 
+def parse_nih(args):
+    frame, stats = nih_labels(args.nih_csv)
+    frame, counts = finish(frame, args.unlabeled)
+    path = os.path.join(args.out, "nih_labels.csv")
+    write_csv(frame, path, index=False)
+    unknown = [c for c in CLASSES if frame[c].isna().all()] if len(frame) else []
+    print(f"NIH: {stats['rows']} rows, {len(frame)} images of {stats['patients']} patients, views {stats['views']}; "
+          f"{len(unknown)} classes NIH never annotates are blank (unknown, not negative): {', '.join(unknown)}")
+    print(rules_line("NIH", counts, args.unlabeled))
+    print("NIH positives per class:\n" + counts_line(frame))
+    return f"{len(frame)} NIH images of {stats['patients']} patients -> {path}"
+
+
+def parse_google(args):
+    frame, stats = google_labels(args.nih_google_labels)
+    path = os.path.join(args.out, "nih_google_labels.csv")
+    write_csv(frame, path, index=False)
+    positives = ", ".join(f"{c} {int(frame[c].sum())}" for c in frame.columns[1:])
+    print(f"NIH Google labels: {len(frame)} images ({stats['sets']}), positives: {positives}")
+    return f"{len(frame)} Google-relabelled NIH images -> {path}"
+
+
 def check_inputs(args):
     """Every input named on the command line exists, before a minute is spent on the first one."""
     for flag, path in (("--padchest-csv", args.padchest_csv), ("--taxonomy", args.padchest_csv and args.taxonomy),
-                       ("--openi-reports", args.openi_reports), ("--chexpert-csv", args.chexpert_csv)):
+                       ("--openi-reports", args.openi_reports), ("--chexpert-csv", args.chexpert_csv),
+                       ("--nih-csv", args.nih_csv), ("--nih-google-labels", args.nih_google_labels)):
         if path and not os.path.exists(path):
             raise InputError(f"{flag} {path}: no such file or folder")
         if path and flag != "--openi-reports" and os.path.isdir(path):
@@ -162,6 +205,10 @@ def main(argv=None):
             summary.append(parse_padchest(args))
         if args.openi_reports:
             summary.append(parse_openi(args))
+        if args.nih_csv:
+            summary.append(parse_nih(args))
+        if args.nih_google_labels:
+            summary.append(parse_google(args))
     except InputError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

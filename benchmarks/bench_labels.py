@@ -4,7 +4,10 @@
   the label rule (data.labels.rules.finish) as parselabelfile.py runs it
 - write, old vs new: the PadChest labels with a plain DataFrame.to_csv in place vs data.files.write_csv (a temporary
   file renamed into place, and the row count beside it)
+- parse NIH: Data_Entry_2017_v2020 (112,120 rows) through the rule
 - combine: labels + a fake manifest of every PadChest and OpenI ImageID (160,861 + 7,470), patient split
+- combine with NIH, free vs constrained: the three sources' labels (NIH's 112,120 images added) split freely, then
+  with the 880 box images' patients forced into test (the real BBox_List_2017) as --test-boxes does
 - split, old vs new, on the same patients: scikit-multilearn's IterativeStratification as shipped vs
   data.labels.combine.RarestFirstStratification (rarest label first, constant-time bookkeeping): seconds and the
   worst relative gap between a class's prevalence in val/test and in train (classes with >= 100
@@ -27,6 +30,7 @@ from skmultilearn.model_selection import IterativeStratification
 
 from data.files import write_csv
 from data.labels.combine import RarestFirstStratification, combine, patient_labels
+from data.labels.nih import nih_labels
 from data.labels.openi import openi_labels
 from data.labels.padchest import CSV_NAME, padchest_labels
 from data.labels.rules import finish
@@ -94,6 +98,26 @@ def main():
             write_csv(frame, os.path.join(tmp, "combined.csv"), index=False)
     print(f"combine + write ({len(manifest)} manifest rows -> {len(frame)} images of {stats['patients']} patients): "
           f"{t} (target <= 10 s)")
+
+    with timer() as t:
+        nih, _ = finish(nih_labels(os.path.join(data, "Data_Entry_2017_v2020.csv.gz"))[0])
+    print(f"parse NIH ({len(nih)} images): {t}")
+    boxes = pd.read_csv(os.path.join(data, "BBox_List_2017.csv.gz"), usecols=[0]).iloc[:, 0].tolist()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, part in (("padchest", padchest), ("openi", openi), ("nih", nih)):
+            write_csv(part, os.path.join(tmp, f"{name}_labels.csv"), index=False)
+        ids = pd.concat([manifest["ImageID"], nih["ImageID"]], ignore_index=True)
+        pd.DataFrame({"ImageID": ids, "path": "images/" + ids, "width": 1024, "height": 1024, "status": "ok"}).to_csv(
+            os.path.join(tmp, "manifest.csv"), index=False)
+        with timer() as t_free:
+            free, _ = combine(tmp, os.path.join(tmp, "manifest.csv"))
+        with timer() as t_boxed:
+            boxed, stats = combine(tmp, os.path.join(tmp, "manifest.csv"), test_images=boxes)
+    shares = {name: part.groupby(["Source", "PatientID"])["split"].first().value_counts(normalize=True)["test"]
+              for name, part in (("free", free), ("boxed", boxed))}
+    print(f"combine three sources ({len(free)} images of {stats['patients']} patients): free split {t_free}; with "
+          f"{stats['test_boxes']['patients']} box patients forced into test {t_boxed}: "
+          f"{t_boxed.wall / t_free.wall:.2f}x the time; patients in test {shares['free']:.1%} -> {shares['boxed']:.1%}")
 
     # old vs new split on the same patients
     _, y = patient_labels(frame)

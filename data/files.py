@@ -94,20 +94,24 @@ def _ends_with_newline(path):
         return f.read(1) in (b"\n", b"\r")
 
 
-def check_values(frame, path, columns, allowed, error=LabelFileError):
+def check_values(frame, path, columns, allowed, error=LabelFileError, blank=False):
     """Raise `error` naming the file, the first bad value's row and column and the value as the file has it, when a
     value of `columns` is not one of the numbers in `allowed` (text that reads as one, '1' or '1.0', is fine; blank
-    is not). `frame` is the CSV at `path` as read, one frame row per data row."""
+    is not, unless `blank`: then an empty cell, or one of spaces, is fine too). `frame` is the CSV at `path` as read,
+    one frame row per data row, with or without pandas' NA reading."""
     columns, allowed = list(columns), list(allowed)
     numbers = frame[columns].apply(pd.to_numeric, errors="coerce")
     bad = ~numbers.isin(allowed).to_numpy()
+    if blank:
+        bad &= ~frame[columns].apply(lambda c: c.isna() | (c.astype(str).str.strip() == "")).to_numpy()
     if not bad.any():
         return
     rows, cols = np.nonzero(bad)  # row-major: the first is the first bad row, its leftmost bad column
     i, column = int(rows[0]), columns[int(cols[0])]
     value = _as_written(path, i, column, frame[column].iloc[i])
     more = f"; {len(rows) - 1} more bad values" if len(rows) > 1 else ""
-    expected = ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
+    named = [*map(str, allowed), *(["blank (unknown)"] if blank else [])]
+    expected = ", ".join(named[:-1]) + f" or {named[-1]}" if len(named) > 1 else named[0]
     raise error(f"{path}, row {i + 2}: {column} is {value!r}{' (blank)' if value == '' else ''}, expected "
                 f"{expected} (row 1 is the header: this is data row {i + 1}){more}")
 

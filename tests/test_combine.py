@@ -15,7 +15,7 @@ from data.classes import CLASSES
 from data.labels.combine import OUT_COLUMNS, FastBookkeeping, RarestFirstStratification, combine, patient_split
 from data.labels.openi import (CHEXPERT_COLUMNS, mesh_term_classes, openi_labels, read_reports, report_labels,
                                report_text)
-from data.errors import LabelFileError
+from data.errors import InputError, LabelFileError
 from data.labels.padchest import CSV_NAME, padchest_labels, term_classes
 from data.labels.report_labeler import label_reports
 from data.labels.rules import CONSOLIDATION, LABEL_COLUMNS, apply_rules, finish
@@ -243,3 +243,96 @@ def test_the_rule_is_applied_to_chexpert_labels_by_parselabelfile(tmp_path):
     first, second = reports["ReportID"]
     assert [c for c in CLASSES if frame.at[first, c]] == ["electrical device"]
     assert [c for c in CLASSES if frame.at[second, c]] == ["cardiomegaly"]
+
+
+# ---- several manifests (download_images.py --shard auto writes OUT/shard-K/manifest.csv) ----
+
+def shard_world(tmp_path, n_shards=3):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    rows = [(f"i{k}.png", f"p{k // 2}", {"cardiomegaly": 1} if k % 3 == 0 else {"normal": 1}) for k in range(60)]
+    label_frame("padchest", rows).to_csv(labels / "padchest_labels.csv", index=False)
+    out = tmp_path / "ingest"
+    for s in range(n_shards):
+        (out / f"shard-{s}").mkdir(parents=True)
+        manifest_frame([r[0] for r in rows[s::n_shards]]).to_csv(out / f"shard-{s}" / "manifest.csv", index=False)
+    return labels, out
+
+
+def test_several_manifests_a_comma_list_or_a_shard_folder(tmp_path, capsys):
+    labels, out = shard_world(tmp_path)
+    shards = [str(out / f"shard-{s}" / "manifest.csv") for s in range(3)]
+    by_folder, stats = combine(str(labels), str(out))
+    assert stats["manifests"] == shards and len(by_folder) == 60
+    paths = by_folder.set_index("ImageID")["path"]
+    assert paths["i4.png"] == str(out / "shard-1" / "images" / "i4.png")  # relative to its own manifest
+    assert paths["i0.png"] == str(out / "shard-0" / "images" / "i0.png")
+    by_list, _ = combine(str(labels), [f"{shards[0]},{shards[1]}", shards[2], shards[0]])  # a repeat counts once
+    assert by_list.equals(by_folder)
+    # a shard that is missing: the rest combine, with a warning; one still running is an error
+    os.rename(out / "shard-1", tmp_path / "away")
+    assert combinelabels.main(["--labels", str(labels), "--manifest", str(out), "--out", str(tmp_path / "c.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert f"warning: {out} has no shard-1: were all shards run?" in printed and "done: 40 images" in printed
+    (out / "shard-1").mkdir()
+    assert combinelabels.main(["--labels", str(labels), "--manifest", str(out), "--out", str(tmp_path / "c.csv")]) == 2
+    assert f"--manifest {out}: {out / 'shard-1'} has no manifest.csv" in capsys.readouterr().err
+    with pytest.raises(InputError, match="a folder without manifest.csv or shard-K/manifest.csv"):
+        combine(str(labels), str(tmp_path / "labels"))
+
+
+def test_an_image_in_two_manifests_names_both(tmp_path, capsys):
+    labels, out = shard_world(tmp_path)
+    overlap = manifest_frame(["i3.png", "i7.png"])
+    overlap.to_csv(tmp_path / "extra.csv", index=False)
+    err_args = ["--labels", str(labels), "--manifest", str(out), "--manifest", str(tmp_path / "extra.csv"),
+                "--out", str(tmp_path / "c.csv")]
+    assert combinelabels.main(err_args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: ImageID 'i3.png' is in {out / 'shard-0' / 'manifest.csv'} and in {tmp_path / 'extra.csv'} "
+                   f"(2 ImageIDs are in more than one manifest): shards must not overlap; give each image's manifest "
+                   f"once")
+    # an image that failed in one shard's run and was written by another is not an overlap
+    overlap.assign(status="error").to_csv(tmp_path / "extra.csv", index=False)
+    assert combinelabels.main(err_args) == 0
+
+
+# ---- folds with constraints (forced test patients, NIH patients kept out of test) ----
+
+def test_allowed_folds_are_kept_and_change_nothing_when_free():
+    from data.labels.combine import stratified_folds
+    rng = np.random.RandomState(0)
+    y = (rng.rand(3000, 8) < [0.5, 0.3, 0.1, 0.05, 0.03, 0.02, 0.01, 1]).astype(np.int8)
+    free = stratified_folds(y, [0.8, 0.1, 0.1], seed=3)
+    assert np.array_equal(stratified_folds(y, [0.8, 0.1, 0.1], seed=3, allowed=np.ones((3000, 3), bool)), free)
+    allowed = np.ones((3000, 3), bool)
+    pinned = rng.rand(3000) < 0.05
+    barred = ~pinned & (rng.rand(3000) < 0.3)
+    allowed[pinned] = [False, False, True]
+    allowed[barred, 2] = False
+    fold = stratified_folds(y, [0.8, 0.1, 0.1], seed=3, allowed=allowed)
+    assert (fold[pinned] == 2).all() and not (fold[barred] == 2).any()
+    # the free rows fill test around the pinned ones: about its share overall, and of each common label
+    assert abs((fold == 2).mean() - 0.1) < 0.01
+    for label in range(3):
+        share = y[fold == 2, label].sum() / y[:, label].sum()
+        assert abs(share - 0.1) < 0.02, label
+
+
+def test_the_rule_never_reads_or_writes_an_unknown_class():
+    col = CLASSES.index
+    values = np.zeros((3, len(CLASSES)))
+    values[:, col("catheter")] = np.nan  # a class the source never annotates
+    values[0, col("normal")] = 1  # normal beside an unknown device: stays normal
+    values[1, [col("other findings"), col("nodule")]] = 1
+    values[2, col("other findings")] = 1
+    out, counts = apply_rules(values)
+    assert np.isnan(out[:, col("catheter")]).all() and counts == {"other_cleared": 1, "normal_cleared": 0}
+    assert out[0, col("normal")] == 1 and out[1, col("other findings")] == 0 and out[2, col("other findings")] == 1
+    frame = label_frame("nih", [(f"i{k}", f"p{k}", {}) for k in range(3)])
+    frame[CLASSES] = values
+    frame["Unlabeled"] = [False, False, True]
+    kept, counts = finish(frame, "keep-uncertain")
+    assert counts["unlabeled"] == 1 and kept[CLASSES].dtypes.eq("Int8").all()
+    assert kept.loc[2, "catheter"] is pd.NA and (kept.loc[2, [c for c in CLASSES if c != "catheter"]] == -1).all()
+    assert kept[CLASSES].to_csv(index=False).splitlines()[1].split(",")[col("catheter")] == ""

@@ -3,11 +3,20 @@
 The split is multilabel iterative stratification (scikit-multilearn's IterativeStratification, with the
 rarest-label-first order of the original algorithm restored and constant-time bookkeeping) over patients,
 not images, so no patient is in two splits. The stratified labels are each (source, class) pair and the
-source, so every class keeps about the same prevalence in train, val and test within each source.
+source, so every class keeps about the same prevalence in train, val and test within each source. Some patients
+can be constrained (the patients of a box list's images to test, NIH's patients to test or not by NIH's official
+test list): they are placed first and count towards their split's share and labels, so the free patients fill the
+splits around them.
+
+Class values: 1, 0, -1 (uncertain) and NaN for unknown, a class the source never annotates (a blank cell in the
+per-source CSVs and in combined.csv). --uncertain acts on -1 only, so a blank is never made 0, 1 or -1; the split
+counts unknown as not positive.
 """
 
+import glob
 import math
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -16,7 +25,8 @@ from skmultilearn.model_selection import IterativeStratification
 from data.classes import CLASSES
 from data.errors import InputError, LabelFileError
 from data.files import check_values, read_table
-from data.labels.rules import ID_COLUMNS
+from data.labels.nih import GOOGLE_COLUMNS, SOURCE as NIH
+from data.labels.rules import ID_COLUMNS, label_frame, label_values
 
 MANIFEST_COLUMNS = ["ImageID", "path", "width", "height"]
 # view: the label file's Projection (PadChest), else the manifest's view column where step 1 wrote one, else blank.
@@ -24,7 +34,8 @@ MANIFEST_COLUMNS = ["ImageID", "path", "width", "height"]
 OUT_COLUMNS = ["ImageID", "path", "Source", "PatientID", "StudyID", "Projection", "view", "MethodLabel", "width",
                "height", "split", *CLASSES]
 SPLITS = ["train", "val", "test"]
-LABEL_FILES = ["padchest_labels.csv", "openi_labels.csv"]
+LABEL_FILES = ["padchest_labels.csv", "openi_labels.csv", "nih_labels.csv"]
+GOOGLE_FILE = "nih_google_labels.csv"
 
 
 class _EvidenceList:
@@ -69,13 +80,36 @@ class RarestFirstStratification(FastBookkeeping):
     keeps the first label in the dict for order=1, so labels go in order of first appearance and a rare
     label's samples are mostly placed by common labels before its turn: on PadChest + OpenI that left
     val without a single OpenI catheter or aortic elongation.
+
+    `allowed` (set before split; None: every fold for every sample) is a boolean [n_samples, n_folds]: the folds
+    each sample may go to. A sample with one allowed fold is placed there first, so that the others fill the folds
+    around it (a test split forced to hold some patients still ends with about its share of each label); the others
+    go to the allowed fold that wants their label most.
     """
+
+    allowed = None
 
     def _distribute_positive_evidence(self, rows_used, folds, samples_with_combination, per_row_combinations):
         # plain lists: this loop runs once per sample and label, numpy scalars would dominate it
         desired = {k: [float(x) for x in v] for k, v in self.desired_samples_per_combination_per_fold.items()}
         total = [float(x) for x in self.desired_samples_per_fold]
         n_folds = len(total)
+        every = tuple(range(n_folds))
+        options = [every] * len(rows_used) if self.allowed is None else \
+            [tuple(np.flatnonzero(a).tolist()) for a in self.allowed]
+
+        def place(row, fold):
+            folds[fold].append(row)
+            rows_used[row] = True
+            for combination in per_row_combinations[row]:
+                if row in samples_with_combination[combination]:
+                    samples_with_combination[combination].remove(row)
+                desired[combination][fold] -= 1
+            total[fold] -= 1
+
+        for row, allowed in enumerate(options):
+            if len(allowed) == 1:
+                place(row, allowed[0])
         while True:
             left = [(len(rows), label) for label, rows in samples_with_combination.items() if len(rows)]
             if not left:
@@ -87,24 +121,31 @@ class RarestFirstStratification(FastBookkeeping):
                 row = evidence.pop()
                 if rows_used[row]:
                     continue
-                best = max(want)
-                candidates = [k for k in range(n_folds) if want[k] == best]
+                allowed = options[row]
+                best = max(want[k] for k in allowed)
+                candidates = [k for k in allowed if want[k] == best]
                 if len(candidates) > 1:
                     most = max(total[k] for k in candidates)
                     candidates = [k for k in candidates if total[k] == most]
-                fold = candidates[0] if len(candidates) == 1 else int(np.random.choice(candidates))
-                folds[fold].append(row)
-                rows_used[row] = True
-                for combination in per_row_combinations[row]:
-                    if row in samples_with_combination[combination]:
-                        samples_with_combination[combination].remove(row)
-                    desired[combination][fold] -= 1
-                total[fold] -= 1
+                place(row, candidates[0] if len(candidates) == 1 else int(np.random.choice(candidates)))
         self.desired_samples_per_fold[:] = total
 
+    def _distribute_negative_evidence(self, rows_used, folds):
+        if self.allowed is None:
+            return super()._distribute_negative_evidence(rows_used, folds)
+        # samples without a label: a random allowed fold that still wants samples (any allowed one when none does)
+        for row in [i for i, used in rows_used.items() if not used]:
+            allowed = np.flatnonzero(self.allowed[row])
+            wanting = allowed[self.desired_samples_per_fold[allowed] > 0]
+            fold = int(np.random.choice(wanting if len(wanting) else allowed))
+            self.desired_samples_per_fold[fold] -= 1
+            folds[fold].append(row)
+            rows_used[row] = True
 
-def stratified_folds(y, fractions, seed=1):
-    """Fold index (0..len(fractions)-1) per row of the 0/1 matrix y, by iterative stratification.
+
+def stratified_folds(y, fractions, seed=1, allowed=None):
+    """Fold index (0..len(fractions)-1) per row of the 0/1 matrix y, by iterative stratification; `allowed`
+    (boolean [len(y), len(fractions)], or None for no constraint) limits the folds of each row.
 
     Rows are shuffled with `seed` first (the algorithm assigns them in order) and numpy's global random
     state, which scikit-multilearn draws its tie-breaks from, is seeded and then restored.
@@ -119,6 +160,8 @@ def stratified_folds(y, fractions, seed=1):
     try:
         splitter = RarestFirstStratification(n_splits=len(fractions), order=1,
                                                sample_distribution_per_fold=list(fractions))
+        if allowed is not None:
+            splitter.allowed = np.asarray(allowed, dtype=bool)[order]
         for k, (_, test) in enumerate(splitter.split(np.zeros((n, 1)), y[order])):
             fold[order[test]] = k
     finally:
@@ -127,11 +170,12 @@ def stratified_folds(y, fractions, seed=1):
 
 
 def read_label_csv(path):
-    """A per-source label CSV (step 2) with its columns and values checked; MethodLabel blank where it has none."""
+    """A per-source label CSV (step 2) with its columns and values checked (1, 0, -1, or blank for unknown); the
+    classes as float, NaN where unknown; MethodLabel blank where it has none."""
     frame = read_table(path, ID_COLUMNS + CLASSES, what="a per-source label CSV of parselabelfile.py",
                        dtype={c: str for c in [*ID_COLUMNS, "MethodLabel"]}, keep_default_na=False)
-    check_values(frame, path, CLASSES, (1, 0, -1))
-    frame[CLASSES] = frame[CLASSES].apply(pd.to_numeric).astype(np.int8)
+    check_values(frame, path, CLASSES, (1, 0, -1), blank=True)
+    frame[CLASSES] = frame[CLASSES].apply(pd.to_numeric, errors="coerce").astype(np.float64)
     if "MethodLabel" not in frame:
         frame["MethodLabel"] = ""
     return frame
@@ -145,6 +189,18 @@ def read_labels(labels_dir):
     return pd.concat([read_label_csv(p) for p in paths], ignore_index=True)
 
 
+def read_google_labels(labels_dir):
+    """labels_dir/nih_google_labels.csv (parselabelfile.py --nih-google-labels) checked, or None without one."""
+    path = os.path.join(labels_dir, GOOGLE_FILE)
+    if not os.path.exists(path):
+        return None
+    columns = list(GOOGLE_COLUMNS.values())
+    frame = read_table(path, ["ImageID", *columns], what="nih_google_labels.csv of parselabelfile.py",
+                       dtype={"ImageID": str}, keep_default_na=False)
+    check_values(frame, path, columns, (1, 0))
+    return frame[["ImageID", *columns]].drop_duplicates("ImageID").astype({c: np.int8 for c in columns})
+
+
 def read_manifest(path):
     """Step 1's manifest: ImageID, absolute path, width, height of every image that was written."""
     frame = read_table(path, MANIFEST_COLUMNS, what="download_images.py's manifest.csv",
@@ -156,6 +212,71 @@ def read_manifest(path):
     frame = frame.reindex(columns=[*MANIFEST_COLUMNS, "view"], fill_value="")
     relative = ~frame["path"].str.startswith(("/", "\\")) & ~frame["path"].str.match(r"^[A-Za-z]:[\\/]")
     frame.loc[relative, "path"] = root + os.sep + frame.loc[relative, "path"].str.replace("/", os.sep)
+    return frame
+
+
+def _shard_number(folder):
+    match = re.fullmatch(r"shard-(\d+)", os.path.basename(folder))
+    return int(match.group(1)) if match else None
+
+
+def manifest_paths(values):
+    """--manifest values -> the manifest files, each once. A value is a comma list of manifest files and folders; a
+    folder stands for its manifest.csv and the manifest.csv of each shard-K folder in it (download_images.py --shard
+    auto writes OUT/shard-K/), in shard order. InputError naming the path for one that does not exist, a folder
+    without any manifest, and a shard folder without its manifest.csv (that shard has not finished)."""
+    values = [values] if isinstance(values, (str, os.PathLike)) else values
+    found = []
+    for item in (part.strip() for value in values for part in str(value).split(",")):
+        if not item:
+            continue
+        if os.path.isfile(item):
+            found.append(item)
+            continue
+        if not os.path.isdir(item):
+            raise InputError(f"--manifest {item}: no such file or folder")
+        own = [os.path.join(item, "manifest.csv")] if os.path.isfile(os.path.join(item, "manifest.csv")) else []
+        shards = sorted((f for f in glob.glob(os.path.join(glob.escape(item), "shard-*"))
+                         if os.path.isdir(f) and _shard_number(f) is not None), key=_shard_number)
+        unfinished = [f for f in shards if not os.path.isfile(os.path.join(f, "manifest.csv"))]
+        if unfinished:
+            raise InputError(f"--manifest {item}: {unfinished[0]} has no manifest.csv (its download_images.py has "
+                             f"not finished{f'; {len(unfinished) - 1} more shards neither' if len(unfinished) > 1 else ''}"
+                             f"); wait for it, or name the finished shards' manifests one by one")
+        if not own and not shards:
+            raise InputError(f"--manifest {item}: a folder without manifest.csv or shard-K/manifest.csv")
+        found += own + [os.path.join(f, "manifest.csv") for f in shards]
+    unique = list({os.path.realpath(p): p for p in reversed(found)}.values())[::-1]
+    if not unique:
+        raise InputError("--manifest: no manifest given")
+    return unique
+
+
+def missing_shards(paths):
+    """Shard numbers absent between 0 and the highest shard-K of each folder among the manifest paths: a task that
+    never ran leaves a gap."""
+    numbers = {}
+    for p in paths:
+        folder = os.path.dirname(os.path.abspath(p))
+        k = _shard_number(folder)
+        if k is not None:
+            numbers.setdefault(os.path.dirname(folder), set()).add(k)
+    return {parent: sorted(set(range(max(ks) + 1)) - ks) for parent, ks in numbers.items()
+            if len(ks) != max(ks) + 1}
+
+
+def read_manifests(paths):
+    """The manifests at `paths` as one frame (each image path resolved against its own manifest's folder), with a
+    `manifest` column naming the file. InputError naming both files when an ImageID is in two of them: shards
+    partition the images, so an overlap is two runs over the same input, and neither copy is picked silently."""
+    frame = pd.concat([read_manifest(p).assign(manifest=p) for p in paths], ignore_index=True)
+    twice = frame["ImageID"].duplicated(keep=False)
+    if twice.any():
+        first = frame.loc[twice, "ImageID"].iloc[0]
+        files = frame.loc[frame["ImageID"] == first, "manifest"].tolist()
+        raise InputError(f"ImageID {first!r} is in {files[0]} and in {files[1]} "
+                         f"({frame.loc[twice, 'ImageID'].nunique()} ImageIDs are in more than one manifest): "
+                         f"shards must not overlap; give each image's manifest once")
     return frame
 
 
@@ -176,7 +297,7 @@ def patient_labels(frame):
     can still be unbalanced within one of them."""
     key = frame["Source"].astype(str) + "\x00" + frame["PatientID"].astype(str)
     codes, patients = pd.factorize(key)
-    images = (frame[CLASSES].to_numpy() == 1).astype(np.int8)
+    images = (label_values(frame) == 1).astype(np.int8)  # unknown (NaN) is not positive
     sources, source_code = np.unique(frame["Source"].to_numpy(), return_inverse=True)
     per_source = np.zeros((len(frame), len(sources), len(CLASSES) + 1), dtype=np.int8)
     per_source[np.arange(len(frame)), source_code] = np.concatenate(
@@ -193,24 +314,89 @@ def check_fractions(val_frac, test_frac):
                          f"{val_frac} and --test-frac {test_frac}")
 
 
-def patient_split(frame, val_frac=0.1, test_frac=0.1, seed=1):
-    """'train'/'val'/'test' per row, the same for every image of a patient (Source + PatientID)."""
+def patient_split(frame, val_frac=0.1, test_frac=0.1, seed=1, test_rows=None, no_test_rows=None):
+    """'train'/'val'/'test' per row, the same for every image of a patient (Source + PatientID).
+
+    test_rows (boolean per row, or None): the patients of these rows go to test, whatever the fractions.
+    no_test_rows (boolean per row, or None): the patients of these rows (unless also in test_rows) go to train or val
+    only. Constrained patients count towards their split's share and labels, so the free ones fill around them."""
     check_fractions(val_frac, test_frac)
     codes, y = patient_labels(frame)
     fractions = [1 - val_frac - test_frac, val_frac, test_frac]
-    keep = [k for k, f in enumerate(fractions) if f > 0]
-    fold = stratified_folds(y, [fractions[k] for k in keep], seed)
-    names = np.array(SPLITS)[keep]
-    return names[fold][codes]
+    if test_rows is None and no_test_rows is None:
+        keep = [k for k, f in enumerate(fractions) if f > 0]
+        fold = stratified_folds(y, [fractions[k] for k in keep], seed)
+        return np.array(SPLITS)[keep][fold][codes]
+    pinned = np.zeros(len(y), dtype=bool)
+    barred = np.zeros(len(y), dtype=bool)
+    if test_rows is not None:
+        pinned[codes[np.asarray(test_rows, dtype=bool)]] = True
+    if no_test_rows is not None:
+        barred[codes[np.asarray(no_test_rows, dtype=bool)]] = True
+    allowed = np.tile(np.array(fractions) > 0, (len(y), 1))  # a free patient never goes to a split of share 0
+    allowed[barred, SPLITS.index("test")] = False
+    allowed[pinned] = [s == "test" for s in SPLITS]
+    keep = [k for k in range(len(SPLITS)) if allowed[:, k].any()]
+    fold = stratified_folds(y, [fractions[k] for k in keep], seed, allowed[:, keep])
+    return np.array(SPLITS)[keep][fold][codes]
 
 
-def combine(labels_dir, manifest, uncertain="zeros", val_frac=0.1, test_frac=0.1, seed=1):
-    """Labels + manifest -> (combined DataFrame in the combined.csv layout, stats). InputError when no labelled image
-    is in the manifest."""
+def forced_test(frame, labels, images, nih_test_images=None, test_images=None):
+    """(test_rows, no_test_rows, stats) for patient_split: the patients of NIH's official test list go to test and
+    every other NIH patient to train or val; the patients of `test_images` (a box list's images, one entry per box
+    row) go to test. A name's patient is looked up in `labels` (every label row, combined or not), so the patient of a
+    box image that is missing from the manifest still goes to test with the rest of its images. `images`: the
+    manifests' frame, for counting names not in it. InputError for a test list that names no NIH image."""
+    key = lambda f: f["Source"].astype(str) + "\x00" + f["PatientID"].astype(str)
+    patients = key(frame)
+    test_rows = np.zeros(len(frame), dtype=bool)
+    no_test_rows = np.zeros(len(frame), dtype=bool)
+    stats = {}
+    in_manifest = set(images["ImageID"])
+    if nih_test_images is not None:
+        names = pd.Series(list(nih_test_images), dtype=str).drop_duplicates()
+        nih = labels[labels["Source"] == NIH]
+        listed = nih[nih["ImageID"].isin(set(names))]
+        if listed.empty:
+            raise InputError(f"--nih-test-list: none of its {len(names)} image names ({', '.join(names.head(3))}, "
+                             f"...) is an NIH image of the label files ({len(nih)} NIH images)")
+        chosen = set(key(listed))
+        hit = patients.isin(chosen).to_numpy()
+        test_rows |= hit
+        no_test_rows |= (frame["Source"] == NIH).to_numpy() & ~hit
+        stats["nih_test_list"] = {"names": len(names), "patients": len(chosen), "images": int(hit.sum()),
+                                  **_not_found(names, set(nih["ImageID"]), in_manifest)}
+    if test_images is not None:
+        rows = pd.Series(list(test_images), dtype=str)
+        listed = labels[labels["ImageID"].isin(set(rows))]
+        chosen = set(key(listed))
+        hit = patients.isin(chosen).to_numpy()
+        test_rows |= hit
+        stats["test_boxes"] = {"rows": len(rows), "names": rows.nunique(), "patients": len(chosen),
+                               "images": int(hit.sum()), "rows_not_in_manifest": int((~rows.isin(in_manifest)).sum()),
+                               **_not_found(rows, set(labels["ImageID"]), in_manifest)}
+    return test_rows, no_test_rows, stats
+
+
+def _not_found(names, labelled, in_manifest):
+    """Counts of the distinct `names` not in the manifests and not among the `labelled` images, and the first few."""
+    names = names.drop_duplicates()
+    missing = names[~names.isin(in_manifest)]
+    return {"not_in_manifest": len(missing), "not_labelled": int((~names.isin(labelled)).sum()),
+            "first_not_in_manifest": missing.head(3).tolist()}
+
+
+def combine(labels_dir, manifests, uncertain="zeros", val_frac=0.1, test_frac=0.1, seed=1, nih_test_images=None,
+            test_images=None):
+    """Labels + manifests (a path or a list, see manifest_paths) -> (combined DataFrame in the combined.csv layout,
+    stats). nih_test_images and test_images: see forced_test. InputError when no labelled image is in the
+    manifests."""
     check_fractions(val_frac, test_frac)
     labels = read_labels(labels_dir)
-    images = read_manifest(manifest)
-    stats = {"labeled": len(labels)}
+    paths = manifest_paths(manifests)
+    images = read_manifests(paths)
+    where = paths[0] if len(paths) == 1 else f"the {len(paths)} manifests ({paths[0]}, ...)"
+    stats = {"labeled": len(labels), "manifests": paths}
     dup = labels["ImageID"].duplicated()
     stats["duplicate_label_rows"] = int(dup.sum())
     labels = labels[~dup.to_numpy()]
@@ -219,23 +405,49 @@ def combine(labels_dir, manifest, uncertain="zeros", val_frac=0.1, test_frac=0.1
     stats["unlabeled_images"] = int((~images["ImageID"].isin(labels["ImageID"])).sum())
     if not found.any():
         raise InputError(f"none of the {len(labels)} labelled images in {labels_dir} is among the {len(images)} "
-                         f"images of {manifest} (labels: {', '.join(labels['ImageID'].head(3))}, ...; manifest: "
+                         f"images of {where} (labels: {', '.join(labels['ImageID'].head(3))}, ...; manifest: "
                          f"{', '.join(images['ImageID'].head(3)) or 'no image'}): are they from the same dataset?")
-    frame = labels[found.to_numpy()].merge(images, on="ImageID", how="left")
-    # the label file knows PadChest's view; step 1 may know the others' (from the DICOM header)
+    frame = labels[found.to_numpy()].merge(images, on="ImageID", how="left").reset_index(drop=True)
+    # the label file knows PadChest's and NIH's view; step 1 may know the others' (from the DICOM header)
     frame["view"] = frame["Projection"].where(frame["Projection"] != "", frame["view"])
+    values = label_values(frame)
+    known = ~np.isnan(values)
     # parselabelfile.py --unlabeled keep-uncertain: only --uncertain ignore keeps these from becoming all-negative
-    stats["all_uncertain"] = int((frame[CLASSES].to_numpy() == -1).all(axis=1).sum())
-    frame[CLASSES] = apply_uncertain(frame[CLASSES].to_numpy(), uncertain)
-    frame["split"] = patient_split(frame, val_frac, test_frac, seed) if len(frame) else []
+    stats["all_uncertain"] = int((((values == -1) | ~known).all(axis=1) & known.any(axis=1)).sum())
+    stats["unknown"] = {source: [c for c in CLASSES if part[c].isna().all()]
+                        for source, part in frame.groupby("Source") if part[CLASSES].isna().any().any()}
+    frame[CLASSES] = label_frame(apply_uncertain(values, uncertain), index=frame.index)  # blank stays blank
+    test_rows, no_test_rows, forced = forced_test(frame, labels, images, nih_test_images, test_images) \
+        if nih_test_images is not None or test_images is not None else (None, None, {})
+    stats.update(forced)
+    frame["split"] = patient_split(frame, val_frac, test_frac, seed, test_rows, no_test_rows) if len(frame) else []
+    columns = list(OUT_COLUMNS)
+    google = read_google_labels(labels_dir)
+    if google is not None:
+        frame, stats["google"] = _add_google(frame, google)
+        columns += list(GOOGLE_COLUMNS.values())
     stats["images"] = len(frame)
     stats["patients"] = int(frame.groupby(["Source", "PatientID"]).ngroups) if len(frame) else 0
-    return frame[OUT_COLUMNS].reset_index(drop=True), stats
+    return frame[columns].reset_index(drop=True), stats
+
+
+def _add_google(frame, google):
+    """frame with Google's columns (1, 0, or blank where Google did not relabel the image) and their counts."""
+    columns = list(GOOGLE_COLUMNS.values())
+    merged = frame.merge(google, on="ImageID", how="left")
+    merged[columns] = merged[columns].astype("Int8")
+    has = merged[columns[0]].notna()
+    return merged, {"rows": len(google), "images": int(has.sum()), "not_combined": len(google) - int(has.sum()),
+                    "splits": merged.loc[has, "split"].value_counts().to_dict()}
 
 
 def positives_table(frame):
-    """Positives per class (rows) per source and split (columns), with each split's share in %."""
-    counts = (frame[CLASSES] == 1).groupby([frame["Source"], frame["split"]]).sum().T
+    """Positives per class (rows) per source and split (columns), and the images of each; 'unknown' where a source
+    never annotates the class."""
+    values = pd.DataFrame(label_values(frame), columns=CLASSES, index=frame.index)
+    groups = [frame["Source"], frame["split"]]
+    counts = (values == 1).groupby(groups).sum().T.astype(object)
+    counts = counts.where(~values.isna().groupby(groups).all().T, "unknown")
     counts = counts.reindex(columns=[(s, p) for s in sorted(frame["Source"].unique()) for p in SPLITS
                                      if (s, p) in counts.columns])
     images = frame.groupby(["Source", "split"]).size()
