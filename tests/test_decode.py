@@ -80,7 +80,7 @@ def test_dicom_rendering_agrees_with_dcmtk(tmp_path, name):
 def test_monochrome2_is_not_inverted_and_modality_lut_is_applied():
     ds, arr = unci_crop()
     mono1, info = decode_image_bytes(dicom_bytes(ds), "a.dcm")
-    assert info == {"width": 384, "height": 384, "bits": 15, "photometric": "MONOCHROME1"}
+    assert info == {"width": 384, "height": 384, "bits": 15, "photometric": "MONOCHROME1", "view": "PA"}
     ds.PhotometricInterpretation = "MONOCHROME2"
     mono2, _ = decode_image_bytes(dicom_bytes(ds), "a.dcm")
     assert np.array_equal(mono2, 255 - mono1)
@@ -127,7 +127,7 @@ def test_16bit_png_window_is_robust_to_a_hot_pixel(tmp_path):
     mask[10, 10] = False
     assert np.abs(a.astype(int) - b)[mask].max() <= 1  # a min-max window would squash b to ~0..10
     _, info = decode_image_bytes((tmp_path / "hot.png").read_bytes(), "hot.png")
-    assert info == {"width": 400, "height": 300, "bits": 16, "photometric": "MONOCHROME2"}
+    assert info == {"width": 400, "height": 300, "bits": 16, "photometric": "MONOCHROME2", "view": ""}
 
 
 def test_8bit_png_and_jpeg_keep_their_pixels(tmp_path):
@@ -156,10 +156,11 @@ def test_a_strip_keeps_at_least_one_pixel_across(shape, size, expected):
 def test_the_format_comes_from_the_bytes_not_the_suffix():
     png16 = cv2.imencode(".png", np.full((30, 40), 3000, np.uint16))[1].tobytes()
     img, info = decode_image_bytes(png16, "disguised.jpg")
-    assert info == {"width": 40, "height": 30, "bits": 16, "photometric": "MONOCHROME2"} and img.shape == (30, 40)
+    assert info == {"width": 40, "height": 30, "bits": 16, "photometric": "MONOCHROME2", "view": ""} \
+        and img.shape == (30, 40)
     jpg = cv2.imencode(".jpg", np.full((30, 40), 90, np.uint8))[1].tobytes()
     assert decode_image_bytes(jpg, "disguised.png")[1] == {"width": 40, "height": 30, "bits": 8,
-                                                           "photometric": "MONOCHROME2"}
+                                                           "photometric": "MONOCHROME2", "view": ""}
     ds, _ = unci_crop(32)
     assert decode_image_bytes(dicom_bytes(ds), "disguised.png")[1]["photometric"] == "MONOCHROME1"
 
