@@ -1,7 +1,10 @@
 import io
+import os
 import shutil
 import struct
 import subprocess
+import sys
+import textwrap
 import zlib
 
 import cv2
@@ -209,3 +212,47 @@ def test_rle_jpeg_lossless_and_baseline_dicoms_decode():
     assert img.shape == (lossless.Rows, lossless.Columns) and img.max() > img.min()
     rgb = read_image(get_testdata_file("SC_jpeg_no_color_transform.dcm"))  # JPEG baseline, colour -> gray
     assert rgb.shape == (256, 256) and rgb.dtype == np.uint8
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A machine without pydicom and without the GCS client (a typical GPU VM without network): importing either fails.
+WITHOUT_PYDICOM_AND_GCS = textwrap.dedent("""
+    import importlib.abc, sys
+    class NotInstalled(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "pydicom" or name == "google.cloud" or name.startswith("google.cloud."):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+    sys.meta_path.insert(0, NotInstalled())
+""")
+
+
+def test_the_training_path_reads_pngs_without_pydicom_or_the_gcs_client(tmp_path):
+    img8 = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
+    img16 = np.random.default_rng(1).integers(500, 4000, (40, 30)).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "a.png"), img8)
+    cv2.imwrite(str(tmp_path / "b.png"), img16)
+    (tmp_path / "c.dcm").write_bytes(dicom_bytes(unci_crop(32)[0]))
+    np.save(tmp_path / "b.npy", read_image(tmp_path / "b.png"))  # what step 1's mapping gives, decided here
+    code = WITHOUT_PYDICOM_AND_GCS + textwrap.dedent(f"""
+        import numpy as np, pandas as pd
+        from data.dataset import ChestImages, read_gray
+        from data.errors import EnvironmentFault
+        folder = {str(tmp_path)!r}
+        a, b = read_gray(folder + "/a.png"), read_gray(folder + "/b.png")  # 8-bit fast path; 16-bit via data.decode
+        assert a.shape == (40, 30) and np.array_equal(b, np.load(folder + "/b.npy"))
+        image, _, _, size, error = ChestImages(pd.DataFrame({{"path": [folder + "/a.png"]}}), 16)[0]
+        assert tuple(image.shape) == (1, 16, 16) and size.tolist() == [40, 30] and error == ""
+        try:
+            read_gray(folder + "/c.dcm")
+        except EnvironmentFault as e:
+            assert "decoding DICOM needs pydicom" in str(e) and "pip install pydicom" in str(e), e
+        else:
+            raise AssertionError("a DICOM decoded without pydicom")
+        import sys
+        assert not [m for m in sys.modules if m.startswith(("pydicom", "google.cloud"))]
+        np.save(folder + "/a_read.npy", a)
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    assert np.array_equal(np.load(tmp_path / "a_read.npy"), img8)
