@@ -49,6 +49,8 @@ Many machines: --shard auto takes the shard from Google Cloud Batch
 (JOB_COMPLETION_INDEX, with --shard-count N or SHARD_COUNT) and writes
 OUT/shard-K. A gs:// OUT is built in --work-dir and uploaded unit by unit
 (images, then the unit's marker); a rerun anywhere resumes from the bucket.
+deploy/cloud-batch-ingest.json is such a job.
+
 Intensity: 16-bit PNGs use a robust window from the 0.5th to the 99.5th percentile;
 DICOMs get the modality LUT, the first VOI LUT or window, and MONOCHROME1 is
 inverted so lungs are dark.
@@ -60,11 +62,12 @@ order (archives sorted by name, members in the order the archive stores them),
 keeps the file; every later copy is a row in errors.csv and is never written.
 
 Resume: a rerun skips an archive whose marker in OUT/.parts matches it (size and
-modification time locally, generation and CRC32C on GCS; for a folder of loose
-files, every file's) and the settings (--size, decoder version). An archive
+modification time locally, generation and CRC32C on GCS; for a folder or batch of
+loose files, every file's) and the settings (--size, decoder version). An archive
 replaced under the same name, files added to a folder, or another --size: that
-archive is ingested again and its rows are replaced. An unreadable marker is
-named in a warning and its archive ingested again.
+archive (that batch: a file's batch is a hash of its name) is ingested again and
+its rows are replaced. An unreadable marker is named in a warning and its archive
+ingested again.
 
 Bad input (a corrupt member or DICOM, a truncated archive, a FIFO among loose
 files) is a row in errors.csv, final. A problem of the machine (permission

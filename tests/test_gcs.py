@@ -27,7 +27,6 @@ import download_images
 from data.decode import decode_image_bytes
 from data.errors import InputError
 from data.ingest import archives, gcs
-from test_ingest import dicom_crop
 
 
 def free_port():
@@ -192,15 +191,17 @@ NOT_BILLABLE = (403, "someone@example.com does not have serviceusage.services.us
                      "Permission 'serviceusage.services.use' denied on resource (or it may not exist).", "forbidden")
 
 
-class RequesterPays(ThreadingHTTPServer):
-    """GCS's Requester Pays in front of fake-gcs-server (which does not enforce it): a request on bucket `paid`
-    without userProject gets GCS's 400, one billed to another project than `project` GCS's 403; the rest is passed
-    on. `seen` records (bucket, method, path, userProject) of every request."""
+class GcsProxy(ThreadingHTTPServer):
+    """A proxy in front of fake-gcs-server that adds what the emulator lacks. Requester Pays: a request on bucket
+    `paid` without userProject gets GCS's 400, one billed to another project than `project` GCS's 403. Latency:
+    each request waits `delay_s` first (benchmarks/bench_gcs_loose.py). The rest is passed on; `seen` records
+    (bucket, method, path, userProject) of every request."""
     daemon_threads = True
 
-    def __init__(self, port, upstream_port, paid, project):
+    def __init__(self, port, upstream_port, paid=None, project=None, delay_s=0.0):
         super().__init__(("127.0.0.1", port), _Forward)
-        self.upstream_port, self.paid, self.project, self.seen = upstream_port, paid, project, []
+        self.upstream_port, self.paid, self.project, self.delay_s, self.seen = \
+            upstream_port, paid, project, delay_s, []
 
 
 class _Forward(BaseHTTPRequestHandler):
@@ -215,6 +216,7 @@ class _Forward(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         bucket, user_project = self._bucket(url.path), parse_qs(url.query).get("userProject", [None])[0]
         self.server.seen.append((bucket, self.command, url.path, user_project))
+        time.sleep(self.server.delay_s)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if bucket == self.server.paid and user_project != self.server.project:
             status, message, reason = NO_USER_PROJECT if user_project is None else NOT_BILLABLE
@@ -248,7 +250,7 @@ def requester_pays(monkeypatch):
     whose paid bucket is 'nih-paid', billable to 'my-project')."""
     port, proxy_port = free_port(), free_port()
     proc = start_fake_gcs(port, external_url=f"http://127.0.0.1:{proxy_port}")  # object links lead to the proxy
-    proxy = RequesterPays(proxy_port, port, "nih-paid", "my-project")
+    proxy = GcsProxy(proxy_port, port, paid="nih-paid", project="my-project")
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
@@ -312,6 +314,7 @@ def test_the_real_client_raises_bad_request_for_requester_pays_and_it_is_mapped(
 def test_loose_objects_in_a_bucket_prefix_ingest_like_archives(gcs_server, tmp_path, capsys, monkeypatch):
     """NIH's layout (png/<Image Index>, Google's dicom/<name>.dcm): batches (here of 4, NIH's are of 500) fetched
     in parallel, ImageIDs as NIH's CSVs spell them, error rows, resume, shards."""
+    from test_ingest import dicom_crop  # here: benchmarks import this module without tests/ on the path
     monkeypatch.setattr(archives, "LOOSE_BATCH", 4)
     bucket = gcs_server.create_bucket("nih")
     for i, name in enumerate(NIH_NAMES):

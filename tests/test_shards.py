@@ -1,8 +1,11 @@
 """Step 1 on many machines: --shard auto from Cloud Batch's or a Kubernetes indexed Job's variables, OUT/shard-K,
 a gs:// OUT built locally and uploaded unit by unit, resumed from the bucket on a fresh VM (fake-gcs-server)."""
+import json
 import os
 import re
+import shlex
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -215,3 +218,22 @@ def test_a_folder_cut_into_other_batches_gives_what_a_fresh_run_gives(tmp_path, 
                                  "--quiet"]) == 0
     assert outputs(out) == outputs(fresh) and read_csv(out / "errors.csv") == []
     assert sorted(os.listdir(out / ".parts")) == sorted(os.listdir(fresh / ".parts"))
+
+
+def test_the_deploy_files_run_shard_auto_with_flags_the_script_takes():
+    with open(os.path.join(ROOT, "deploy", "cloud-batch-ingest.json")) as f:
+        job = json.load(f)
+    group = job["taskGroups"][0]
+    assert group["taskCount"] == group["parallelism"] > 1 and group["taskCountPerNode"] == 1
+    spec = group["taskSpec"]
+    command = spec["runnables"][0]["container"]["commands"][-1]
+    words = shlex.split(command.split("exec python download_images.py", 1)[1])
+    args = download_images.get_args([string.Template(w).substitute(spec["environment"]["variables"]) for w in words])
+    assert args.shard == "auto" and args.source == "gs://gcs-public-data--healthcare-nih-chest-xray/png"
+    assert args.billing_project and args.out.startswith("gs://")
+    assert spec["maxRetryCount"] >= 1  # a preempted spot VM's task runs again and resumes from the bucket
+    with open(os.path.join(ROOT, "deploy", "k8s-ingest-job.yaml")) as f:
+        k8s = f.read()
+    completions = re.search(r"^  completions: (\d+)$", k8s, re.M).group(1)
+    assert "completionMode: Indexed" in k8s and f'{{name: SHARD_COUNT, value: "{completions}"}}' in k8s
+    assert '"--shard", "auto"' in k8s
