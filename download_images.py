@@ -1,9 +1,11 @@
-"""Step 1: turn PadChest zips and the OpenI DICOM archive into training-ready 8-bit PNGs.
+"""Step 1: turn PadChest zips, the OpenI DICOM archive and NIH's loose PNGs into training-ready 8-bit PNGs.
 
     python download_images.py --source gs://BUCKET/PREFIX --out OUT [--size 512] [--workers N]
-                              [--shard K/N] [--keep-archives] [--strict]
+                              [--shard K/N | --shard auto [--shard-count N]] [--billing-project PROJECT]
+                              [--keep-archives] [--strict]
 
-Writes OUT/images/<ImageID>.png, OUT/manifest.csv and OUT/errors.csv (see data/ingest/pipeline.py).
+Writes OUT/images/<ImageID>.png, OUT/manifest.csv and OUT/errors.csv (see data/ingest/pipeline.py); OUT may be
+gs://BUCKET/PREFIX (data/ingest/shards.py).
 """
 import argparse
 import os
@@ -13,21 +15,42 @@ import sys
 from google.api_core.exceptions import GoogleAPIError
 
 from data.errors import EnvironmentFault, InputError
+from data.ingest.gcs import FETCH_THREADS, is_gcs_url
 from data.ingest.pipeline import ingest, summary_line
+from data.ingest.shards import GcsOut, check_gcs_out, default_work_dir, shard_from_environment, shard_out
+from utils.run_sync import RunMirror
 
 DESCRIPTION = """\
 Ingest chest radiographs from archives into 8-bit grayscale PNGs.
 
 SOURCE is gs://BUCKET[/PREFIX] or a local folder (or one archive file). Archives
 (.zip, .tar, .tgz, .tar.gz) are streamed member by member, never unpacked to
-disk; loose .png/.jpg/.dcm files count too. Output:
+disk; loose .png/.jpg/.dcm files count too: a folder of them is one unit, or
+batches of about 500 when it holds more (NIH's bucket prefix png/ holds 112,120),
+listed once and fetched --fetch-threads at a time. Output:
   OUT/images/<ImageID>.png   8-bit grayscale; longest side = --size, aspect ratio
                              kept (cv2 INTER_AREA); smaller images are never upscaled
   OUT/manifest.csv           ImageID, path, archive, member, width, height (original
-                             size), bits, photometric, status; sorted by archive, member
+                             size), bits, photometric, status, view; sorted by archive,
+                             member. view: the DICOM header's ViewPosition (else its
+                             View Code Sequence, else a series/protocol description
+                             naming one view); empty for PNG and JPEG
   OUT/errors.csv             archive, member, reason for every member not ingested
-ImageID: the PNG file name for PadChest; CXR + file stem for OpenI DICOMs
-(1000_IM-0003-2001.dcm -> CXR1000_IM-0003-2001).
+ImageID: the PNG file name as is (PadChest's ImageID, NIH's Image Index
+00000001_000.png); CXR + file stem for OpenI DICOMs (1000_IM-0003-2001.dcm ->
+CXR1000_IM-0003-2001); stem + .png for NIH-named DICOMs (Google's
+dicom/00000001_000.dcm -> 00000001_000.png, as NIH's CSVs name it); else the stem.
+
+Requester Pays buckets (gs://gcs-public-data--healthcare-nih-chest-xray) bill the
+reader: --billing-project PROJECT names the project billed for every request.
+
+Many machines: --shard auto takes the shard from Google Cloud Batch
+(BATCH_TASK_INDEX, BATCH_TASK_COUNT) or a Kubernetes indexed Job
+(JOB_COMPLETION_INDEX, with --shard-count N or SHARD_COUNT) and writes
+OUT/shard-K. A gs:// OUT is built in --work-dir and uploaded unit by unit
+(images, then the unit's marker); a rerun anywhere resumes from the bucket.
+deploy/cloud-batch-ingest.json is such a job.
+
 Intensity: 16-bit PNGs use a robust window from the 0.5th to the 99.5th percentile;
 DICOMs get the modality LUT, the first VOI LUT or window, and MONOCHROME1 is
 inverted so lungs are dark.
@@ -39,11 +62,12 @@ order (archives sorted by name, members in the order the archive stores them),
 keeps the file; every later copy is a row in errors.csv and is never written.
 
 Resume: a rerun skips an archive whose marker in OUT/.parts matches it (size and
-modification time locally, generation and CRC32C on GCS; for a folder of loose
-files, every file's) and the settings (--size, decoder version). An archive
+modification time locally, generation and CRC32C on GCS; for a folder or batch of
+loose files, every file's) and the settings (--size, decoder version). An archive
 replaced under the same name, files added to a folder, or another --size: that
-archive is ingested again and its rows are replaced. An unreadable marker is
-named in a warning and its archive ingested again.
+archive (that batch: a file's batch is a hash of its name) is ingested again and
+its rows are replaced. An unreadable marker is named in a warning and its archive
+ingested again.
 
 Bad input (a corrupt member or DICOM, a truncated archive, a FIFO among loose
 files) is a row in errors.csv, final. A problem of the machine (permission
@@ -67,6 +91,8 @@ def _raise_interrupted(signum, frame):
 
 
 def parse_shard(text):
+    if text == "auto":
+        return text
     try:
         k, n = (int(x) for x in text.split("/"))
     except ValueError:
@@ -89,7 +115,20 @@ def get_args(argv=None):
                    help="decoding processes (default: number of CPU cores; 0 decodes in the main process)")
     p.add_argument("--shard", type=parse_shard, default=(0, 1),
                    help="K/N: process only every N-th archive starting at K (0 <= K < N), so N machines "
-                        "split the work without overlap (default: 0/1, everything)")
+                        "split the work without overlap (default: 0/1, everything); auto: K and N from Cloud "
+                        "Batch (BATCH_TASK_INDEX, BATCH_TASK_COUNT) or a Kubernetes indexed Job "
+                        "(JOB_COMPLETION_INDEX), written to OUT/shard-K")
+    p.add_argument("--shard-count", type=int, default=None,
+                   help="with --shard auto in a Kubernetes indexed Job: the number of shards (the Job's "
+                        "completions; default: the SHARD_COUNT variable)")
+    p.add_argument("--billing-project", default=None,
+                   help="the Google Cloud project billed for reading a Requester Pays bucket (the storage "
+                        "client's user_project), e.g. for gs://gcs-public-data--healthcare-nih-chest-xray")
+    p.add_argument("--fetch-threads", type=int, default=FETCH_THREADS,
+                   help=f"loose objects downloaded at a time from GCS (default: {FETCH_THREADS})")
+    p.add_argument("--work-dir", default=None,
+                   help="with a gs:// --out: the local folder the output is built in before upload "
+                        "(default: ~/.cache/download_images/<the --out URL>)")
     p.add_argument("--download-dir", default=None,
                    help="where archives from GCS are stored while processed; at most two at a time "
                         "(default: OUT/.download)")
@@ -104,16 +143,37 @@ def get_args(argv=None):
         p.error("--workers must be >= 0")
     if args.size < 0:
         p.error("--size must be >= 0 (0 keeps the original size)")
+    if args.shard_count is not None and args.shard != "auto":
+        p.error("--shard-count goes with --shard auto")
+    if args.fetch_threads < 1:
+        p.error("--fetch-threads must be >= 1")
     return args
+
+
+def resolve_out(args):
+    """(shard, where to build OUT locally, the publisher of a gs:// OUT or None)."""
+    shard, out = args.shard, args.out
+    if shard == "auto":
+        k, n, where = shard_from_environment(os.environ, args.shard_count)
+        shard, out = (k, n), shard_out(out, k)
+        print(f"shard {k}/{n} from {where}: writing {out}", flush=True)
+    if not is_gcs_url(out):
+        return shard, out, None
+    check_gcs_out(args.source, out)
+    RunMirror(out).check_writable()  # a missing role is one line now, not after the first unit
+    return shard, args.work_dir or default_work_dir(out), GcsOut(out, threads=args.fetch_threads)
 
 
 def main(argv=None):
     args = get_args(argv)
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    out = args.out
     try:
-        summary = ingest(args.source, args.out, size=args.size, workers=args.workers, shard=args.shard,
+        shard, out, publish = resolve_out(args)
+        summary = ingest(args.source, out, size=args.size, workers=args.workers, shard=shard,
                          keep_archives=args.keep_archives, download_dir=args.download_dir,
-                         progress=not args.quiet)
+                         progress=not args.quiet, billing_project=args.billing_project,
+                         fetch_threads=args.fetch_threads, publish=publish)
     except EnvironmentFault as e:
         print(f"error: {e}; what it stopped is not marked done: fix this and rerun", file=sys.stderr)
         return 2
@@ -123,14 +183,14 @@ def main(argv=None):
     except (KeyboardInterrupt, Interrupted) as e:
         signum = e.args[0] if isinstance(e, Interrupted) else signal.SIGINT
         print(f"interrupted by {signal.Signals(signum).name}: finished archives are kept in "
-              f"{os.path.join(args.out, '.parts')}; rerun the same command to resume", file=sys.stderr)
+              f"{os.path.join(out, '.parts')}; rerun the same command to resume", file=sys.stderr)
         return 128 + signum
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     print(summary_line(summary))
     if args.strict and summary["error_rows"]:
-        print(f"error: --strict and {summary['error_rows']} rows in {os.path.join(args.out, 'errors.csv')}",
+        print(f"error: --strict and {summary['error_rows']} rows in {os.path.join(out, 'errors.csv')}",
               file=sys.stderr)
         return 1
     return 0

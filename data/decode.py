@@ -19,6 +19,9 @@ named .jpg are read as the PNG they are; only bytes without a signature (DICOM w
 the suffix. Bad input raises ImageError with a short reason that ends up in errors.csv.
 Images whose header declares more than MAX_PIXELS pixels are refused before
 decoding (decompression bombs).
+
+pydicom is imported only when a DICOM is decoded: training reads the 8-bit PNGs of step 1, and a GPU machine without
+pydicom must be able to (a missing pydicom is then an EnvironmentFault naming the package, not a bad image).
 """
 import io
 import os
@@ -26,11 +29,10 @@ import struct
 
 import cv2
 import numpy as np
-import pydicom
 from PIL import Image
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from data.errors import ImageError
+from data.errors import EnvironmentFault, ImageError
+from data.views import header_view
 
 # 8000 x 8000; real radiographs are at most about 4300 x 3500.
 MAX_PIXELS = 64_000_000
@@ -74,8 +76,8 @@ def image_format(data, name):
 def decode_image_bytes(data, name):
     """Decode one file's bytes (`name` only needs an image suffix; see image_format).
 
-    Returns (uint8 HxW array, info) with info = {width, height, bits, photometric}
-    describing the original image.
+    Returns (uint8 HxW array, info) with info = {width, height, bits, photometric, view}
+    describing the original image; view is the DICOM header's (data.views.header_view), '' for PNG and JPEG.
     """
     kind = image_format(data, name)
     return _decode_dicom(data) if kind == "DICOM" else _decode_raster(data, kind)
@@ -167,10 +169,29 @@ def _decode_raster(data, kind):
         img = window_to_uint8(img, *robust_window(img))
     elif img.dtype != np.uint8:
         raise ImageError(f"unsupported pixel type {img.dtype}")
-    return img, {"width": width, "height": height, "bits": bits, "photometric": photometric}
+    return img, {"width": width, "height": height, "bits": bits, "photometric": photometric, "view": ""}
+
+
+def _pydicom():
+    try:
+        import pydicom
+        import pydicom.pixels
+    except ImportError as e:
+        raise EnvironmentFault(f"decoding DICOM needs pydicom, which cannot be imported here ({e}); "
+                               f"pip install pydicom") from None
+    return pydicom
+
+
+def _dicom_view(ds):
+    """The header's view, '' when it names none or a value cannot be read (the view is then unknown)."""
+    try:
+        return header_view(ds)
+    except Exception:  # a malformed element is read lazily by pydicom and fails here; the pixels may be fine
+        return ""
 
 
 def _decode_dicom(data):
+    pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as e:
@@ -194,7 +215,7 @@ def _decode_dicom(data):
     if frames > 1:
         arr = arr[0]  # radiographs are single frame; keep the first one
     info = {"width": cols, "height": rows, "bits": int(ds.get("BitsStored") or 8),
-            "photometric": photometric}
+            "photometric": photometric, "view": _dicom_view(ds)}
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim == 3 and arr.shape[-1] == 3 and arr.dtype == np.uint8:
             return cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY), info  # pydicom returns RGB
@@ -207,6 +228,7 @@ def _decode_dicom(data):
 
 def _dicom_voi(arr, ds):
     """(values, low, high): the VOI-transformed pixels and the output range to map to 0..255."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
     values = apply_modality_lut(arr, ds)
     has_lut = bool(ds.get("VOILUTSequence"))
     has_window = "WindowCenter" in ds and "WindowWidth" in ds
@@ -225,6 +247,7 @@ def _dicom_voi(arr, ds):
 
 def _voi_output_range(ds):
     """Smallest and largest value the dataset's first VOI LUT or window can output."""
+    from pydicom.pixels import apply_voi_lut
     if ds.get("VOILUTSequence"):
         entries, first, _ = ds.VOILUTSequence[0].LUTDescriptor
         probe = np.arange(first, first + (entries or 65536))

@@ -1,7 +1,10 @@
 import io
+import os
 import shutil
 import struct
 import subprocess
+import sys
+import textwrap
 import zlib
 
 import cv2
@@ -80,7 +83,7 @@ def test_dicom_rendering_agrees_with_dcmtk(tmp_path, name):
 def test_monochrome2_is_not_inverted_and_modality_lut_is_applied():
     ds, arr = unci_crop()
     mono1, info = decode_image_bytes(dicom_bytes(ds), "a.dcm")
-    assert info == {"width": 384, "height": 384, "bits": 15, "photometric": "MONOCHROME1"}
+    assert info == {"width": 384, "height": 384, "bits": 15, "photometric": "MONOCHROME1", "view": "PA"}
     ds.PhotometricInterpretation = "MONOCHROME2"
     mono2, _ = decode_image_bytes(dicom_bytes(ds), "a.dcm")
     assert np.array_equal(mono2, 255 - mono1)
@@ -127,7 +130,7 @@ def test_16bit_png_window_is_robust_to_a_hot_pixel(tmp_path):
     mask[10, 10] = False
     assert np.abs(a.astype(int) - b)[mask].max() <= 1  # a min-max window would squash b to ~0..10
     _, info = decode_image_bytes((tmp_path / "hot.png").read_bytes(), "hot.png")
-    assert info == {"width": 400, "height": 300, "bits": 16, "photometric": "MONOCHROME2"}
+    assert info == {"width": 400, "height": 300, "bits": 16, "photometric": "MONOCHROME2", "view": ""}
 
 
 def test_8bit_png_and_jpeg_keep_their_pixels(tmp_path):
@@ -156,10 +159,11 @@ def test_a_strip_keeps_at_least_one_pixel_across(shape, size, expected):
 def test_the_format_comes_from_the_bytes_not_the_suffix():
     png16 = cv2.imencode(".png", np.full((30, 40), 3000, np.uint16))[1].tobytes()
     img, info = decode_image_bytes(png16, "disguised.jpg")
-    assert info == {"width": 40, "height": 30, "bits": 16, "photometric": "MONOCHROME2"} and img.shape == (30, 40)
+    assert info == {"width": 40, "height": 30, "bits": 16, "photometric": "MONOCHROME2", "view": ""} \
+        and img.shape == (30, 40)
     jpg = cv2.imencode(".jpg", np.full((30, 40), 90, np.uint8))[1].tobytes()
     assert decode_image_bytes(jpg, "disguised.png")[1] == {"width": 40, "height": 30, "bits": 8,
-                                                           "photometric": "MONOCHROME2"}
+                                                           "photometric": "MONOCHROME2", "view": ""}
     ds, _ = unci_crop(32)
     assert decode_image_bytes(dicom_bytes(ds), "disguised.png")[1]["photometric"] == "MONOCHROME1"
 
@@ -208,3 +212,47 @@ def test_rle_jpeg_lossless_and_baseline_dicoms_decode():
     assert img.shape == (lossless.Rows, lossless.Columns) and img.max() > img.min()
     rgb = read_image(get_testdata_file("SC_jpeg_no_color_transform.dcm"))  # JPEG baseline, colour -> gray
     assert rgb.shape == (256, 256) and rgb.dtype == np.uint8
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A machine without pydicom and without the GCS client (a typical GPU VM without network): importing either fails.
+WITHOUT_PYDICOM_AND_GCS = textwrap.dedent("""
+    import importlib.abc, sys
+    class NotInstalled(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "pydicom" or name == "google.cloud" or name.startswith("google.cloud."):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+    sys.meta_path.insert(0, NotInstalled())
+""")
+
+
+def test_the_training_path_reads_pngs_without_pydicom_or_the_gcs_client(tmp_path):
+    img8 = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
+    img16 = np.random.default_rng(1).integers(500, 4000, (40, 30)).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "a.png"), img8)
+    cv2.imwrite(str(tmp_path / "b.png"), img16)
+    (tmp_path / "c.dcm").write_bytes(dicom_bytes(unci_crop(32)[0]))
+    np.save(tmp_path / "b.npy", read_image(tmp_path / "b.png"))  # what step 1's mapping gives, decided here
+    code = WITHOUT_PYDICOM_AND_GCS + textwrap.dedent(f"""
+        import numpy as np, pandas as pd
+        from data.dataset import ChestImages, read_gray
+        from data.errors import EnvironmentFault
+        folder = {str(tmp_path)!r}
+        a, b = read_gray(folder + "/a.png"), read_gray(folder + "/b.png")  # 8-bit fast path; 16-bit via data.decode
+        assert a.shape == (40, 30) and np.array_equal(b, np.load(folder + "/b.npy"))
+        image, _, _, size, error = ChestImages(pd.DataFrame({{"path": [folder + "/a.png"]}}), 16)[0]
+        assert tuple(image.shape) == (1, 16, 16) and size.tolist() == [40, 30] and error == ""
+        try:
+            read_gray(folder + "/c.dcm")
+        except EnvironmentFault as e:
+            assert "decoding DICOM needs pydicom" in str(e) and "pip install pydicom" in str(e), e
+        else:
+            raise AssertionError("a DICOM decoded without pydicom")
+        import sys
+        assert not [m for m in sys.modules if m.startswith(("pydicom", "google.cloud"))]
+        np.save(folder + "/a_read.npy", a)
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    assert np.array_equal(np.load(tmp_path / "a_read.npy"), img8)

