@@ -70,8 +70,6 @@ def decode_error(errors, paths):
     decoded; `paths` the files they belong to); raised on every rank together, so that no rank waits for the others
     in a collective."""
     bad = [(p, e) for p, e in zip(paths, errors) if e]
-    if not bad:
-        return InputError("another process met a file it could not decode (its message names it)")
     more = f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""
     return InputError(f"cannot decode {bad[0][0]}: {bad[0][1]}{more}; fix or remove it, or pass --skip-bad-images")
 
@@ -118,8 +116,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
         undecoded, non_finite = dist.all_reduce_sum([sum(map(bool, errors)), not torch.isfinite(loss)], device)
         if undecoded or non_finite:
             bar.close()
-            if undecoded:
-                raise decode_error(errors, batch_paths(loader, idx))
+            if undecoded:  # every rank gathers the names, so that whichever rank torchrun hears first names the file
+                named = [row for part in dist.all_gather(list(zip(batch_paths(loader, idx), errors))) for row in part]
+                raise decode_error([e for _, e in named], [p for p, _ in named])
             raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch}, batch {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
