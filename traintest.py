@@ -39,7 +39,8 @@ from utils.localization import localize, parse_levels, read_box_csv
 from utils.metrics import (choose_thresholds, mean_auroc, metrics_table, parse_classes, plot_roc, predictions_frame,
                            summary_line, write_metrics, write_thresholds)
 from utils.report import write_report
-from utils.cli import Parser, amp_setting, at_least, checked, given_flags, on_off, stored_args, writable_file, writable_folder
+from utils.cli import (Parser, amp_setting, at_least, checked, given_flags, on_off, stored_args, writable_file,
+                       writable_folder)
 from utils.runtime import close_logging, seed_everything, setup_logging, use_amp
 
 log = logging.getLogger("traintest")
@@ -67,8 +68,8 @@ def get_args_parser():
     io.add_argument("--skip-bad-images", action="store_true", help="leave out images that do not decode (truncated, "
                     "not an image) instead of stopping at the first; they are counted in the log and listed in "
                     "skipped_images.csv (--predict always does this, into predict_errors.csv)")
-    io.add_argument("--overwrite", action="store_true", help="train into an output folder that already holds a run: its "
-                    "checkpoints and results are deleted first, so that nothing of the old run can be resumed or "
+    io.add_argument("--overwrite", action="store_true", help="train into an output folder that already holds a run: "
+                    "its checkpoints and results are deleted first, so that nothing of the old run can be resumed or "
                     "mixed with the new one (without it such a folder is refused: continue it with --resume)")
 
     m = p.add_argument_group("model")
@@ -88,7 +89,8 @@ def get_args_parser():
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=at_least(1), default=20, help="number of epochs")
     t.add_argument("--batch-size", "--batch_size", type=at_least(1), default=16, help="images per batch per process")
-    t.add_argument("--lr", type=at_least(0.0, float, above=True), default=1e-3, help="Adam learning rate (CheXNet: 1e-3)")
+    t.add_argument("--lr", type=at_least(0.0, float, above=True), default=1e-3,
+                   help="Adam learning rate (CheXNet: 1e-3)")
     t.add_argument("--weight-decay", type=at_least(0.0, float), default=0.0, help="Adam weight decay")
     t.add_argument("--lr-patience", type=at_least(0), default=1,
                    help="epochs without validation-loss improvement before the learning rate is divided by 10")
@@ -358,8 +360,9 @@ def predict_new(args, device, amp):
 
 
 # What a training run writes into its folder besides args.json and train.log: --overwrite deletes them first.
-RUN_OUTPUTS = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "predictions.csv", "thresholds.csv", "roc.png",
-               "boxes.csv", "localization.csv", "report.html", "skipped_images.csv", "predict_errors.csv", "heatmaps")
+RUN_OUTPUTS = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "predictions.csv", "thresholds.csv",
+               "roc.png", "boxes.csv", "localization.csv", "report.html", "skipped_images.csv", "predict_errors.csv",
+               "heatmaps")
 
 
 def check_args(args):
@@ -369,7 +372,7 @@ def check_args(args):
         raise InputError("--predict needs --load-model CKPT and --output-dir DIR")
     if args.test_only and not args.load_model:
         raise InputError("--test-only needs --load-model CKPT")
-    if training and args.weights and not args.pretrained:
+    if training and not args.resume and args.weights and not args.pretrained:
         raise InputError(f"--weights {args.weights} is read only with --pretrained; add --pretrained or drop --weights")
     if args.max_heatmaps == 0:
         unused = [k for k in ("heatmap_classes", "box_thresholds", "boxes_csv") if k in args.given]
@@ -399,7 +402,7 @@ def start_run(args):
     if args.overwrite:
         for name in RUN_OUTPUTS:
             path = os.path.join(args.output_dir, name)
-            if os.path.isdir(path):
+            if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
             elif os.path.lexists(path):
                 os.remove(path)

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from data.decode import read_image
 from data.errors import ImageError, InputError
 from data.files import check_values, image_files, missing_files, read_table
+from data.labels.combine import SPLITS
 from data.transforms import SquareResize
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 cv2.setNumThreads(1)
 
 FAST_SUFFIXES = (".png", ".jpg", ".jpeg")
-SPLITS = ("train", "val", "test")  # combinelabels.py's; a row with another split would be left out unseen
 
 
 def read_gray(path):
@@ -48,10 +48,10 @@ class ChestImages(Dataset):
     decoded size [height, width], error).
 
     A file that cannot be decoded does not kill a worker: it comes back as a black image with `error` saying why
-    (empty when fine), and the engine reports it as bad input naming the file (self.paths[row index]). cache=True keeps every decoded image
-    in one shared-memory uint8 tensor, filled as images are first read: the workers (forked or spawned) write into
-    the same memory, so epochs after the first decode nothing. Rows without labels (prediction on new studies) get
-    a label vector of -1.
+    (empty when fine), and the engine reports it as bad input naming the file (self.paths[row index]). cache=True
+    keeps every decoded image in one shared-memory uint8 tensor, filled as images are first read: the workers (forked
+    or spawned) write into the same memory, so epochs after the first decode nothing. Rows without labels (prediction
+    on new studies) get a label vector of -1.
     """
 
     def __init__(self, frame, image_size, classes=None, cache=False):
@@ -101,7 +101,7 @@ def read_combined(csv_path, classes, skip_missing=False):
         if len(empty):
             more = f" (and {len(empty) - 1} more rows)" if len(empty) > 1 else ""
             raise InputError(f"{csv_path}, row {empty[0] + 2}: {column} is empty{more}")
-    check_values(frame, csv_path, ["split"], SPLITS, error=InputError)
+    check_values(frame, csv_path, ["split"], SPLITS, error=InputError)  # another split would be left out unseen
     check_values(frame, csv_path, classes, (1, 0, -1), error=InputError)
     root = os.path.dirname(os.path.abspath(csv_path))
     frame["path"] = [p if os.path.isabs(p) else os.path.join(root, p) for p in frame["path"].astype(str)]

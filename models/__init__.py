@@ -10,6 +10,8 @@ from models.losses import LOSSES
 from models.pooling import GlobalPool
 from models.unified import UnifiedDCNN
 
-__all__ = ["ALIASES", "BACKBONES", "BackboneStateError", "input_normalization", "IMAGENET_MEAN", "IMAGENET_STD", "backbone_arch", "CAMClassifier", "CheXNet", "GlobalPool", "LOSSES", "MIN_INPUT_SIZE", "MODELS", "MODEL_NAMES",
+__all__ = ["ALIASES", "BACKBONES", "BackboneStateError", "input_normalization", "IMAGENET_MEAN", "IMAGENET_STD",
+           "backbone_arch", "CAMClassifier", "CheXNet", "GlobalPool", "LOSSES", "MIN_INPUT_SIZE", "MODELS",
+           "MODEL_NAMES",
            "StateDictError", "UnifiedDCNN", "build_model", "canonical_name", "class_activation_maps", "imagenet_url",
            "load_state", "model_options", "upsample_maps"]
