@@ -346,14 +346,14 @@ def predict_new(args, device, amp):
     if dist.is_main():
         with atomic_path(errors_csv) as tmp:  # written even when empty: an old run's list must not stay behind
             pd.DataFrame(bad, columns=["path", "error"]).to_csv(tmp, index=False)
-    if bad:
-        log.warning("%d of %d files did not decode (listed in %s; first: %s: %s)", len(bad), len(frame), errors_csv,
-                    *bad[0])
     if dist.is_main():
         predictions_frame(frame["ImageID"].iloc[out.indices], out.probs, thresholds).to_csv(
             os.path.join(args.output_dir, "predictions.csv"), index=False)
     if len(out.indices) == 0:
         raise InputError(f"none of the {len(frame)} files at {args.predict} decoded (see {errors_csv})")
+    if bad:
+        log.warning("%d of %d files did not decode (listed in %s; first: %s: %s)", len(bad), len(frame), errors_csv,
+                    *bad[0])
     if dist.is_main():
         log.info("predicted %d images -> %s", len(out.indices), os.path.join(args.output_dir, "predictions.csv"))
         report_results(frame, out, args.output_dir, args, thresholds, image_size)
