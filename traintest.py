@@ -8,7 +8,10 @@
 
 Writes to the output folder: checkpoint_last.pt (for --resume), checkpoint_best.pt (best validation mean AUROC, with
 the F1-optimal thresholds chosen on validation), args.json, train.log, metrics.csv, predictions.csv, thresholds.csv,
-roc.png, heatmaps/, boxes.csv, localization.csv (with --boxes-csv) and report.html.
+roc.png, heatmaps/, boxes.csv, localization.csv (with --boxes-csv) and report.html; --predict adds
+predict_errors.csv (path, error: the files that did not decode), --skip-bad-images skipped_images.csv.
+Every flag and output location is checked before any work starts; bad input is one line on stderr and exit status
+2, Ctrl-C one line and exit status 130 (continue with --resume).
 The seed's spellings (--run-dir, --out, --load_model, --save_model, --batch_size, --is_training 0) still work.
 """
 import argparse
@@ -20,28 +23,31 @@ import shutil
 import sys
 import time
 
+import pandas as pd
 import torch
 
 from data.classes import CLASSES, NUM_CLASSES
 from data.dataset import image_frame, read_combined, split
 from data.errors import InputError
-from models import LOSSES, MODEL_NAMES, build_model, canonical_name, model_options
+from data.files import atomic_path, write_text_atomic
+from models import LOSSES, MIN_INPUT_SIZE, MODEL_NAMES, build_model, canonical_name, model_options
 from utils import dist
 from utils.checkpoint import (checkpoint_model, load_checkpoint, load_weights, model_checkpoint, pretrained_model,
-                              read_checkpoint, restore_training, save_checkpoint, training_checkpoint)
+                              read_checkpoint, restore_training, save_checkpoint, training_checkpoint, training_state)
 from utils.engine import NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch
-from utils.localization import localize, parse_levels
+from utils.localization import localize, parse_levels, read_box_csv
 from utils.metrics import (choose_thresholds, mean_auroc, metrics_table, parse_classes, plot_roc, predictions_frame,
                            summary_line, write_metrics, write_thresholds)
 from utils.report import write_report
-from utils.cli import amp_setting, at_least, checked, given_flags, on_off, stored_args
+from utils.cli import (Parser, amp_setting, at_least, checked, given_flags, on_off, stored_args, writable_file,
+                       writable_folder)
 from utils.runtime import close_logging, seed_everything, setup_logging, use_amp
 
 log = logging.getLogger("traintest")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="traintest.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--csv", help="combined.csv from combinelabels.py (ImageID, path, split and the 22 class columns)")
     io.add_argument("--output-dir", "--run-dir", "--out", dest="output_dir", metavar="DIR",
@@ -59,8 +65,12 @@ def get_args_parser():
                     "them (ImageID = file stem); needs --load-model and --output-dir")
     io.add_argument("--skip-missing", action="store_true",
                     help="drop rows whose image file is missing (with a warning) instead of stopping")
-    io.add_argument("--overwrite", action="store_true", help="train into an output folder that already holds a run, "
-                    "replacing its checkpoints (without it such a folder is refused: continue it with --resume)")
+    io.add_argument("--skip-bad-images", action="store_true", help="leave out images that do not decode (truncated, "
+                    "not an image) instead of stopping at the first; they are counted in the log and listed in "
+                    "skipped_images.csv (--predict always does this, into predict_errors.csv)")
+    io.add_argument("--overwrite", action="store_true", help="train into an output folder that already holds a run: "
+                    "its checkpoints and results are deleted first, so that nothing of the old run can be resumed or "
+                    "mixed with the new one (without it such a folder is refused: continue it with --resume)")
 
     m = p.add_argument_group("model")
     m.add_argument("--model", default="chexnet", type=checked(canonical_name), help=f"{', '.join(MODEL_NAMES)} (the seed's "
@@ -73,14 +83,16 @@ def get_args_parser():
     m.add_argument("--lse-r", type=at_least(0.0, float, above=True), default=10.0, help="sharpness r of LSE pooling (the paper's best: 10)")
     m.add_argument("--map-size", type=at_least(1), help="resize the Unified DCNN's transition map to S x S (8, 16, 32)")
     m.add_argument("--image-size", type=at_least(1), help="input side in pixels (default 224; a checkpoint's own size "
-                   "when evaluating or predicting)")
+                   "when evaluating or predicting); at least " + ", ".join(f"{v} for {k}" for k, v in
+                                                                         MIN_INPUT_SIZE.items()))
 
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=at_least(1), default=20, help="number of epochs")
     t.add_argument("--batch-size", "--batch_size", type=at_least(1), default=16, help="images per batch per process")
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (CheXNet: 1e-3)")
-    t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
-    t.add_argument("--lr-patience", type=int, default=1,
+    t.add_argument("--lr", type=at_least(0.0, float, above=True), default=1e-3,
+                   help="Adam learning rate (CheXNet: 1e-3)")
+    t.add_argument("--weight-decay", type=at_least(0.0, float), default=0.0, help="Adam weight decay")
+    t.add_argument("--lr-patience", type=at_least(0), default=1,
                    help="epochs without validation-loss improvement before the learning rate is divided by 10")
     t.add_argument("--loss", default="bce", choices=sorted(LOSSES),
                    help="bce: CheXNet's binary cross-entropy; wcel: ChestX-ray8's weighted cross-entropy")
@@ -161,22 +173,45 @@ def report_results(frame, predictions, out_dir, args, thresholds, image_size):
     log.info("report: %s", write_report(out_dir))
 
 
-def test(model, frame, args, device, amp, thresholds, image_size):
-    """Evaluate on the test split; metrics.csv, predictions.csv, roc.png and step 5 from the same pass (rank 0)."""
+def test_rows(frame, args):
+    """The test split; InputError before any work when it is empty."""
     test_frame = split(frame, "test", args.limit)
     if len(test_frame) == 0:
-        raise InputError(f"{args.csv} has no test rows (split == 'test')")
+        raise InputError(f"{args.csv} has no test rows (split == 'test') to evaluate on")
+    return test_frame
+
+
+def test(model, test_frame, args, device, amp, thresholds, image_size, bad):
+    """Evaluate on the test split; metrics.csv, predictions.csv, roc.png and step 5 from the same pass (rank 0)."""
     loss, out = evaluate(model, loader(test_frame, args, image_size), device, LOSSES[args.loss], amp=amp,
-                         maps=args.max_heatmaps != 0, desc="test")
+                         maps=args.max_heatmaps != 0, desc="test", bad=bad)
+    write_skipped(bad, args.output_dir)
+    if len(out.indices) == 0:
+        raise InputError(f"none of the {len(test_frame)} test images of {args.csv} decoded")
     if dist.is_main():
         table = metrics_table(out.labels, out.probs, CLASSES, thresholds, n_boot=args.bootstrap, seed=args.seed)
         write_metrics(table, os.path.join(args.output_dir, "metrics.csv"))
-        predictions_frame(test_frame["ImageID"], out.probs, thresholds).to_csv(
+        predictions_frame(test_frame["ImageID"].iloc[out.indices], out.probs, thresholds).to_csv(
             os.path.join(args.output_dir, "predictions.csv"), index=False)
         plot_roc(out.labels, out.probs, CLASSES, os.path.join(args.output_dir, "roc.png"))
         log.info("test loss %.4f", loss)
         log.info(summary_line(table))
         report_results(test_frame, out, args.output_dir, args, thresholds, image_size)
+
+
+def write_skipped(bad, out_dir):
+    """skipped_images.csv (path, error) of the images --skip-bad-images left out so far, from every rank, and a log
+    line counting them; nothing without --skip-bad-images."""
+    if bad is None:
+        return
+    rows = dict(sorted(row for part in dist.all_gather(bad) for row in part))
+    if dist.is_main():
+        with atomic_path(os.path.join(out_dir, "skipped_images.csv")) as tmp:
+            pd.DataFrame(list(rows.items()), columns=["path", "error"]).to_csv(tmp, index=False)
+        if rows:
+            path, reason = next(iter(rows.items()))
+            log.warning("skipped %d image%s that did not decode (listed in %s; first: %s: %s)", len(rows),
+                        "s" if len(rows) > 1 else "", os.path.join(out_dir, "skipped_images.csv"), path, reason)
 
 
 def train(args, device, amp):
@@ -185,8 +220,12 @@ def train(args, device, amp):
     if len(train_frame) == 0 or len(val_frame) == 0:
         raise InputError(f"{args.csv} needs train and val rows (split column); it has {len(train_frame)} train and "
                          f"{len(val_frame)} val rows")
+    test_frame = test_rows(frame, args)
     ckpt_last, ckpt_best = (os.path.join(args.output_dir, f"checkpoint_{k}.pt") for k in ("last", "best"))
-    resumed = read_checkpoint(ckpt_last) if args.resume else None
+    resumed = training_state(read_checkpoint(ckpt_last), ckpt_last) if args.resume else None
+    if resumed and resumed["epoch"] > args.epochs:
+        raise InputError(f"--epochs {args.epochs}: {args.output_dir} has already trained {resumed['epoch']} epochs; "
+                         f"give more to continue it")
     model = checkpoint_model(resumed, ckpt_last) if resumed else new_model(args)  # a resumed run is the same model
     if args.load_model and not args.resume:
         init = read_checkpoint(args.load_model)
@@ -217,6 +256,7 @@ def train(args, device, amp):
                  best_auroc)
 
     train_loader, val_loader = loader(train_frame, args, image_size, train=True), loader(val_frame, args, image_size)
+    bad = [] if args.skip_bad_images else None
     log.info("%s on %s x%d: %d train, %d val images, %d px, batch %d, loss %s, amp %s, %d workers%s",
              dist.unwrap(model).model_args["name"],
              device.type, dist.world_size(), len(train_frame), len(val_frame), image_size, args.batch_size, args.loss,
@@ -227,8 +267,10 @@ def train(args, device, amp):
         t0 = time.perf_counter()
         train_loss, rate = train_one_epoch(model, train_loader, optimizer, loss_fn, device, epoch + 1, scaler=scaler,
                                            amp=amp, flip_generator=flips, max_batches=args.max_train_batches,
-                                           desc=f"epoch {epoch + 1}/{args.epochs}")
-        val_loss, val = evaluate(model, val_loader, device, loss_fn, amp=amp, desc="validation")
+                                           desc=f"epoch {epoch + 1}/{args.epochs}", bad=bad)
+        val_loss, val = evaluate(model, val_loader, device, loss_fn, amp=amp, desc="validation", bad=bad)
+        if len(val.indices) == 0:
+            raise InputError(f"none of the {len(val_frame)} validation images of {args.csv} decoded")
         if not math.isfinite(val_loss):
             raise NonFiniteLoss(f"validation loss is {val_loss} after epoch {epoch + 1}")
         val_auroc = mean_auroc(val.labels, val.probs)
@@ -256,45 +298,116 @@ def train(args, device, amp):
     if dist.is_main():
         write_thresholds(best["thresholds"], args.output_dir)
     if dist.is_main() and args.save_model:
-        os.makedirs(os.path.dirname(os.path.abspath(args.save_model)), exist_ok=True)
-        shutil.copyfile(ckpt_best, args.save_model)
-    test(model, frame, args, device, amp, best["thresholds"], image_size)
+        with atomic_path(args.save_model) as tmp:
+            shutil.copyfile(ckpt_best, tmp)
+    test(model, test_frame, args, device, amp, best["thresholds"], image_size, bad)
+
+
+def checked_image_size(args, model):
+    """--image-size, or the model's own; InputError when it is below what the network accepts."""
+    size = args.image_size or model.input_size
+    name = model.model_args["name"]
+    if size < MIN_INPUT_SIZE[name]:
+        raise InputError(f"--image-size {size} is below {name}'s minimum input of {MIN_INPUT_SIZE[name]} pixels")
+    return size
 
 
 def evaluate_only(args, device, amp):
-    if not args.load_model:
-        raise InputError("--test-only needs --load-model CKPT")
     model, ckpt = load_checkpoint(args.load_model)
-    image_size = args.image_size or model.input_size
+    image_size = checked_image_size(args, model)
     frame = read_combined(args.csv, CLASSES, args.skip_missing)
+    test_frame = test_rows(frame, args)
     model.to(device, memory_format=torch.channels_last)
     thresholds = ckpt.get("thresholds")
+    bad = [] if args.skip_bad_images else None
     if thresholds is None:
         val = split(frame, "val", args.limit)
         if len(val) == 0:
             raise InputError(f"{args.load_model} stores no thresholds and {args.csv} has no val rows to choose them on")
-        _, out = evaluate(model, loader(val, args, image_size), device, LOSSES[args.loss], amp=amp, desc="validation")
+        _, out = evaluate(model, loader(val, args, image_size), device, LOSSES[args.loss], amp=amp, desc="validation",
+                          bad=bad)
         thresholds = choose_thresholds(out.labels, out.probs)
     if dist.is_main():
         write_thresholds(thresholds, args.output_dir)
-    test(model, frame, args, device, amp, thresholds, image_size)
+    test(model, test_frame, args, device, amp, thresholds, image_size, bad)
 
 
 def predict_new(args, device, amp):
-    """--predict PATH: probabilities and labels for new studies, then heatmaps, boxes and the report."""
-    if not args.load_model or not args.output_dir:
-        raise InputError("--predict needs --load-model CKPT and --output-dir DIR")
+    """--predict PATH: probabilities and labels for new studies, then heatmaps, boxes and the report. A file that does
+    not decode is a row of predict_errors.csv (path, error), and the others are predicted."""
     frame = image_frame(args.predict)
     model, ckpt = load_checkpoint(args.load_model)
     thresholds = ckpt.get("thresholds") or [0.5] * NUM_CLASSES
-    image_size = args.image_size or model.input_size
+    image_size = checked_image_size(args, model)
     model.to(device, memory_format=torch.channels_last)
-    out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0)
+    bad = []
+    out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0, bad=bad)
+    errors_csv = os.path.join(args.output_dir, "predict_errors.csv")
     if dist.is_main():
-        predictions_frame(frame["ImageID"], out.probs, thresholds).to_csv(
+        with atomic_path(errors_csv) as tmp:  # written even when empty: an old run's list must not stay behind
+            pd.DataFrame(bad, columns=["path", "error"]).to_csv(tmp, index=False)
+    if dist.is_main():
+        predictions_frame(frame["ImageID"].iloc[out.indices], out.probs, thresholds).to_csv(
             os.path.join(args.output_dir, "predictions.csv"), index=False)
-        log.info("predicted %d images -> %s", len(frame), os.path.join(args.output_dir, "predictions.csv"))
+    if len(out.indices) == 0:
+        raise InputError(f"none of the {len(frame)} files at {args.predict} decoded (see {errors_csv})")
+    if bad:
+        log.warning("%d of %d files did not decode (listed in %s; first: %s: %s)", len(bad), len(frame), errors_csv,
+                    *bad[0])
+    if dist.is_main():
+        log.info("predicted %d images -> %s", len(out.indices), os.path.join(args.output_dir, "predictions.csv"))
         report_results(frame, out, args.output_dir, args, thresholds, image_size)
+
+
+# What a training run writes into its folder besides args.json and train.log: --overwrite deletes them first.
+RUN_OUTPUTS = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "predictions.csv", "thresholds.csv",
+               "roc.png", "boxes.csv", "localization.csv", "report.html", "skipped_images.csv", "predict_errors.csv",
+               "heatmaps")
+
+
+def check_args(args):
+    """Every flag and output location, before any work starts: InputError naming the first that is wrong."""
+    training = not (args.predict or args.test_only)
+    if args.predict and not (args.load_model and args.output_dir):
+        raise InputError("--predict needs --load-model CKPT and --output-dir DIR")
+    if args.test_only and not args.load_model:
+        raise InputError("--test-only needs --load-model CKPT")
+    if training and not args.resume and args.weights and not args.pretrained:
+        raise InputError(f"--weights {args.weights} is read only with --pretrained; add --pretrained or drop --weights")
+    if args.max_heatmaps == 0:
+        unused = [k for k in ("heatmap_classes", "box_thresholds", "boxes_csv") if k in args.given]
+        if unused:
+            raise InputError(f"--{unused[0].replace('_', '-')} does nothing with --max-heatmaps 0 (no heatmaps, boxes "
+                             f"or localization)")
+    if training and args.image_size and args.image_size < MIN_INPUT_SIZE[args.model]:
+        raise InputError(f"--image-size {args.image_size} is below {args.model}'s minimum input of "
+                         f"{MIN_INPUT_SIZE[args.model]} pixels")
+    if args.boxes_csv and args.max_heatmaps != 0:
+        read_box_csv(args.boxes_csv)  # a bad row is found now, not after training
+    writable_folder(args.output_dir, "--output-dir")
+    if training and args.save_model:
+        writable_file(args.save_model, "--save-model")
+    last = os.path.join(args.output_dir, "checkpoint_last.pt")
+    if training and args.resume and not os.path.isfile(last):
+        raise InputError(f"cannot resume: {args.output_dir} has no checkpoint_last.pt (the run stopped before its "
+                         f"first epoch ended)")
+    if training and not args.resume and not args.overwrite and os.path.exists(last):
+        raise InputError(f"{args.output_dir} already holds a run (checkpoint_last.pt): continue it with --resume "
+                         f"{args.output_dir}, or pass --overwrite to start over and replace it")
+
+
+def start_run(args):
+    """args.json of a new run; with --overwrite the old run's checkpoints and results are deleted first, so that an
+    interrupted new run can never be resumed from the old run's weights."""
+    if args.overwrite:
+        for name in RUN_OUTPUTS:
+            path = os.path.join(args.output_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+    write_text_atomic(os.path.join(args.output_dir, "args.json"),
+                      json.dumps({k: v for k, v in vars(args).items() if k != "given"}, indent=1))
 
 
 def run(args):
@@ -304,31 +417,28 @@ def run(args):
         torch.set_num_threads(args.threads)
     if not args.predict:
         args.output_dir = args.output_dir or "runs/run"
+    for key in ("csv", "weights", "boxes_csv", "load_model"):  # args.json must work from any folder on resume
+        if getattr(args, key):
+            setattr(args, key, os.path.abspath(getattr(args, key)))
+    check_args(args)
     setup_logging(args.output_dir)
     seed_everything(args.seed + dist.rank(), args.deterministic)
     if args.predict:
         return predict_new(args, device, amp)
-    for key in ("csv", "weights", "boxes_csv", "load_model"):  # args.json must work from any folder on resume
-        if getattr(args, key):
-            setattr(args, key, os.path.abspath(getattr(args, key)))
     training = not args.test_only
-    if training and args.resume and not os.path.isfile(os.path.join(args.output_dir, "checkpoint_last.pt")):
-        raise InputError(f"cannot resume: {args.output_dir} has no checkpoint_last.pt (the run stopped before its "
-                         f"first epoch ended)")
-    if training and not args.resume and not args.overwrite \
-            and os.path.exists(os.path.join(args.output_dir, "checkpoint_last.pt")):
-        raise InputError(f"{args.output_dir} already holds a run (checkpoint_last.pt): continue it with --resume "
-                         f"{args.output_dir}, or pass --overwrite to start over and replace its checkpoints")
-    if dist.is_main() and training and not args.resume:
-        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
-            json.dump({k: v for k, v in vars(args).items() if k != "given"}, f, indent=1)
+    if training and not args.resume:
+        if dist.is_main():
+            start_run(args)
+        dist.barrier()
     return train(args, device, amp) if training else evaluate_only(args, device, amp)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = None
     try:
-        run(parse_args(argv))
+        args = parse_args(argv)
+        run(args)
     except InputError as e:
         print(f"traintest.py: error: {e}", file=sys.stderr)
         return 2
@@ -336,10 +446,23 @@ def main(argv=None):
         print(f"traintest.py: error: {e}; stopped, the last good checkpoint is kept (try a lower --lr or --amp off)",
               file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ntraintest.py: interrupted{interrupted_hint(args)}", file=sys.stderr)
+        return 130
     finally:
         close_logging()
         dist.cleanup()
     return 0
+
+
+def interrupted_hint(args):
+    """How to go on after Ctrl-C: --resume when the run has a checkpoint to continue from."""
+    if args is None or args.predict or args.test_only or not args.output_dir:
+        return ""
+    last = os.path.join(args.output_dir, "checkpoint_last.pt")
+    if not os.path.isfile(last):
+        return " before the first epoch ended; nothing to resume"
+    return f"; the last checkpoint is kept: continue with python traintest.py --resume {args.output_dir}"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Flips and normalization happen on whole batches (data.transforms).
 """
 import logging
 import os
+import stat
 
 import cv2
 import numpy as np
@@ -12,8 +13,9 @@ import torch
 from torch.utils.data import Dataset
 
 from data.decode import read_image
-from data.errors import InputError
+from data.errors import ImageError, InputError
 from data.files import check_values, image_files, missing_files, read_table
+from data.labels.combine import SPLITS
 from data.transforms import SquareResize
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ def read_gray(path):
     files and DICOM go through data.decode.read_image, which maps them to 8 bits exactly as step 1 does.
     """
     path = str(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block the reader for good
+        raise ImageError("not a regular file")
     if path.lower().endswith(FAST_SUFFIXES):
         img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         if img is not None and img.dtype == np.uint8 and img.ndim == 2:
@@ -44,10 +48,10 @@ class ChestImages(Dataset):
     decoded size [height, width], error).
 
     A file that cannot be decoded does not kill a worker: it comes back as a black image with `error` saying why
-    (empty when fine), and the engine reports it as bad input naming the file. cache=True keeps every decoded image
-    in one shared-memory uint8 tensor, filled as images are first read: the workers (forked or spawned) write into
-    the same memory, so epochs after the first decode nothing. Rows without labels (prediction on new studies) get
-    a label vector of -1.
+    (empty when fine), and the engine reports it as bad input naming the file (self.paths[row index]). cache=True
+    keeps every decoded image in one shared-memory uint8 tensor, filled as images are first read: the workers (forked
+    or spawned) write into the same memory, so epochs after the first decode nothing. Rows without labels (prediction
+    on new studies) get a label vector of -1.
     """
 
     def __init__(self, frame, image_size, classes=None, cache=False):
@@ -73,7 +77,8 @@ class ChestImages(Dataset):
             gray = read_gray(self.paths[i])
         except (InputError, OSError, cv2.error) as e:  # a broken or unreadable file, not a bug
             blank = torch.zeros((1, self.resize.size, self.resize.size), dtype=torch.uint8)
-            return blank, self.labels[i], i, torch.zeros(2, dtype=torch.int64), f"cannot decode {self.paths[i]}: {e}"
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip() or type(e).__name__
+            return blank, self.labels[i], i, torch.zeros(2, dtype=torch.int64), reason
         img, size = self.resize(gray), torch.tensor(gray.shape[:2], dtype=torch.int64)
         if self.cache is not None:
             self.cache[i], self.sizes[i] = img, size
@@ -87,7 +92,16 @@ def read_combined(csv_path, classes, skip_missing=False):
     if not csv_path:
         raise InputError("--csv is required for training and evaluation")
     what = f"combinelabels.py's CSV (ImageID, path, split and the {len(classes)} class columns)"
-    frame = read_table(csv_path, ["ImageID", "path", "split", *classes], what=what, error=InputError)
+    if os.path.isdir(csv_path):
+        raise InputError(f"--csv {csv_path} is a folder, not {what}")
+    frame = read_table(csv_path, ["ImageID", "path", "split", *classes], what=what, error=InputError,
+                       dtype={"ImageID": str, "path": str, "split": str})
+    for column in ("ImageID", "path"):
+        empty = np.flatnonzero(frame[column].isna().to_numpy() | (frame[column].str.strip() == "").to_numpy())
+        if len(empty):
+            more = f" (and {len(empty) - 1} more rows)" if len(empty) > 1 else ""
+            raise InputError(f"{csv_path}, row {empty[0] + 2}: {column} is empty{more}")
+    check_values(frame, csv_path, ["split"], SPLITS, error=InputError)  # another split would be left out unseen
     check_values(frame, csv_path, classes, (1, 0, -1), error=InputError)
     root = os.path.dirname(os.path.abspath(csv_path))
     frame["path"] = [p if os.path.isabs(p) else os.path.join(root, p) for p in frame["path"].astype(str)]

@@ -9,7 +9,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneStateError(ValueError):
+class StateDictError(ValueError):
+    """A state dict that does not fit the network it was given to; the message says how (keys or shapes)."""
+
+
+class BackboneStateError(StateDictError):
     """A state dict that does not fit the backbone it was given to."""
 
 
@@ -64,10 +68,38 @@ def torchvision_network(arch, state=None):
     net = backbone.constructor(weights=None, **backbone.kwargs)
     if state is not None:
         try:
-            net.load_state_dict(adapt_imagenet_state(arch, state))
-        except RuntimeError as e:
-            raise BackboneStateError(str(e).splitlines()[0]) from None
+            load_state(net, adapt_imagenet_state(arch, state) if isinstance(state, dict) else state)
+        except StateDictError as e:
+            raise BackboneStateError(str(e)) from None
     return net
+
+
+def load_state(net, state):
+    """net.load_state_dict(state), strict; StateDictError saying which keys are missing or unexpected and which
+    shapes differ, in one line (torch's message spans a line per key)."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise StateDictError(f"it holds a {type(state).__name__} that is not a state dict (names to tensors)")
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = {k: tuple(getattr(state[k], "shape", ())) for k in expected if k in state}
+    wrong = [f"{k} {shapes[k]} instead of {tuple(v.shape)}" for k, v in expected.items()
+             if k in shapes and shapes[k] != tuple(v.shape)]
+    problems = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("tensors of another shape", wrong))
+                if keys]
+    if problems:
+        raise StateDictError(f"its weights do not fit {type(net).__name__}: {'; '.join(problems)}")
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:  # values that are not tensors
+        raise StateDictError(f"its weights do not load into {type(net).__name__}: {first_line(e)}") from None
+
+
+def first_line(error):
+    """The first non-empty line of an exception's message, or its type when it has none (EOFError has none)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def convolutional_part(arch, net):

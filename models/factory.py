@@ -16,6 +16,10 @@ MODELS = {
     "unified-googlenet": functools.partial(UnifiedDCNN, "googlenet"),
 }
 MODEL_NAMES = list(MODELS)
+# The smallest input side each network's pooling layers accept (tests/test_models.py checks that one pixel less fails):
+# below it torch stops mid-forward with "Output size is too small". ResNet-50 pads every stage, so any side works.
+MIN_INPUT_SIZE = {"chexnet": 29, "unified-resnet50": 1, "unified-vgg16": 16, "unified-alexnet": 31,
+                  "unified-googlenet": 15}
 # The seed's --model values keep working.
 ALIASES = {"densenet": "chexnet", "densenet121": "chexnet", "resnet": "unified-resnet50",
            "resnet50": "unified-resnet50", "vgg": "unified-vgg16", "vgg16": "unified-vgg16",
@@ -52,4 +56,7 @@ def build_model(name, num_classes, **options):
     unknown = set(options) - set(model_options(name))
     if unknown:
         raise TypeError(f"{name} takes no {sorted(unknown)}; it takes {model_options(name)}")
+    size = options.get("input_size", MIN_INPUT_SIZE[name])
+    if not isinstance(size, int) or size < MIN_INPUT_SIZE[name]:
+        raise ValueError(f"{name} needs an input of at least {MIN_INPUT_SIZE[name]} pixels, not {size!r}")
     return MODELS[name](num_classes, **options)

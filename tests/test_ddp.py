@@ -41,17 +41,40 @@ def test_two_gloo_processes_train_and_gather_every_test_image_once(tmp_path, mak
         assert row["probability"] == probs.at[row["ImageID"], f"prob_{row['class']}"], row
 
 
-def test_a_file_that_does_not_decode_stops_every_rank_with_its_name(tmp_path, make_dataset, traintest):
-    # Only one rank reads the broken file; the other must stop too instead of waiting in a collective.
-    csv = make_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=4, size=32)
-    assert traintest("--csv", csv, "--output-dir", tmp_path / "run", "--model", "unified-alexnet", "--image-size", 32,
-                     "--epochs", 1, "--workers", 0, "--bootstrap", 5, "--max-heatmaps", 0) == 0
-    (tmp_path / "data" / "images" / "broken.png").write_bytes(b"not a png")
-    proc = subprocess.run(
+def torchrun(*args):
+    return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         os.path.join(ROOT, "traintest.py"), "--predict", tmp_path / "data" / "images", "--load-model",
-         tmp_path / "run" / "checkpoint_best.pt", "--output-dir", tmp_path / "pred", "--workers", "0", "--device", "cpu",
-         "--amp", "off"], cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+         os.path.join(ROOT, "traintest.py"), *map(str, args), "--workers", "0", "--device", "cpu", "--amp", "off"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_file_that_does_not_decode_stops_every_rank_or_is_skipped_by_all(tmp_path, make_dataset):
+    csv = make_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=4, size=32)
+    (tmp_path / "data" / "images" / "train005.png").write_text("not a png")
+    # 64 px: at 32 the map is 1x1, and batch norm cannot train on one value per channel (a batch of 1)
+    common = ["--csv", csv, "--model", "unified-alexnet", "--image-size", 64, "--epochs", 1, "--batch-size", 1,
+              "--bootstrap", 5, "--max-heatmaps", 0]
+    # Only one rank reads the broken file; the other must stop too instead of waiting in a collective.
+    proc = torchrun(*common, "--output-dir", tmp_path / "stopped")
     assert proc.returncode != 0
-    assert proc.stderr.count("traintest.py: error: cannot decode") == 2 and "broken.png" in proc.stderr
-    assert not (tmp_path / "pred" / "predictions.csv").exists()
+    # every rank that gets to say something names the file (torchrun stops the others once one has exited)
+    errors = proc.stderr.split("traintest.py: error: ")[1:]
+    assert errors and all(e.startswith(f"cannot decode {tmp_path / 'data' / 'images' / 'train005.png'}: ")
+                          for e in errors), proc.stderr[-4000:]
+    assert "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr
+    assert not (tmp_path / "stopped" / "checkpoint_last.pt").exists()
+
+    # Skipped: the rank whose batch held only the broken file steps with the others, and rank 0 lists it.
+    run = tmp_path / "run"
+    proc = torchrun(*common, "--output-dir", run, "--skip-bad-images")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [os.path.basename(p) for p in pd.read_csv(run / "skipped_images.csv")["path"]] == ["train005.png"]
+
+    # --predict: the broken file is a row of predict_errors.csv and every other file is predicted once.
+    proc = torchrun("--predict", tmp_path / "data" / "images", "--load-model", run / "checkpoint_best.pt",
+                    "--output-dir", tmp_path / "pred", "--max-heatmaps", 2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    errors = pd.read_csv(tmp_path / "pred" / "predict_errors.csv")
+    assert [os.path.basename(p) for p in errors["path"]] == ["train005.png"]
+    predicted = pd.read_csv(tmp_path / "pred" / "predictions.csv")["ImageID"]
+    assert len(predicted) == 15 and predicted.is_unique and "train005" not in set(predicted)

@@ -143,3 +143,17 @@ def test_a_first_format_googlenet_checkpoint_gets_the_input_it_was_trained_on(tm
     torch.save({"model": model.state_dict(), "args": flags}, path)
     loaded, _ = load_checkpoint(path)
     assert loaded.mean == mean and loaded.input_size == 96
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_min_input_size_is_the_smallest_side_each_network_accepts(name):
+    from models import MIN_INPUT_SIZE
+    low = MIN_INPUT_SIZE[name]
+    model = build_model(name, 22, input_size=max(low, 32)).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, low, low)).shape == (1, 22)
+        if low > 1:
+            with pytest.raises(RuntimeError, match="too small"):
+                model(torch.zeros(1, 3, low - 1, low - 1))
+    with pytest.raises(ValueError, match=f"at least {low} pixels"):
+        build_model(name, 22, input_size=low - 1)

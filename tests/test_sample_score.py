@@ -54,3 +54,12 @@ def test_without_localization_and_as_a_module(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "utils.sample_score", str(tmp_path / "nowhere")], cwd=ROOT,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "metrics.csv" in missing.stderr
+
+
+@pytest.mark.parametrize("content, words", [("", "cannot read as CSV"), ("class,auroc\nnormal,0.5\n", "has no row for"),
+                                            ("name,value\n", "missing columns")])
+def test_a_metrics_csv_that_is_not_one_is_a_line_naming_it(tmp_path, capsys, content, words):
+    (tmp_path / "metrics.csv").write_text(content)
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "metrics.csv") in err and words in err

@@ -4,6 +4,8 @@ import gzip
 import io
 import os
 import re
+import subprocess
+import sys
 import tarfile
 import xml.etree.ElementTree as ET
 import zipfile
@@ -216,6 +218,44 @@ def test_cli_writes_world_and_rejects_bad_counts(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         sw.main(["--out", str(tmp_path / "x"), "--padchest-images", "0"])
     assert exc.value.code == 2
+
+
+BAD_SETTINGS = {
+    "prevalence-negative": (["--prevalence", "-0.1"], "--prevalence must be above 0"),
+    "prevalence-above-1": (["--prevalence", "1.5"], "--prevalence must be above 0"),
+    "prevalence-nan": (["--prevalence", "nan"], "--prevalence must be above 0"),
+    "normal-fraction-above-1": (["--normal-fraction", "1.2"], "--normal-fraction must be from 0 to 1"),
+    "normal-fraction-negative": (["--normal-fraction", "-1"], "--normal-fraction must be from 0 to 1"),
+    "jpeg2000-fraction": (["--jpeg2000-fraction", "2"], "--jpeg2000-fraction must be from 0 to 1"),
+    "no-images": (["--padchest-images", "0"], "--padchest-images must be at least 1"),
+    "no-reports": (["--openi-reports", "-3"], "--openi-reports must be at least 1"),
+    "exclude-rows-negative": (["--exclude-rows", "-1"], "--exclude-rows must be at least 0"),
+    "imageless-reports": (["--openi-without-image", "9"], "at most 8 (the number of reports)"),
+    "montage-under-a-file": (["--montage", "FILE/m.png"], "cannot be written (Not a directory)"),
+    "montage-no-format": (["--montage", "OUT.xyz"], "no image format"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SETTINGS, ids=list(BAD_SETTINGS))
+def test_cli_refuses_bad_settings_before_generating(tmp_path, capsys, case):
+    args, words = BAD_SETTINGS[case]
+    (tmp_path / "file").write_text("")
+    args = [a.replace("FILE", str(tmp_path / "file")).replace("OUT", str(tmp_path / "m")) for a in args]
+    with pytest.raises(SystemExit) as exc:
+        sw.main(["--out", str(tmp_path / "w"), "--padchest-images", "5", "--openi-reports", "8", "--quiet", *args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "w" / "images").exists()
+
+
+def test_prevalence_zero_is_refused_not_an_endless_loop(tmp_path):
+    # an abnormal study redraws its findings until it has one: at prevalence 0 that loop would never end
+    proc = subprocess.run([sys.executable, "-m", "data.sample_world", "--out", str(tmp_path / "w"), "--prevalence",
+                           "0", "--quiet"], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --prevalence must be above 0"), proc.stderr
+    with pytest.raises(ValueError, match="--prevalence"):
+        sw.generate(str(tmp_path / "w"), prevalence=0, **SMALL)
 
 
 def test_every_spec_term_and_localization_is_real():

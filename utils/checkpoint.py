@@ -15,8 +15,12 @@ Checkpoints of the first format ('args' holding the flags) still load: their mod
 It lives in utils/, not models/: it holds training state (optimizer, RNG), and its errors are the project's bad-input
 errors (data.errors), which models/ does not import.
 """
+import errno
 import os
+import pickle
 import random
+import re
+import warnings
 
 import numpy as np
 import torch
@@ -25,10 +29,13 @@ from data.classes import CLASSES
 from data.errors import InputError
 from data.files import atomic_path
 from utils.dist import unwrap
-from models import (BackboneStateError, backbone_arch, build_model, canonical_name, imagenet_url, input_normalization,
-                    model_options)
+from models import (BackboneStateError, StateDictError, backbone_arch, build_model, canonical_name, imagenet_url,
+                    input_normalization, load_state, model_options)
+from models.backbones import first_line
 
 FORMAT = 2
+# What --resume needs beyond a model checkpoint's entries.
+TRAINING_ENTRIES = ("optimizer", "scheduler", "rng", "epoch", "best_auroc")
 
 
 class CheckpointError(InputError):
@@ -72,25 +79,64 @@ def training_checkpoint(model, optimizer, scheduler, scaler, **entries):
 
 def restore_training(ckpt, path, model, optimizer, scheduler, scaler):
     """Load a training checkpoint (read from `path`) into model, optimizer, scheduler, scaler and the RNGs."""
+    training_state(ckpt, path)
     load_weights(unwrap(model), ckpt["model"], path)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its training state does not fit this model ({first_line(e)})") from None
+
+
+def load_torch_file(path, what, error, map_location="cpu"):
+    """torch.load(path, weights_only=True), which runs no pickled code; `error` (an InputError) naming the file and
+    saying what it is instead of `what` when it cannot be read. torch's own message would advise turning
+    weights_only off, which is exactly what a file of unknown origin must not get."""
+    if not os.path.isfile(path):
+        raise error(f"{path} not found (expected {what})" if not os.path.exists(path) else
+                    f"{path} is not a file (expected {what})")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        if e.errno not in (None, errno.EINVAL):  # EINVAL: torch's reading of a cut zip; others: the file system's
+            raise error(f"cannot read {path}: {e.strerror or e}") from None
+        reason = unreadable_reason(path, e)
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        reason = unreadable_reason(path, e)
+    raise error(f"{path} is not {what}: {reason}")
+
+
+def unreadable_reason(path, error):
+    """Why torch.load refused `path`, said from its first bytes (and the class the weights-only loader refused)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "it is empty (0 bytes)"
+    safe = "refused by the weights-only loader, which never runs code from a file"
+    refused = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
+    if refused:
+        return f"it holds Python objects ({refused.group(1)}), not only tensors ({safe})"
+    if head == b"PK\x03\x04":
+        return f"a damaged or truncated torch.save file ({first_line(error)})"
+    if head[:1] == b"\x80" or isinstance(error, pickle.UnpicklingError) and head[:1] in b"(}]":
+        return f"a plain Python pickle, not a torch.save file of tensors ({safe})"
+    return "neither a torch.save file nor a pickle (another kind of file, or random bytes)"
 
 
 def read_checkpoint(path, map_location="cpu", classes=CLASSES):
     """The checkpoint dict at `path`, with model_args (derived for the first format); CheckpointError when it is not
     ours or was trained on other classes than `classes`."""
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} not found") from None
-    except Exception as e:  # torch raises several types for a corrupt or foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or not ("model_args" in ckpt or "args" in ckpt):
-        raise CheckpointError(f"{path} is not a traintest.py checkpoint (it has no 'model' and 'model_args' entries)")
+    ckpt = load_torch_file(path, "a traintest.py checkpoint", CheckpointError, map_location)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not ("model_args" in ckpt or "args" in ckpt):
+        found = f"entries {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        raise CheckpointError(f"{path} is not a traintest.py checkpoint: it has no 'model' weights and 'model_args' "
+                              f"(it holds {found})")
     try:
         if "model_args" not in ckpt:
             ckpt["model_args"] = model_args_from_flags(ckpt["args"])
@@ -101,17 +147,31 @@ def read_checkpoint(path, map_location="cpu", classes=CLASSES):
         raise CheckpointError(f"{path} was trained on other classes ({len(ckpt['classes'])}: "
                               f"{', '.join(ckpt['classes'][:4])}, ...); this toolkit classifies the {len(classes)} "
                               f"in data/classes.py")
+    thresholds = ckpt.get("thresholds")
+    if thresholds is not None and not (isinstance(thresholds, (list, tuple)) and len(thresholds) == len(classes)
+                                       and all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)):
+        raise CheckpointError(f"{path}: its thresholds are not {len(classes)} numbers from 0 to 1")
+    return ckpt
+
+
+def training_state(ckpt, path):
+    """`ckpt` when it is one --resume can continue (a last checkpoint); CheckpointError naming the file otherwise."""
+    missing = [k for k in TRAINING_ENTRIES if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint that --resume can continue: it has no "
+                              f"{', '.join(missing)} (a model-only checkpoint such as checkpoint_best.pt? start a new "
+                              f"run with --load-model {path} instead)")
     return ckpt
 
 
 def load_weights(model, state, path):
     """Load a checkpoint's state_dict into `model`; CheckpointError naming the file when it does not fit."""
     try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
+        load_state(model, state)
+    except StateDictError as e:
         args = getattr(model, "model_args", {})
         raise CheckpointError(f"{path}: weights do not fit {args.get('name')} with {args.get('num_classes')} "
-                              f"classes: {str(e).splitlines()[0]}") from None
+                              f"classes: {e}") from None
 
 
 def checkpoint_model(ckpt, path):
@@ -139,14 +199,11 @@ def imagenet_state_dict(arch, weights_file=None):
     """The ImageNet state_dict of `arch`, read from `weights_file` or torch.hub's cache; never downloads, since
     training machines are often offline and a silent multi-minute download is worse than a clear error."""
     path = weights_file or cached_weights_path(arch)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise WeightsUnavailable(
             f"ImageNet weights for {arch} not found at {path}. Download {imagenet_url(arch)} on a machine with "
             f"network access and copy it there, or pass --weights FILE, or train from scratch without --pretrained.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a corrupt or foreign file
-        raise WeightsUnavailable(f"cannot read ImageNet weights {path}: {str(e).splitlines()[0]}") from None
+    return load_torch_file(path, f"a file of {arch} ImageNet weights", WeightsUnavailable)
 
 
 def pretrained_model(name, num_classes, weights_file=None, **options):

@@ -1,9 +1,20 @@
-"""The command line: argparse types that give one clear message, and what --resume needs from argparse."""
+"""The command line: argparse types that give one clear message, what --resume needs from argparse, and the checks
+that the output locations can be written before any work starts."""
 import argparse
 import json
+import math
 import os
+import tempfile
 
 from data.errors import InputError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, "PROG: error: MESSAGE (see --help)", with exit status 2, like every other
+    bad input (its usage block would bury the one line that matters)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def checked(parse):
@@ -33,7 +44,7 @@ def at_least(low, kind=int, above=False):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got {text!r}")
-        if value < low or (above and value == low):
+        if not math.isfinite(value) or value < low or (above and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {low}, got {text}")
         return value
     return convert
@@ -60,6 +71,41 @@ def stored_args(run_dir):
         with open(path) as f:
             stored = json.load(f)
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot resume: {path} is not readable JSON ({e})") from None
+        raise InputError(f"cannot resume: {path} is not readable JSON ({e}); it should hold the run's flags as "
+                         f"written by traintest.py") from None
+    if not isinstance(stored, dict):
+        raise InputError(f"cannot resume: {path} holds a JSON {type(stored).__name__}, not the run's flags (an object)")
     stored.setdefault("output_dir", stored.get("run_dir"))  # args.json of the first format
     return stored
+
+
+def writable_folder(path, flag):
+    """`path`, created if needed and proven writable by writing a file in it; InputError naming `flag` otherwise."""
+    problem = folder_problem(path)
+    if problem:
+        raise InputError(f"{flag} {path}: {problem}")
+    return path
+
+
+def writable_file(path, flag):
+    """`path` when a file can be written there (its folder created if needed); InputError naming `flag` otherwise."""
+    if os.path.isdir(path):
+        raise InputError(f"{flag} {path} is a folder; give the path of a file")
+    folder = os.path.dirname(os.path.abspath(path))
+    problem = folder_problem(folder)
+    if problem:
+        raise InputError(f"{flag} {path} cannot be written: its folder {folder}: {problem}")
+    return path
+
+
+def folder_problem(path):
+    """Why no file can be written in folder `path` (created if missing), or None when one can."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return "is a file, not a folder"
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        return f"not a writable folder ({e.strerror or e})"
+    return None

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data.errors import InputError
+
 
 def is_dist():
     return dist.is_available() and dist.is_initialized()
@@ -27,7 +29,8 @@ def init_distributed(device="auto"):
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU); returns the torch.device to use."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible")
+        raise InputError("--device cuda: no CUDA GPU is visible to torch (use --device cpu, or auto to take a GPU "
+                         "when there is one)")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return torch.device("cuda" if use_cuda else "cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -57,6 +60,15 @@ def all_reduce_sum(values, device):
         dist.all_reduce(t)
         values = t.tolist()
     return values if many else values[0]
+
+
+def all_gather(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects); [obj] in a single process."""
+    if not is_dist():
+        return [obj]
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def gather_rows(indices, rows, main_only=False):

@@ -65,18 +65,27 @@ def model_input(model, device):
     return Normalize(net.mean, net.std, device)
 
 
-def decode_error(errors):
-    """InputError naming the first of `errors` (the loader's messages, '' where an image decoded); raised on every
-    rank together, so that no rank waits for the others in a collective."""
-    bad = [e for e in errors if e]
-    return InputError(bad[0] + (f" (and {len(bad) - 1} more files)" if len(bad) > 1 else "") if bad
-                      else "another process met a file it could not decode (its message names it)")
+def decode_error(errors, paths):
+    """InputError naming the first file of `errors` that did not decode (the loader's reasons, '' where an image
+    decoded; `paths` the files they belong to); raised on every rank together, so that no rank waits for the others
+    in a collective."""
+    bad = [(p, e) for p, e in zip(paths, errors) if e]
+    more = f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""
+    return InputError(f"cannot decode {bad[0][0]}: {bad[0][1]}{more}; fix or remove it, or pass --skip-bad-images")
+
+
+def batch_paths(loader, idx):
+    return [loader.dataset.paths[i] for i in idx.tolist()]
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=None, amp=True, flip_generator=None,
-                    max_batches=None, desc=None):
+                    max_batches=None, desc=None, bad=None):
     """One pass over `loader`; returns (mean loss, images per second). Raises NonFiniteLoss on a NaN/inf loss,
-    on every rank at once so that no rank hangs in the next all-reduce."""
+    on every rank at once so that no rank hangs in the next all-reduce.
+
+    An image that does not decode stops training with its name (InputError, on every rank at once); with `bad` (a
+    list) it is left out of its batch instead and (path, reason) appended to `bad`. A batch left empty is skipped
+    by a single process; under DDP every rank must step together, so it takes part with a loss of zero."""
     model.train()
     normalize = model_input(model, device)
     flip = RandomHorizontalFlip(flip_generator) if flip_generator is not None else None
@@ -84,20 +93,32 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
     bar = tqdm(total=n_batches, desc=desc or f"epoch {epoch}", disable=not dist.is_main(), leave=False,
                dynamic_ncols=True)
-    for step, (images, targets, _, _, errors) in enumerate(loader):
+    for step, (images, targets, idx, _, errors) in enumerate(loader):
         if step >= n_batches:
             break
+        weight = 1.0
+        if bad is not None and any(errors):
+            bad += [(p, e) for p, e in zip(batch_paths(loader, idx), errors) if e]
+            keep = torch.tensor([not e for e in errors])
+            if keep.any():
+                images, targets = images[keep], targets[keep]
+            elif not dist.is_dist():
+                continue
+            else:
+                weight = 0.0
+            errors = []
         x = normalize(flip(images) if flip else images)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
-        loss = loss_fn(logits, targets)
+        loss = loss_fn(logits, targets) * weight
         # one collective per step for both checks: a file that did not decode, a loss that is not finite
         undecoded, non_finite = dist.all_reduce_sum([sum(map(bool, errors)), not torch.isfinite(loss)], device)
         if undecoded or non_finite:
             bar.close()
-            if undecoded:
-                raise decode_error(errors)
+            if undecoded:  # every rank gathers the names, so that whichever rank torchrun hears first names the file
+                named = [row for part in dist.all_gather(list(zip(batch_paths(loader, idx), errors))) for row in part]
+                raise decode_error([e for _, e in named], [p for p, _ in named])
             raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch}, batch {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -107,8 +128,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
         else:
             loss.backward()
             optimizer.step()
-        total_loss += loss.item() * images.shape[0]
-        seen += images.shape[0]
+        counted = images.shape[0] if weight else 0
+        total_loss += loss.item() * counted
+        seen += counted
         rate = seen * dist.world_size() / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
         bar.update()
@@ -120,11 +142,13 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
 
 
 @torch.no_grad()
-def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_batches=None):
+def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_batches=None, bad=None):
     """Predictions over the whole dataset, gathered from every rank with each image exactly once.
 
     maps=True also keeps the class activation maps of all classes from the same forward pass (models.cam), at the
-    feature map's resolution, so probabilities and maps can never disagree."""
+    feature map's resolution, so probabilities and maps can never disagree. An image that does not decode raises
+    InputError naming it; with `bad` (a list) its row is left out instead (Predictions.indices says which rows are
+    there) and (path, reason) appended to `bad`, in row order."""
     model.eval()
     net = dist.unwrap(model)
     normalize = model_input(model, device)
@@ -135,8 +159,8 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
                                                                       disable=not dist.is_main(), dynamic_ncols=True)):
         if step >= n_batches:
             break
-        if any(errors) and not dist.is_dist():
-            raise decode_error(errors)
+        if any(errors) and not dist.is_dist() and bad is None:
+            raise decode_error(errors, batch_paths(loader, idx))
         x = normalize(images)
         with autocast(device, amp):
             if maps:
@@ -156,18 +180,23 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
     local = np.concatenate(parts["indices"])
     indices, rows = dist.gather_rows(local, {k: np.concatenate(parts[k])
                                              for k in ("probs", "labels", "sizes", "errors")})
-    if any(rows["errors"]):  # under DDP found only now, with every rank's rows: no per-batch collective
-        raise decode_error(rows["errors"])
+    failed = np.asarray([bool(e) for e in rows["errors"]], dtype=bool)
+    if failed.any() and bad is None:  # under DDP found only now, with every rank's rows: no per-batch collective
+        raise decode_error(rows["errors"], batch_paths(loader, indices))
+    if bad is not None:
+        bad += [(p, e) for p, e in zip(batch_paths(loader, indices[failed]), rows["errors"][failed])]
     gathered = None
     if maps:  # to rank 0 only, which localizes: every rank holding every map would multiply the memory
         _, gathered = dist.gather_rows(local, {"maps": np.concatenate(parts["maps"])}, main_only=True)
-    return Predictions(indices, rows["probs"], rows["labels"], rows["sizes"], gathered["maps"] if gathered else None)
+    ok = ~failed
+    return Predictions(indices[ok], rows["probs"][ok], rows["labels"][ok], rows["sizes"][ok],
+                       gathered["maps"][ok] if gathered else None)
 
 
-def evaluate(model, loader, device, loss_fn, *, amp=True, maps=False, desc="evaluate", max_batches=None):
+def evaluate(model, loader, device, loss_fn, *, amp=True, maps=False, desc="evaluate", max_batches=None, bad=None):
     """(loss, Predictions) over a whole split; the loss is computed from the gathered probabilities so that it is
-    the same whatever the number of ranks."""
-    out = predict(model, loader, device, amp=amp, maps=maps, desc=desc, max_batches=max_batches)
+    the same whatever the number of ranks. `bad`: as predict's."""
+    out = predict(model, loader, device, amp=amp, maps=maps, desc=desc, max_batches=max_batches, bad=bad)
     if len(out.probs) == 0:
         return math.nan, out
     p = torch.from_numpy(out.probs).double().clamp(1e-7, 1 - 1e-7)

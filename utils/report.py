@@ -11,7 +11,11 @@ import os
 import sys
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
+
+from data.errors import InputError
+from data.files import read_table, write_text_atomic
 
 MAX_GALLERY = 60
 
@@ -89,14 +93,21 @@ def localization_html(table):
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def read_result(path, columns=(), **read_csv_kwargs):
+    """A CSV the run wrote, with `columns`; InputError naming the file when it is not what the run writes."""
+    return read_table(path, list(columns), what="a file traintest.py writes", error=InputError, **read_csv_kwargs)
+
+
 def gallery_items(run_dir, limit=MAX_GALLERY):
     """[(file, caption)] for the gallery: from heatmaps/index.csv (written by utils.localization.localize) when present,
     images with true boxes first; otherwise every PNG in heatmaps/, sorted by name."""
     heat_dir = os.path.join(run_dir, "heatmaps")
     index = os.path.join(heat_dir, "index.csv")
     if os.path.isfile(index):
-        frame = pd.read_csv(index, dtype={"ImageID": str, "file": str})
-        frame = frame[[os.path.isfile(os.path.join(heat_dir, f)) for f in frame["file"]]]
+        frame = read_result(index, ["file", "ImageID", "class", "probability", "predicted", "boxes", "true_boxes"],
+                            dtype={"ImageID": str, "file": str})
+        # a boolean array, not a list: an empty list would select no columns instead of no rows
+        frame = frame[np.array([os.path.isfile(os.path.join(heat_dir, f)) for f in frame["file"]], dtype=bool)]
         frame = frame.sort_values(["true_boxes", "probability"], ascending=False, kind="stable").head(limit)
         items = []
         for r in frame.to_dict("records"):
@@ -125,16 +136,16 @@ def write_report(run_dir):
 
     summary = []
     if os.path.isfile(path("predictions.csv")):
-        summary.append(f"{len(pd.read_csv(path('predictions.csv'))):,} images predicted")
+        summary.append(f"{len(read_result(path('predictions.csv'), ['ImageID'])):,} images predicted")
     if os.path.isfile(path("boxes.csv")):
-        boxes = pd.read_csv(path("boxes.csv"))
+        boxes = read_result(path("boxes.csv"), ["ImageID"])
         summary.append(f"{len(boxes):,} boxes on {boxes['ImageID'].nunique():,} images")
     if summary:
         parts.append(f"<p>{' &middot; '.join(summary)}</p>")
 
     left, right = "", ""
     if os.path.isfile(path("metrics.csv")):
-        metrics = compact_metrics(pd.read_csv(path("metrics.csv")))
+        metrics = compact_metrics(read_result(path("metrics.csv"), ["class"]))
         left = f"<div><h2>Classification metrics (test split)</h2>{table_html(metrics)}</div>"
     if os.path.isfile(path("roc.png")):
         right = '<div><h2>ROC curves</h2><a href="roc.png"><img class="roc" src="roc.png" alt="ROC curves"></a></div>'
@@ -142,7 +153,7 @@ def write_report(run_dir):
         parts.append(f'<div class="row">{left}{right}</div>')
 
     if os.path.isfile(path("localization.csv")):
-        table = pd.read_csv(path("localization.csv"))
+        table = read_result(path("localization.csv"), ["criterion", "T", "measure"])
         parts.append("<h2>Localization (ChestX-ray8 protocol)</h2>"
                      '<div class="muted">accuracy <span class="chance">(chance: a box of the true box\'s size at a '
                      "random position)</span> / average false positives per image; a true box counts as found when "
@@ -163,19 +174,26 @@ def write_report(run_dir):
     page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Run report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     out = path("report.html")
-    with open(out, "w", encoding="utf-8") as f:
-        f.write(page)
+    write_text_atomic(out, page)
     return out
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description="Write RUN/report.html from the files of a traintest.py run folder.")
     parser.add_argument("run_dir", help="run folder (holds metrics.csv, roc.png, localization.csv, heatmaps/, ...)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not os.path.isdir(args.run_dir):
-        print(f"error: run folder {args.run_dir} does not exist", file=sys.stderr)
+        what = "is not a folder" if os.path.exists(args.run_dir) else "does not exist"
+        print(f"error: run folder {args.run_dir} {what}", file=sys.stderr)
         return 2
-    print(f"wrote {write_report(args.run_dir)}")
+    try:
+        print(f"wrote {write_report(args.run_dir)}")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write {os.path.join(args.run_dir, 'report.html')}: {e.strerror or e}", file=sys.stderr)
+        return 2
     return 0
 
 

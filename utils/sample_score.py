@@ -12,6 +12,8 @@ import sys
 
 import pandas as pd
 
+from data.errors import InputError
+from data.files import read_table
 from data.sample_world import DRAWN_FINDINGS
 
 
@@ -20,11 +22,17 @@ def score_run(run_dir):
 
     The mean is taken over DRAWN_FINDINGS only: the world has no positives for the other classes, and 'normal'
     is not a finding."""
-    metrics = pd.read_csv(os.path.join(run_dir, "metrics.csv"), index_col="class", na_values=["NA"])
-    table = pd.DataFrame({"auroc": metrics.loc[DRAWN_FINDINGS, "auroc"]})
+    metrics_csv = os.path.join(run_dir, "metrics.csv")
+    metrics = read_table(metrics_csv, ["class", "auroc"], what="traintest.py's metrics.csv", error=InputError,
+                         na_values=["NA"]).set_index("class")
+    missing = [f for f in DRAWN_FINDINGS if f not in metrics.index]
+    if missing:
+        raise InputError(f"{metrics_csv} has no row for {', '.join(missing)}; not traintest.py's metrics.csv")
+    table = pd.DataFrame({"auroc": pd.to_numeric(metrics.loc[DRAWN_FINDINGS, "auroc"], errors="coerce")})
     localization_csv = os.path.join(run_dir, "localization.csv")
     if os.path.exists(localization_csv):
-        loc = pd.read_csv(localization_csv)
+        loc = read_table(localization_csv, ["criterion", "T", "measure"], what="traintest.py's localization.csv",
+                         error=InputError)
         at = loc[(loc.criterion == "IoBB") & (loc["T"].round(2) == 0.5)].set_index("measure")
         found = [f for f in DRAWN_FINDINGS if f in at.columns]
         table.loc[found, "iobb_0.5"] = at.loc["acc", found].astype(float)
@@ -43,7 +51,11 @@ def main(argv=None):
     if not os.path.isfile(os.path.join(args.run_dir, "metrics.csv")):
         print(f"error: {args.run_dir} has no metrics.csv (is it a finished traintest.py run folder?)", file=sys.stderr)
         return 2
-    table = score_run(args.run_dir)
+    try:
+        table = score_run(args.run_dir)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"test split, findings drawn by the sample world (run {args.run_dir}):")
     print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="NA"))
     print(f"mean AUROC over the {len(DRAWN_FINDINGS)} drawn findings: {table.loc['mean', 'auroc']:.3f}")

@@ -18,9 +18,31 @@ from data.sample_world.openi import write_openi
 from data.sample_world.padchest import taxonomy_cuis, write_padchest
 
 
+def check_settings(padchest_images=1200, openi_reports=150, images_per_zip=300, exclude_rows=2, openi_without_image=3,
+                   normal_fraction=0.3, prevalence=0.21, jpeg2000_fraction=0.33):
+    """ValueError naming the first setting out of range (as a command-line flag). A prevalence of 0 would make the
+    draw of an abnormal study's findings, which repeats until it has one, loop for ever."""
+    counts = {"padchest-images": (padchest_images, 1, None), "openi-reports": (openi_reports, 1, None),
+              "images-per-zip": (images_per_zip, 1, None), "exclude-rows": (exclude_rows, 0, padchest_images),
+              "openi-without-image": (openi_without_image, 0, openi_reports)}
+    for flag, (value, low, high) in counts.items():
+        if value < low or (high is not None and value > high):
+            upper = f" and at most {high} (the number of {'images' if flag == 'exclude-rows' else 'reports'})" \
+                if high is not None else ""
+            raise ValueError(f"--{flag} must be at least {low}{upper}, got {value}")
+    for flag, value in (("normal-fraction", normal_fraction), ("jpeg2000-fraction", jpeg2000_fraction)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"--{flag} must be from 0 to 1, got {value}")
+    if not 0 < prevalence <= 1:
+        raise ValueError(f"--prevalence must be above 0 and at most 1 (an abnormal study needs a finding), got "
+                         f"{prevalence}")
+
+
 def generate(out_dir, seed=0, padchest_images=1200, openi_reports=150, images_per_zip=300, exclude_rows=2,
              openi_without_image=3, normal_fraction=0.3, prevalence=0.21, jpeg2000_fraction=0.33, progress=True):
     """Write the sample world into out_dir and return a summary dict (counts, prevalence per finding, seconds)."""
+    check_settings(padchest_images, openi_reports, images_per_zip, exclude_rows, openi_without_image, normal_fraction,
+                   prevalence, jpeg2000_fraction)
     start = time.time()
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "labels"), exist_ok=True)
@@ -82,8 +104,28 @@ def montage(world_dir, out_path, n=12, columns=4, size=256):
     while len(cells) % columns:
         cells.append(np.zeros((size, size, 3), np.uint8))
     rows = [np.hstack(cells[i: i + columns]) for i in range(0, len(cells), columns)]
-    cv2.imwrite(out_path, np.vstack(rows))
+    ok, encoded = cv2.imencode(os.path.splitext(out_path)[1] or ".png", np.vstack(rows))
+    if not ok:
+        raise ValueError(f"cannot encode the montage as {out_path}")
+    with open(out_path, "wb") as f:  # OSError naming the path, where cv2.imwrite would only return False
+        f.write(encoded.tobytes())
     return out_path
+
+
+def check_montage_path(path):
+    """ValueError when no montage could be written at `path`, found before the world is generated."""
+    if os.path.isdir(path):
+        raise ValueError(f"--montage {path} is a folder; give the path of a .png file")
+    if not cv2.haveImageWriter(path):
+        raise ValueError(f"--montage {path}: no image format for its suffix (use .png or .jpg)")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "ab"):
+            pass
+        if not existed:
+            os.remove(path)
+    except OSError as e:
+        raise ValueError(f"--montage {path} cannot be written ({e.strerror or e})") from None
 
 
 def main(argv=None):
@@ -111,21 +153,29 @@ def main(argv=None):
                         help="also write a PNG grid of 12 images with their boxes to this path")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    for flag in ("padchest_images", "openi_reports", "images_per_zip"):
-        if getattr(args, flag) < 1:
-            print(f"error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
-            sys.exit(2)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        print(f"error: --out {args.out} exists and is not a folder", file=sys.stderr)
-        sys.exit(2)
-    if args.exclude_rows > args.padchest_images or args.openi_without_image > args.openi_reports:
-        print("error: more exclude rows / imageless reports than images / reports", file=sys.stderr)
+    try:
+        check_settings(args.padchest_images, args.openi_reports, args.images_per_zip, args.exclude_rows,
+                       args.openi_without_image, args.normal_fraction, args.prevalence, args.jpeg2000_fraction)
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise ValueError(f"--out {args.out} exists and is not a folder")
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {args.out} cannot be created ({e.strerror or e})") from None
+        if args.montage:
+            check_montage_path(args.montage)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     summary = generate(args.out, args.seed, args.padchest_images, args.openi_reports, args.images_per_zip,
                        args.exclude_rows, args.openi_without_image, args.normal_fraction, args.prevalence,
                        args.jpeg2000_fraction, progress=not args.quiet)
     if args.montage:
-        montage(args.out, args.montage)
+        try:
+            montage(args.out, args.montage)
+        except OSError as e:
+            print(f"error: --montage {args.montage} cannot be written ({e.strerror or e})", file=sys.stderr)
+            sys.exit(2)
     prevalence = ", ".join(f"{k} {v:.2f}" for k, v in summary["prevalence"].items())
     print(f"wrote {summary['padchest_images']} PadChest PNGs in {summary['zips']} zips, "
           f"{summary['openi_dicoms']} OpenI DICOMs "
