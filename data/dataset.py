@@ -88,21 +88,25 @@ class ChestImages(Dataset):
 
 def read_combined(csv_path, classes, skip_missing=False):
     """combinelabels.py's CSV with absolute image paths; InputError naming the file (and row) for a bad CSV or
-    missing images. Relative paths are taken from the CSV's folder."""
+    missing images. Relative paths are taken from the CSV's folder. Class cells are 1, 0, -1 (uncertain) or blank
+    (unknown: a class the source never annotates); both -1 and blank come back as -1, which no loss or metric counts."""
     if not csv_path:
         raise InputError("--csv is required for training and evaluation")
     what = f"combinelabels.py's CSV (ImageID, path, split and the {len(classes)} class columns)"
     if os.path.isdir(csv_path):
         raise InputError(f"--csv {csv_path} is a folder, not {what}")
+    # keep_default_na=False: only an empty cell means "unknown"; text such as 'NA' in a class column stays an error
     frame = read_table(csv_path, ["ImageID", "path", "split", *classes], what=what, error=InputError,
-                       dtype={"ImageID": str, "path": str, "split": str})
+                       dtype={"ImageID": str, "path": str, "split": str}, keep_default_na=False)
     for column in ("ImageID", "path"):
         empty = np.flatnonzero(frame[column].isna().to_numpy() | (frame[column].str.strip() == "").to_numpy())
         if len(empty):
             more = f" (and {len(empty) - 1} more rows)" if len(empty) > 1 else ""
             raise InputError(f"{csv_path}, row {empty[0] + 2}: {column} is empty{more}")
     check_values(frame, csv_path, ["split"], SPLITS, error=InputError)  # another split would be left out unseen
-    check_values(frame, csv_path, classes, (1, 0, -1), error=InputError)
+    check_values(frame, csv_path, classes, (1, 0, -1), error=InputError, blank=True)
+    # A blank is a class the image's source never annotates (NIH's nine): like -1, left out of every loss and metric.
+    frame[list(classes)] = frame[list(classes)].apply(pd.to_numeric, errors="coerce").fillna(-1).astype(np.int8)
     root = os.path.dirname(os.path.abspath(csv_path))
     frame["path"] = [p if os.path.isabs(p) else os.path.join(root, p) for p in frame["path"].astype(str)]
     gone = missing_files(frame["path"])

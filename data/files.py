@@ -96,12 +96,12 @@ def _ends_with_newline(path):
 
 def check_values(frame, path, columns, allowed, error=LabelFileError, blank=False):
     """Raise `error` naming the file, the first bad value's row and column and the value as the file has it, when a
-    value of `columns` is not one of the numbers in `allowed` (text that reads as one, '1' or '1.0', is fine; blank
+    value of `columns` is not one of `allowed` (for numbers, text that reads as one, '1' or '1.0', is fine; blank
     is not, unless `blank`: then an empty cell, or one of spaces, is fine too). `frame` is the CSV at `path` as read,
     one frame row per data row, with or without pandas' NA reading."""
     columns, allowed = list(columns), list(allowed)
     numbers = frame[columns].apply(pd.to_numeric, errors="coerce")
-    bad = ~numbers.isin(allowed).to_numpy()
+    bad = ~numbers.isin(allowed).to_numpy() & ~frame[columns].isin(allowed).to_numpy()  # numbers, or text ('train')
     if blank:
         bad &= ~frame[columns].apply(lambda c: c.isna() | (c.astype(str).str.strip() == "")).to_numpy()
     if not bad.any():

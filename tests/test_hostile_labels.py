@@ -299,8 +299,7 @@ def combined_frame(n=6):
                          **{c: np.zeros(n, dtype=int) for c in CLASSES}}).astype({c: object for c in CLASSES})
 
 
-# a blank is 'unknown' (a class the source never annotates) in a per-source label CSV, so only step 4's reader is asked
-# about it here; what step 4 does with a blank in combined.csv is data/dataset.py's to decide and test
+# a blank is 'unknown' (a class the source never annotates) in a per-source label CSV and in combined.csv
 @pytest.mark.parametrize("value, shown", [("yes", "'yes'"), ("2", "'2'"), ("1.5", "'1.5'"), ("NA", "'NA'"),
                                           (" ", "' '")])
 def test_bad_class_value_names_file_row_and_value_as_written(tmp_path, value, shown):
@@ -311,10 +310,10 @@ def test_bad_class_value_names_file_row_and_value_as_written(tmp_path, value, sh
     frame.to_csv(path, index=False)
     where = f"{path}, row 5: nodule is {shown}, expected "
     rest = " (row 1 is the header: this is data row 4); 1 more bad values"
-    if value != " ":
+    if value != " ":  # step 4 reads a blank (or spaces) as unknown: tests/test_hostile_train.py
         with pytest.raises(InputError) as error:
             read_combined(str(path), CLASSES)
-        assert str(error.value) == where + "1, 0 or -1" + rest
+        assert str(error.value) == where + "1, 0, -1 or blank (unknown)" + rest
     # the step-3 reader of a per-source label CSV, which reads every ID as text and 'NA' as the text it is
     frame = frame.drop(columns=["path", "split"]).assign(PatientID="p", StudyID="s", Projection="PA",
                                                          Source="padchest")

@@ -396,3 +396,20 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, trained):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(run / "checkpoint_last.pt", weights_only=True)["epoch"] == done + 1
     assert (run / "metrics.csv").is_file()
+
+
+def test_a_blank_class_cell_is_unknown_and_left_out(tmp_path, make_dataset):
+    """NIH never annotates nine classes: combined.csv leaves them blank; step 4 reads a blank as -1 (left out)."""
+    from data.dataset import read_combined
+    from data.errors import InputError
+    csv = make_dataset(tmp_path / "data")
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    frame.loc[0, "catheter"] = ""
+    frame.loc[1, "tuberculosis"] = "NA"
+    frame.to_csv(csv, index=False)
+    with pytest.raises(InputError, match=r"row 3: tuberculosis is 'NA', expected 1, 0, -1 or blank"):
+        read_combined(str(csv), CLASSES)
+    frame.loc[1, "tuberculosis"] = "1"
+    frame.to_csv(csv, index=False)
+    read = read_combined(str(csv), CLASSES)
+    assert read.loc[0, "catheter"] == -1 and read.loc[1, "tuberculosis"] == 1
