@@ -119,3 +119,12 @@ def plot_reliability(y_true, y_prob, columns, path, calibrated=None, title="Reli
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def fitted_thresholds(y_true, y_prob, calibrate, choose):
+    """(thresholds, temperatures): the thresholds `choose` picks on validation, after temperature scaling when
+    calibrate is set (the temperatures then travel with them; None otherwise)."""
+    if not calibrate:
+        return choose(y_true, y_prob), None
+    temperatures = fit_temperatures(y_true, y_prob)
+    return choose(y_true, apply_temperatures(y_prob, temperatures)), temperatures
