@@ -104,7 +104,7 @@ def plot_reliability(y_true, y_prob, columns, path, calibrated=None, title="Reli
 
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.plot([0, 1], [0, 1], "k--", lw=0.6, label="perfect calibration")
-    for prob, name, colour in ((y_prob, "model", "#1f4e79"), (calibrated, "temperature-scaled", "#c0392b")):
+    for prob, name, colour in ((y_prob, "model", "#1f4e79"), (calibrated, "temperature-scaled", "#2e8b57")):
         if prob is None:
             continue
         y, p = known(y_true[:, columns].ravel(), prob[:, columns].ravel())
