@@ -33,7 +33,7 @@ def test_judge_writes_the_tables(tmp_path):
     frame, labels, probs = frame_and_predictions()
     val = (frame["split"] == "val").to_numpy()
     thresholds, temperatures = fitted_thresholds(labels[val], probs[val], True, choose_thresholds)
-    assert (temperatures > 1).all()  # the probabilities are overconfident by construction
+    assert min(temperatures) > 1  # the probabilities are overconfident by construction
     sets = evaluation_sets(frame, ["openi"])
     index = {name: frame.index[frame["ImageID"].isin(rows["ImageID"])] for name, rows in sets.items()}
     results = {name: (rows, probs[index[name]], labels[index[name]]) for name, rows in sets.items()}

@@ -123,8 +123,9 @@ def plot_reliability(y_true, y_prob, columns, path, calibrated=None, title="Reli
 
 def fitted_thresholds(y_true, y_prob, calibrate, choose):
     """(thresholds, temperatures): the thresholds `choose` picks on validation, after temperature scaling when
-    calibrate is set (the temperatures then travel with them; None otherwise)."""
+    calibrate is set (the temperatures, a list of floats, then travel with them; None otherwise)."""
     if not calibrate:
         return choose(y_true, y_prob), None
     temperatures = fit_temperatures(y_true, y_prob)
-    return choose(y_true, apply_temperatures(y_prob, temperatures)), temperatures
+    # plain floats: a checkpoint holds tensors and Python numbers only, which the weights-only loader accepts
+    return choose(y_true, apply_temperatures(y_prob, temperatures)), [float(t) for t in temperatures]
