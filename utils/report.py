@@ -148,6 +148,10 @@ def localization_html(table):
                 f'<td>{at.at["acc", c]:.3f} <span class="chance">({at.at["chance_acc", c]:.3f})</span> / '
                 f'{at.at["afp", c]:.2f}</td>' for c in classes)
             rows.append(f'<tr><td class="name">T({criterion})={t:g}</td>{cells}</tr>')
+            if "paper_acc" in at.index:  # ChestX-ray8's own figure under the same T, for the eye to compare
+                cells = "".join(f'<td class="chance">{at.at["paper_acc", c]:.3f}</td>' if pd.notna(at.at["paper_acc", c])
+                                else '<td class="chance">&ndash;</td>' for c in classes)
+                rows.append(f'<tr><td class="name chance">ChestX-ray8 (paper), T({criterion})={t:g}</td>{cells}</tr>')
     counts = table[table["criterion"] == "count"].set_index("measure")
     if "n_boxes" in counts.index:
         rows.append('<tr class="summary"><td class="name">true boxes</td>'
