@@ -180,15 +180,17 @@ def random_boxes_like(true_boxes, image_size, rng):
 
 def clip_to_images(truth, image_sizes):
     """(truth clipped to each image's (width, height) in image_sizes, without the boxes that have no pixel inside it;
-    {"n_clipped": per-class counts of boxes clipped, "n_outside": of boxes left out})."""
+    {"n_clipped": per-class counts of boxes clipped, "n_outside": of boxes left out}). A box inside its image keeps
+    its numbers exactly (x + w - x need not give w back in floating point)."""
     size = np.array([image_sizes[i] for i in truth["ImageID"]], dtype=np.float64).reshape(-1, 2)
-    x0, y0 = np.maximum(truth["x"], 0), np.maximum(truth["y"], 0)
-    x1 = np.minimum(truth["x"] + truth["w"], size[:, 0])
-    y1 = np.minimum(truth["y"] + truth["h"], size[:, 1])
-    clipped = truth.assign(x=x0, y=y0, w=x1 - x0, h=y1 - y0)
-    changed = (clipped[["x", "y", "w", "h"]].to_numpy() != truth[["x", "y", "w", "h"]].to_numpy()).any(axis=1)
-    outside = ((clipped["w"] <= 0) | (clipped["h"] <= 0)).to_numpy()
-    counts = {"n_clipped": truth["class"][changed & ~outside].value_counts().to_dict(),
+    x, y, w, h = (truth[k].to_numpy(dtype=np.float64) for k in ("x", "y", "w", "h"))
+    x0, y0 = np.maximum(x, 0), np.maximum(y, 0)
+    x1, y1 = np.minimum(x + w, size[:, 0]), np.minimum(y + h, size[:, 1])
+    reaches_out = (x < 0) | (y < 0) | (x + w > size[:, 0]) | (y + h > size[:, 1])
+    outside = (x1 <= x0) | (y1 <= y0)
+    clipped = truth.assign(x=np.where(reaches_out, x0, x), y=np.where(reaches_out, y0, y),
+                           w=np.where(reaches_out, x1 - x0, w), h=np.where(reaches_out, y1 - y0, h))
+    counts = {"n_clipped": truth["class"][reaches_out & ~outside].value_counts().to_dict(),
               "n_outside": truth["class"][outside].value_counts().to_dict()}
     return clipped[~outside].reset_index(drop=True), counts
 

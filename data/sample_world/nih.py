@@ -51,9 +51,12 @@ def nih_images(rng, n_images, normal_fraction, prevalence):
 
 
 def to_8bit(rng, density):
-    """Density to the 8-bit display values NIH's PNGs hold, with a per-image window and gamma."""
+    """Density to the 8-bit display values NIH's PNGs hold: windowed to the image's own range (as a viewer would
+    before export), then a per-image output range and gamma."""
+    low, high = np.percentile(density[::4, ::4], [0.5, 99.8])
     lo, hi, gamma = rng.uniform(0, 25), rng.uniform(230, 255), rng.uniform(0.85, 1.15)
-    return np.clip(np.round(lo + (hi - lo) * (np.clip(density, 0, 1.3) / 1.3) ** gamma), 0, 255).astype(np.uint8)
+    v = lo + (hi - lo) * np.clip((density - low) / max(high - low, 1e-6), 0, 1) ** gamma
+    return np.clip(np.round(v), 0, 255).astype(np.uint8)
 
 
 def _write_lines(path, lines):
