@@ -230,7 +230,7 @@ SPECS = {
     "nsg tube": {"terms": ["NSG tube"]},
     "pneumothorax": {"terms": ["pneumothorax"]},
     "infiltrates": {"zone": "middle", "terms": []},
-    "pneumonia": {"zone": "lower", "terms": []},
+    "pneumonia": {"zone": "middle", "terms": []},
 }
 
 

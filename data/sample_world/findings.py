@@ -580,32 +580,35 @@ class Infiltration(Finding):
 
 @nih_only
 class Pneumonia(Finding):
-    """Lobar consolidation: a dense, homogeneous lower (or upper) lobe with a wavy border and dark air bronchograms."""
+    """Lobar consolidation of an upper or middle zone: the outer part of the lung between two wavy borders filled in
+    densely, with dark air bronchograms. Not at the base, where it would pass for an effusion at 200 pixels."""
     name = "pneumonia"
     airspace = True
     nih = nih_box = "Pneumonia"
 
     def sample(self, rng):
-        return {"terms": [], "zone": str(rng.choice(["lower", "upper"], p=[0.7, 0.3]))}
+        return {"terms": [], "zone": str(rng.choice(["upper", "middle"], p=[0.4, 0.6]))}
 
     def draw(self, rng, chest, f):
         s = side_sign(f["side"])
-        wave = 0.015 * np.sin(chest.X * rng.uniform(25, 40) + rng.uniform(0, 6))
-        if f["zone"] == "lower":
-            y0 = chest.y_d[s] - rng.uniform(0.17, 0.24)
-            inside = chest.Y > y0 + wave
-        else:
-            y0 = chest.y_ap + rng.uniform(0.2, 0.26)
-            inside = chest.Y < y0 + wave
+        top = chest.y_ap + (0.05 if f["zone"] == "upper" else 0.3 * (chest.y_d[s] - chest.y_ap))
+        top += rng.uniform(0, 0.04)
+        bottom = top + rng.uniform(0.13, 0.19)
+        wave = 0.012 * np.sin(chest.X * rng.uniform(25, 40) + rng.uniform(0, 6))
+        inside = (chest.Y > top + wave) & (chest.Y < bottom - wave) & (s * (chest.X - chest.cx) > 0.12)
         region = chest.lungs[s] * (1 - chest.mediastinum) * inside
-        return Sign(boxes=[region], density=self.consolidation(rng, chest, region, y0, s))
+        return Sign(boxes=[region], density=self.consolidation(rng, chest, region, (top + bottom) / 2, s))
 
     def draw_lateral(self, rng, profile, f):
-        # below the oblique fissure (running from high at the back to the front of the diaphragm), or above it
+        # the upper lobe above the oblique fissure (high at the back, down to the front of the diaphragm), or the
+        # middle lobe in front, just below the horizontal fissure
         x_front, x_back = profile.front_x + 0.1, profile.spine_x
         fissure = profile.y_ap + 0.2 + (profile.diaphragm_at(x_front) - profile.y_ap - 0.2) * np.clip(
             (x_back - profile.X) / (x_back - x_front), 0, 1)
-        inside = profile.Y > fissure if f["zone"] == "lower" else profile.Y < fissure - 0.08
+        if f["zone"] == "upper":
+            inside = profile.Y < fissure - 0.08
+        else:
+            inside = (profile.Y < fissure) & (profile.Y > profile.hcy - profile.hb - 0.1) & (profile.X < profile.hcx)
         region = profile.lung * inside
         return Sign(boxes=[], density=self.consolidation(rng, profile, region, float(np.mean(fissure)), 1))
 
