@@ -232,7 +232,7 @@ def localization_table(pred, truth, image_sizes, t_values=T_VALUES, chance_draws
                 col[criterion, t, "acc"] = hits[criterion, t] / n_boxes
                 col[criterion, t, "chance_acc"] = chance[criterion, t] / (n_boxes * chance_draws)
                 col[criterion, t, "afp"] = false_pos[criterion, t] / n_images
-        if 0.5 in t_values:
+        if PAPER["T"] in t_values:
             col[PAPER["criterion"], PAPER["T"], PAPER["measure"]] = PAPER_ACCURACY.get(c, np.nan)
         col["count", 0, "n_boxes"] = n_boxes
         col["count", 0, "n_images"] = n_images
@@ -269,9 +269,9 @@ def format_table(table):
                 lines.append(f"{'  ChestX-ray8':<14}" + "".join(
                     (" " * 7 if pd.isna(v) else f"{v:>7.3f}").ljust(20) for v in part.loc[PAPER["measure"], classes]))
     counts = table[table["criterion"] == "count"].set_index("measure")
-    names = {"n_boxes": "boxes", "n_not_scored": "not scored", "n_clipped": "clipped", "n_outside": "outside"}
-    for measure, name in names.items():
+    for measure in ("n_boxes", *BOX_COUNTS):
         if measure in counts.index and (measure == "n_boxes" or counts.loc[measure, "mean"] > 0):
+            name = measure[2:].replace("_", " ")
             lines.append(f"{name:<14}" + "".join(f"{int(counts.at[measure, c]):>20d}" for c in classes))
     return "\n".join(lines)
 
