@@ -45,11 +45,15 @@ demo: install
 	@start=$$(date +%s); \
 	$(PY) -m data.sample_world --out $(WORK)/sample_world --quiet && \
 	$(PY) download_images.py --source $(WORK)/sample_world/images --out $(WORK)/ingest --size 256 && \
+	$(PY) download_images.py --source $(WORK)/sample_world/nih/png --out $(WORK)/ingest-nih --size 256 && \
 	$(PY) parselabelfile.py --padchest-csv $(WORK)/sample_world/labels/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv \
-		--openi-reports $(WORK)/sample_world/labels/NLMCXR_reports.tgz --out $(WORK)/labels && \
-	$(PY) combinelabels.py --labels $(WORK)/labels --manifest $(WORK)/ingest/manifest.csv --out $(WORK)/combined.csv && \
+		--openi-reports $(WORK)/sample_world/labels/NLMCXR_reports.tgz \
+		--nih-csv $(WORK)/sample_world/nih/Data_Entry_2017_v2020.csv --out $(WORK)/labels && \
+	$(PY) combinelabels.py --labels $(WORK)/labels --manifest $(WORK)/ingest/manifest.csv \
+		--manifest $(WORK)/ingest-nih/manifest.csv --test-boxes $(WORK)/sample_world/nih/BBox_List_2017.csv \
+		--out $(WORK)/combined.csv && \
 	$(PY) traintest.py --csv $(WORK)/combined.csv --output-dir $(WORK)/run $(DEMO_TRAIN) \
-		--boxes-csv $(WORK)/sample_world/BBox_List_2017.csv && \
+		--boxes-csv $(WORK)/sample_world/nih/BBox_List_2017.csv && \
 	$(PY) -m utils.sample_score $(WORK)/run && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s. Results: $(WORK)/run/ (metrics.csv, predictions.csv, heatmaps/, boxes.csv, localization.csv); open $(WORK)/run/report.html in a browser"
 

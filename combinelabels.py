@@ -69,7 +69,7 @@ def box_images(path):
     """The image of every row of a box list, read as step 4 reads it (so both steps accept the same files)."""
     if path is None:
         return None
-    from utils.localization import read_box_csv  # here: it loads torch, which step 3 needs only for this flag
+    from data.labels.boxes import read_box_csv  # here: only this flag reads a box list
     return read_box_csv(path)["ImageID"].tolist()
 
 

@@ -1,5 +1,9 @@
 """Step 5: boxes from maps, overlaps, the NIH box file, the ChestX-ray8 localization table, and localize() end to end."""
+import csv
+import gzip
+import importlib.util
 import math
+import os
 
 import cv2
 import numpy as np
@@ -7,10 +11,13 @@ import pandas as pd
 import pytest
 
 from data.errors import LabelFileError
-from utils.localization import (box_overlaps, boxes_from_heatmaps, heatmaps_to_uint8, localization_table,
-                                match_image_ids, read_box_csv, scale_boxes)
+from utils.localization import (PAPER_ACCURACY, box_overlaps, boxes_from_heatmaps, clip_to_images, format_table,
+                                ground_truth, heatmaps_to_uint8, localization_table, match_image_ids, read_box_csv,
+                                scale_boxes)
 
 NIH_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+REAL_BOXES = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
+                          "BBox_List_2017.csv.gz")
 
 
 def blob(shape, cx, cy, sigma, peak):
@@ -121,6 +128,100 @@ def test_bad_rows_are_named(tmp_path):
     bad.write_text("Image Index,Finding Label,x,y,w,h\na.png,mass,1,2,x,4\n")
     with pytest.raises(LabelFileError, match=r"row 2: box"):
         read_box_csv(bad)
+    bad.write_text("Image Index,Finding Label,x,y,w,h\na.png,mass,1,2,3,4\na.png,mass,nan,2,3,4\n")
+    with pytest.raises(LabelFileError, match=r"row 3: box \['nan', '2', '3', '4'\] is not four numbers"):
+        read_box_csv(bad)
+
+
+def real_rows():
+    """NIH's BBox_List_2017 read with the csv module alone: [(Image Index, Finding Label, x, y, w, h)]."""
+    with gzip.open(REAL_BOXES, "rt", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]", "", "", ""]  # its real header
+    return [(r[0], r[1], *map(float, r[2:6])) for r in rows[1:]]
+
+
+def test_the_real_box_list_is_read_with_its_header():
+    rows = real_rows()
+    boxes = read_box_csv(REAL_BOXES)
+    assert len(boxes) == len(rows) == 984 and boxes.ImageID.nunique() == len({r[0] for r in rows}) == 880
+    assert boxes["class"].value_counts().to_dict() == {
+        "atelectasis": 180, "pleural effusion": 153, "cardiomegaly": 146, "infiltrates": 123, "pneumonia": 120,
+        "pneumothorax": 98, "mass": 85, "nodule": 79}
+    assert boxes[["x", "y", "w", "h"]].to_numpy().tolist() == [list(r[2:]) for r in rows]
+
+
+def test_hand_placed_boxes_on_real_rows_score_the_hand_computed_accuracy():
+    # The first four images with a lone Atelectasis box and the first two with a lone Cardiomegaly box of NIH's real
+    # list, with predicted boxes placed by hand relative to each true box (x, y, w, h):
+    #   atelectasis 1: the true box itself                   IoU 1      IoBB 1
+    #   atelectasis 2: shifted right by 0.3 w                IoU 0.7/1.3 = 0.538   IoBB 0.7
+    #   atelectasis 3: w/2 x h/3 inside it                   IoU 1/6    IoBB 1
+    #   atelectasis 4: a box beside it (a false positive)    IoU 0      IoBB 0
+    #   cardiomegaly 1: shifted right by 0.55 w              IoU 0.45/1.55 = 0.290  IoBB 0.45
+    #   cardiomegaly 2: nothing predicted
+    rows = real_rows()
+    per_image = pd.Series([r[0] for r in rows]).value_counts()
+    lone = [r for r in rows if per_image[r[0]] == 1]
+    atelectasis = [r for r in lone if r[1] == "Atelectasis"][:4]
+    cardiomegaly = [r for r in lone if r[1] == "Cardiomegaly"][:2]
+    placed = []
+    for k, (image, _, x, y, w, h) in enumerate(atelectasis):
+        placed.append([(x, y, w, h), (x + 0.3 * w, y, w, h), (x + w / 4, y + h / 3, w / 2, h / 3),
+                       (x + w + 5, y, w, h)][k] + (image, "atelectasis"))
+    image, _, x, y, w, h = cardiomegaly[0]
+    placed.append((x + 0.55 * w, y, w, h, image, "cardiomegaly"))
+    pred = pd.DataFrame(placed, columns=["x", "y", "w", "h", "ImageID", "class"])
+    sizes = {r[0]: (1024, 1024) for r in atelectasis + cardiomegaly}
+
+    truth, counts, _ = ground_truth(REAL_BOXES, sizes)  # as localize() reads --boxes-csv
+    assert len(truth) == 6 and counts["n_clipped"] == counts["n_outside"] == {}
+    # every other row is counted, not silently dropped
+    assert counts["n_not_scored"] == {"atelectasis": 176, "pleural effusion": 153, "cardiomegaly": 144,
+                                      "infiltrates": 123, "pneumonia": 120, "pneumothorax": 98, "mass": 85,
+                                      "nodule": 79}
+    table = localization_table(pred, truth, sizes, counts=counts).set_index(["criterion", "T", "measure"])
+    assert list(table.columns) == ["atelectasis", "cardiomegaly", "mean"]
+    expected = {  # (criterion, T): (atelectasis, cardiomegaly)
+        ("IoU", 0.1): (3 / 4, 1 / 2), ("IoU", 0.25): (2 / 4, 1 / 2), ("IoU", 0.5): (2 / 4, 0), ("IoU", 0.75): (1 / 4, 0),
+        ("IoBB", 0.25): (4 / 4 - 1 / 4, 1 / 2), ("IoBB", 0.5): (3 / 4, 0), ("IoBB", 0.75): (2 / 4, 0),
+        ("IoBB", 0.9): (2 / 4, 0)}
+    for (criterion, t), (a, c) in expected.items():
+        assert table.loc[(criterion, t, "acc"), ["atelectasis", "cardiomegaly"]].tolist() == pytest.approx([a, c])
+    assert table.loc[("IoBB", 0.5, "acc"), "mean"] == pytest.approx((3 / 4 + 0) / 2)
+    # false positives per image with a true box: the box beside atelectasis 4; cardiomegaly 1's box matches at IoU 0.25
+    assert table.loc[("IoBB", 0.5, "afp"), "atelectasis"] == pytest.approx(1 / 4)
+    assert table.loc[("IoU", 0.25, "afp"), "cardiomegaly"] == 0 and table.loc[("IoU", 0.5, "afp"), "cardiomegaly"] == 0.5
+    # the paper's row beside ours, and the counts
+    assert table.loc[("IoBB", 0.5, "paper_acc")].tolist() == pytest.approx([0.2833, 0.8767, (0.2833 + 0.8767) / 2])
+    assert table.loc[("count", 0, "n_boxes")].tolist() == [4, 2, 6]
+    assert table.loc[("count", 0, "n_not_scored")].tolist() == [176, 144, 978]
+    text = format_table(table.reset_index())
+    assert "\n  ChestX-ray8   0.283" in text and "not scored" in text and "clipped" not in text
+
+
+def test_paper_row_uses_our_class_names_and_is_blank_where_the_paper_has_no_figure():
+    assert PAPER_ACCURACY == {"atelectasis": 0.2833, "cardiomegaly": 0.8767, "pleural effusion": 0.3333,
+                              "infiltrates": 0.4227, "mass": 0.1411, "nodule": 0.0126, "pneumonia": 0.3833,
+                              "pneumothorax": 0.1836}
+    truth = pd.DataFrame([("a", "catheter", 0, 0, 10, 10), ("a", "mass", 0, 0, 10, 10)],
+                         columns=["ImageID", "class", "x", "y", "w", "h"])
+    table = localization_table(truth, truth, {"a": (100, 100)}).set_index(["criterion", "T", "measure"])
+    paper = table.loc[("IoBB", 0.5, "paper_acc")]
+    assert math.isnan(paper["catheter"]) and paper["mass"] == 0.1411
+    assert math.isnan(paper["mean"])  # a mean over fewer classes than ours would not compare
+    assert table.loc[("IoBB", 0.5, "acc"), "mean"] == 1
+
+
+def test_boxes_outside_the_image_are_clipped_or_left_out_and_counted():
+    truth = pd.DataFrame([("a", "mass", 10, 10, 20, 20),  # inside
+                          ("a", "mass", 90, -5, 20, 20),  # reaches past the right and top edges: (90, 0, 10, 15)
+                          ("a", "nodule", 150, 10, 5, 5),  # wholly outside: no pixel to score
+                          ("b", "nodule", -10, -10, 10, 10)],  # touches the corner from outside
+                         columns=["ImageID", "class", "x", "y", "w", "h"])
+    clipped, counts = clip_to_images(truth, {"a": (100, 50), "b": (64, 64)})
+    assert clipped[["x", "y", "w", "h"]].values.tolist() == [[10, 10, 20, 20], [90, 0, 10, 15]]
+    assert counts == {"n_clipped": {"mass": 1}, "n_outside": {"nodule": 2}}
 
 
 def test_image_ids_match_with_or_without_png():

@@ -63,3 +63,20 @@ def test_a_metrics_csv_that_is_not_one_is_a_line_naming_it(tmp_path, capsys, con
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path / "metrics.csv") in err and words in err
+
+
+def test_the_paper_row_and_box_counts_leave_the_score_alone(tmp_path):
+    # localization.csv as localize() writes it: beside acc / chance_acc / afp, the paper's row at T(IoBB)=0.5 and the
+    # box counts; the score reads our accuracy, not the paper's
+    from utils.localization import localization_table
+    run = write_run(tmp_path / "run", with_localization=False)
+    truth = pd.DataFrame([("a", "cardiomegaly", 10, 10, 40, 40), ("b", "nodule", 10, 10, 8, 8)],
+                         columns=["ImageID", "class", "x", "y", "w", "h"])
+    pred = truth.assign(x=truth.x + [0, 20])  # the nodule's box is missed
+    table = localization_table(pred, truth, {"a": (100, 100), "b": (100, 100)},
+                               counts={"n_not_scored": {"mass": 2}, "n_clipped": {}, "n_outside": {}})
+    assert "paper_acc" in set(table.measure) and "n_not_scored" in set(table.measure)
+    table.to_csv(run / "localization.csv", index=False, float_format="%.4f")
+    scored = score_run(str(run))
+    assert scored.loc["cardiomegaly", "iobb_0.5"] == 1 and scored.loc["nodule", "iobb_0.5"] == 0
+    assert scored["iobb_0.5"].notna().sum() == 3  # the two findings and the mean

@@ -20,7 +20,8 @@ from pydicom.uid import JPEG2000Lossless
 from data import sample_world as sw
 from data.classes import CLASSES
 
-SMALL = dict(padchest_images=40, openi_reports=8, images_per_zip=15, progress=False)
+SMALL = dict(padchest_images=40, openi_reports=8, images_per_zip=15, nih_images=0, progress=False)
+LATERAL_VIEWS = {"LL", "LATERAL"}
 TERM_TO_CLASS = {term: name for name, terms in sw.PADCHEST_TERMS.items() for term in terms}
 MESH_TO_CLASS = {"Cardiomegaly": "cardiomegaly", "Pleural Effusion": "pleural effusion", "Nodule": "nodule",
                  "Mass": "mass", "Pneumothorax": "pneumothorax", "Pulmonary Atelectasis": "atelectasis",
@@ -58,24 +59,47 @@ def reports(out):
         return {m.name: ET.fromstring(tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()}
 
 
+def is_lateral(ds):
+    """The truth the world keeps in every DICOM, whether or not its ViewPosition says: rows run to the back (P) on a
+    lateral, to the patient's left (L) on a frontal."""
+    return ds.PatientOrientation[0] == "P"
+
+
 def test_layout_and_summary(world):
     out, summary = world
-    assert sorted(os.listdir(out)) == ["BBox_List_2017.csv", "images", "labels"]
+    assert sorted(os.listdir(out)) == ["BBox_List_2017.csv", "images", "labels"]  # nih_images=0: no NIH part
     assert sorted(os.listdir(os.path.join(out, "images"))) == ["0.zip", "1.zip", "2.zip", "NLMCXR_dcm.tgz"]
     assert summary["padchest_images"] == 40 and summary["openi_reports"] == 8
-    assert set(sw.DRAWN_FINDINGS) <= set(CLASSES)
+    frame, files = padchest_frame(out), dicoms(out)
+    assert summary["padchest_lateral"] == (frame.Projection == "L").sum() > 0
+    assert summary["openi_lateral"] == sum(map(is_lateral, files.values())) > 0
+    assert summary["openi_no_view"] == sum(ds.ViewPosition == "" for ds in files.values()) > 0
+    assert summary["nih"]["images"] == 0
+    assert set(sw.DRAWN_FINDINGS) <= set(CLASSES) and set(sw.SPECS) <= set(CLASSES)
+
+
+def test_no_nih_part_removes_an_earlier_one(tmp_path):
+    small = dict(padchest_images=2, openi_reports=1, openi_without_image=0, images_per_zip=4, progress=False)
+    sw.generate(str(tmp_path), nih_images=3, **small)
+    assert len(os.listdir(tmp_path / "nih" / "png")) == 3
+    sw.generate(str(tmp_path), nih_images=0, **small)
+    assert not (tmp_path / "nih").exists()
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    small = dict(padchest_images=6, openi_reports=5, images_per_zip=4, progress=False)
+    small = dict(padchest_images=6, openi_reports=5, images_per_zip=4, nih_images=4, progress=False)
     sw.generate(str(tmp_path / "a"), seed=3, **small)
     sw.generate(str(tmp_path / "b"), seed=3, **small)
     sw.generate(str(tmp_path / "c"), seed=4, **small)
     a, b, c = (read_files(str(tmp_path / k)) for k in "abc")
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
-    assert a.keys() == c.keys()
+    # the same files but NIH's PNGs, whose names follow the patients' follow-ups
+    assert {k for k in a if not k.startswith("nih/png/")} == {k for k in c if not k.startswith("nih/png/")}
+    assert len([k for k in a if k.startswith("nih/png/")]) == len([k for k in c if k.startswith("nih/png/")]) == 4
     assert a["labels/" + sw.PADCHEST_CSV] != c["labels/" + sw.PADCHEST_CSV]
     assert a["images/0.zip"] != c["images/0.zip"] and a["images/NLMCXR_dcm.tgz"] != c["images/NLMCXR_dcm.tgz"]
+    assert a["nih/png/00000001_000.png"] != c["nih/png/00000001_000.png"]
+    assert a["nih/Data_Entry_2017_v2020.csv"] != c["nih/Data_Entry_2017_v2020.csv"]
 
 
 def test_padchest_csv_has_the_real_columns(world):
@@ -97,8 +121,16 @@ def test_padchest_rows(world):
     assert all(t in taxonomy or t == "normal" or t == "exclude" for terms in labels for t in terms)
     assert sum(terms == ["exclude"] for terms in labels) == 2
     assert sum(terms == ["normal"] for terms in labels) >= 5
-    assert set(frame.Projection) <= {"PA", "AP"}
+    assert set(frame.Projection) == {"PA", "AP", "L"}
     assert set(frame.MethodLabel) == {"Physician", "RNN_model"}
+    # a lateral is the second image of a PA study: its StudyID, report, labeller and labels (unless 'exclude')
+    laterals = frame[frame.Projection == "L"]
+    assert set(laterals.ViewPosition_DICOM) <= {"LATERAL", "LL", ""}
+    for row in laterals.itertuples():
+        study = frame[(frame.StudyID == row.StudyID) & (frame.ImageID != row.ImageID)]
+        assert list(study.Projection) == ["PA"]
+        assert (study.Report.item(), study.MethodLabel.item()) == (row.Report, row.MethodLabel) or "exclu" in (
+            study.Report.item() + row.Report)
     assert (frame.groupby("PatientID").StudyID.nunique() > 1).any()
     assert all(re.fullmatch(r"\d{38,39}_[a-z0-9]{6}\.png", i) for i in frame.ImageID)
     assert all(i.startswith(str(s)) for i, s in zip(frame.ImageID, frame.StudyID))
@@ -127,6 +159,11 @@ def test_dicoms_are_cr_monochrome1_some_jpeg2000(world):
     assert len(files) == summary["openi_dicoms"] > 0
     syntaxes = [ds.file_meta.TransferSyntaxUID for ds in files.values()]
     assert JPEG2000Lossless in syntaxes and any(s != JPEG2000Lossless for s in syntaxes)
+    # ViewPosition: frontal or lateral as the image is, or empty for either
+    views = {(is_lateral(ds), ds.ViewPosition) for ds in files.values()}
+    assert {v for lateral, v in views if lateral} <= LATERAL_VIEWS | {""}
+    assert {v for lateral, v in views if not lateral} <= {"PA", "AP", ""}
+    assert (True, "") in views and (False, "") in views or len(files) < 12
     for name, ds in files.items():
         assert re.fullmatch(r"\d{4}_IM-\d{4}-\d001\.dcm", name)
         assert ds.Modality == "CR" and ds.PhotometricInterpretation == "MONOCHROME1"
@@ -155,8 +192,9 @@ def test_reports_match_dicoms_and_boxes(world):
         ids = [e.get("id") for e in root.iter("parentImage")]
         without_image += not ids
         parents |= set(ids)
-        for image_id in ids:
-            assert drawn.get(image_id, set()) == classes
+        for image_id in ids:  # laterals have no boxes: localization is scored on frontal views
+            lateral = is_lateral(files[image_id[3:] + ".dcm"])
+            assert drawn.get(image_id, set()) == (set() if lateral else classes)
         if "pneumothorax" not in classes:
             assert "pneumothorax" not in sections["FINDINGS"].replace("No pneumothorax", "").replace(
                 "or pneumothorax", "")
@@ -176,9 +214,9 @@ def test_boxes_match_labels_and_lie_inside_images(world):
         rows, cols = sizes[b[1]]
         assert b.w > 0 and b.h > 0 and b.x >= 0 and b.y >= 0 and b.x + b.w <= cols and b.y + b.h <= rows
     drawn = boxes.groupby("Image Index")["Finding Label"].agg(set).to_dict()
-    for image_id, labels in zip(frame.ImageID, frame.Labels):
+    for image_id, labels, projection in zip(frame.ImageID, frame.Labels, frame.Projection):
         classes = {TERM_TO_CLASS[t.strip()] for t in ast.literal_eval(labels) if t.strip() not in ("normal", "exclude")}
-        assert drawn.get(image_id, set()) == classes
+        assert drawn.get(image_id, set()) == (set() if projection == "L" else classes)
 
 
 SPECS = {
@@ -191,10 +229,12 @@ SPECS = {
     "nodule": {"zone": "middle", "count": 1, "terms": ["nodule"]},
     "nsg tube": {"terms": ["NSG tube"]},
     "pneumothorax": {"terms": ["pneumothorax"]},
+    "infiltrates": {"zone": "middle", "terms": []},
+    "pneumonia": {"zone": "middle", "terms": []},
 }
 
 
-@pytest.mark.parametrize("name", sw.DRAWN_FINDINGS)
+@pytest.mark.parametrize("name", list(sw.SPECS))
 def test_each_finding_is_a_visible_localized_sign(name):
     # The same seed draws the same anatomy; only the finding (and noise after it) differs.
     finding = dict(SPECS[name], name=name, side="right")
@@ -209,11 +249,33 @@ def test_each_finding_is_a_visible_localized_sign(name):
         assert diff[inside].mean() > 0.03 and diff[inside].mean() > 10 * diff[~inside].mean()
 
 
+@pytest.mark.parametrize("name", list(sw.SPECS))
+def test_each_finding_shows_on_a_lateral_but_a_small_pneumothorax(name):
+    finding = dict(SPECS[name], name=name, side="right")
+    normal = sw.draw_lateral(np.random.default_rng(0), 380, 360, [])
+    sick = sw.draw_lateral(np.random.default_rng(0), 380, 360, [finding])
+    changed = (np.abs(sick - normal) > 0.05).mean()
+    assert changed == 0 if name == "pneumothorax" else changed > 0.002
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_lateral_has_the_spine_at_the_back_and_the_heart_in_front(seed):
+    # mid-chest rows: the densest column is the spine, in the middle of a frontal and at the back (image right: the
+    # patient faces left) of a lateral; on the lateral the heart, in front, is denser than the lung behind it
+    frontal, _ = sw.draw_chest(np.random.default_rng(seed), 400, 400, [])
+    lateral = sw.draw_lateral(np.random.default_rng(seed), 400, 400, [])
+    assert 160 <= np.argmax(frontal[100:250].mean(axis=0)) <= 240
+    assert 280 <= np.argmax(lateral[100:250].mean(axis=0)) <= 360
+    heart, lung = lateral[190:230, 100:160].mean(), lateral[150:190, 220:260].mean()
+    assert heart > lung + 0.1
+
+
 def test_cli_writes_world_and_rejects_bad_counts(tmp_path, capsys):
     sw.main(["--out", str(tmp_path / "w"), "--padchest-images", "5", "--openi-reports", "3", "--quiet",
-             "--openi-without-image", "1",
+             "--openi-without-image", "1", "--nih-images", "4",
              "--montage", str(tmp_path / "m.png")])
-    assert "wrote 5 PadChest PNGs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote 5 PadChest PNGs" in out and "4 NIH PNGs" in out
     assert cv2.imread(str(tmp_path / "m.png")).shape[1] == 4 * 256
     with pytest.raises(SystemExit) as exc:
         sw.main(["--out", str(tmp_path / "x"), "--padchest-images", "0"])
@@ -231,6 +293,9 @@ BAD_SETTINGS = {
     "no-reports": (["--openi-reports", "-3"], "--openi-reports must be at least 1"),
     "exclude-rows-negative": (["--exclude-rows", "-1"], "--exclude-rows must be at least 0"),
     "imageless-reports": (["--openi-without-image", "9"], "at most 8 (the number of reports)"),
+    "lateral-fraction": (["--lateral-fraction", "0.6"], "--lateral-fraction must be from 0 to 0.45"),
+    "no-view-fraction": (["--openi-no-view-fraction", "-0.1"], "--openi-no-view-fraction must be from 0 to 1"),
+    "nih-images-negative": (["--nih-images", "-1"], "--nih-images must be at least 0"),
     "montage-under-a-file": (["--montage", "FILE/m.png"], "cannot be written (Not a directory)"),
     "montage-no-format": (["--montage", "OUT.xyz"], "no image format"),
 }
@@ -289,3 +354,41 @@ def test_package_imports_no_utils_or_models_and_has_no_cycles():
         return any(m == target or (m not in seen and reaches(m, target, seen + (m,))) for m in inner.get(start, ()))
 
     assert not [k for k in inner if reaches(k, k)]
+
+
+def run_script(*args):
+    """A step as a user runs it (a script or module from the repository root); its output."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return proc.stdout + proc.stderr
+
+
+def test_the_view_classifier_learns_the_laterals_and_labels_openi_views_nobody_wrote(tmp_path):
+    # steps 1-3 keep every view (--views all), then utils.view_classifier trains on the known views of train and val,
+    # scores the test split's known views and labels the OpenI images whose ViewPosition is empty
+    world = tmp_path / "world"
+    sw.generate(str(world), padchest_images=200, openi_reports=40, images_per_zip=100, nih_images=0, progress=False)
+    run_script("download_images.py", "--source", world / "images", "--out", tmp_path / "ingest", "--size", 128,
+               "--workers", 1)
+    run_script("parselabelfile.py", "--padchest-csv", world / "labels" / sw.PADCHEST_CSV, "--openi-reports",
+               world / "labels" / "NLMCXR_reports.tgz", "--out", tmp_path / "labels", "--views", "all")
+    combined = tmp_path / "combined.csv"
+    run_script("combinelabels.py", "--labels", tmp_path / "labels", "--manifest", tmp_path / "ingest" / "manifest.csv",
+               "--out", combined, "--val-frac", 0.2, "--test-frac", 0.3)
+    out = run_script("-m", "utils.view_classifier", "--csv", combined, "--out", tmp_path / "views.csv")
+
+    frame = pd.read_csv(combined, dtype={"view": str}, keep_default_na=False)
+    padchest_test = frame[(frame.Source == "padchest") & (frame.split == "test")]
+    assert (padchest_test.view == "L").sum() >= 10 and (padchest_test.view == "PA").sum() >= 10
+    accuracy = float(re.search(r"padchest (\d\.\d+)", out).group(1))
+    assert accuracy >= 0.95, out
+
+    truth = {"CXR" + name[:-4]: "lateral" if is_lateral(ds) else "frontal" for name, ds in dicoms(world).items()}
+    views = pd.read_csv(tmp_path / "views.csv", dtype={"view": str}, keep_default_na=False)
+    guessed = views[views.view_source == "predicted"]
+    unknown = frame[(frame.Source == "openi") & (frame.view == "")]
+    assert sorted(guessed.ImageID) == sorted(unknown.ImageID) and len(guessed) >= 8
+    assert {truth[i] for i in guessed.ImageID} == {"frontal", "lateral"}  # both kinds lack a header view
+    correct = np.mean([view == truth[i] for i, view in zip(guessed.ImageID, guessed.view)])
+    assert correct >= 0.95, guessed[["ImageID", "view", "view_p_lateral"]]

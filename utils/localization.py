@@ -9,7 +9,13 @@ Scores: for every ground-truth box of class c on an image, the localization is c
 class c on that image has IoU > T (or IoBB > T, IoBB = intersection / area of the detected box). Accuracy = correct /
 number of ground-truth boxes. Average false positives (AFP) = predicted boxes of class c that match no ground-truth box
 of class c at that T, per image with a ground-truth box of class c. The chance baseline replaces the predictions by
-one box of the same size as each ground-truth box at a uniformly random position inside the image.
+one box of the same size as each ground-truth box at a uniformly random position inside the image. Beside our
+accuracy at T(IoBB) = 0.5 stands the paper's (measure 'paper_acc'): ChestX-ray8's ResNet-50 on NIH's 984 boxes.
+
+Ground truth is in original pixels (NIH's boxes: the 1024 x 1024 PNG; step 1 records that size in the manifest's
+width/height, and combinelabels.py carries it on), so boxes on any stored size map back through it. Box rows whose image
+is not among the images localized are counted, not scored ('n_not_scored'); a box reaching outside its image is clipped
+to it ('n_clipped'), and one with no pixel inside it is not scored ('n_outside').
 
 localize() runs it all on evaluation's own forward pass (utils.engine.predict with maps=True): no image is decoded
 again for boxes, and every probability here is the one in predictions.csv.
@@ -25,8 +31,8 @@ from scipy.ndimage import find_objects
 from skimage.measure import label
 
 from data.classes import CLASSES
-from data.errors import LabelFileError
-from data.files import read_table
+from data.labels.boxes import read_box_csv
+from data.labels.nih import finding_class
 from models import upsample_maps
 from utils.heatmaps import display_image, heatmap_filename, overlay_heatmap
 from utils.metrics import classes_to_map, rounded_probs
@@ -123,54 +129,14 @@ def box_overlaps(detected, truth, paired=False):
 
 T_VALUES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
-# NIH ChestX-ray14 finding names (BBox_List_2017.csv) -> our class names; matched case-insensitively.
-NIH_TO_CLASS = {
-    "atelectasis": "atelectasis",
-    "cardiomegaly": "cardiomegaly",
-    "effusion": "pleural effusion",
-    "infiltrate": "infiltrates",
-    "infiltration": "infiltrates",
-    "mass": "mass",
-    "nodule": "nodule",
-    "pneumonia": "pneumonia",
-    "pneumothorax": "pneumothorax",
-}
-
-
-def class_name(finding):
-    """Our class name for a finding label from a box CSV (NIH name or one of CLASSES, any case), or None."""
-    key = str(finding).strip().lower()
-    if key in CLASSES:
-        return key
-    return NIH_TO_CLASS.get(key)
-
-
-def read_box_csv(path):
-    """Ground-truth boxes from a CSV in the NIH BBox_List_2017 layout, as a DataFrame ImageID, class, x, y, w, h.
-
-    Accepts the real NIH header (`Image Index,Finding Label,Bbox [x,y,w,h],,,`, which splits into odd column names and
-    trailing empty columns) and the plain `Image Index,Finding Label,x,y,w,h`: columns are taken by position.
-    Raises LabelFileError naming the file and row for a row that cannot be read.
-    """
-    raw = read_table(path, ["Image Index", "Finding Label"], what="a box CSV in the NIH BBox_List_2017 layout "
-                     "(Image Index,Finding Label,x,y,w,h)", dtype=str, keep_default_na=False)
-    if raw.shape[1] < 6:
-        raise LabelFileError(f"{path}: expected columns 'Image Index,Finding Label,x,y,w,h' (NIH BBox_List_2017 "
-                             f"layout), got {list(raw.columns)}")
-    rows = []
-    for i, values in enumerate(raw.iloc[:, :6].itertuples(index=False), start=2):
-        image_id, finding = values[0].strip(), values[1]
-        cls = class_name(finding)
-        if cls is None:
-            raise LabelFileError(f"{path}: row {i}: unknown finding {finding!r} (expected an NIH finding or one of CLASSES)")
-        try:
-            x, y, w, h = (float(v) for v in values[2:6])
-        except ValueError:
-            raise LabelFileError(f"{path}: row {i}: box {list(values[2:6])} is not four numbers") from None
-        if not (w > 0 and h > 0):
-            raise LabelFileError(f"{path}: row {i}: box width and height must be positive, got w={w}, h={h}")
-        rows.append((image_id, cls, x, y, w, h))
-    return pd.DataFrame(rows, columns=["ImageID", "class", "x", "y", "w", "h"])
+# ChestX-ray8 (Wang et al., CVPR 2017), ResNet-50 with W-CEL: localization accuracy at T(IoBB) = 0.5 on NIH's boxes
+PAPER = {"criterion": "IoBB", "T": 0.5, "measure": "paper_acc"}
+PAPER_ACCURACY = {finding_class(name): acc for name, acc in {
+    "Atelectasis": 0.2833, "Cardiomegaly": 0.8767, "Effusion": 0.3333, "Infiltration": 0.4227, "Mass": 0.1411,
+    "Nodule": 0.0126, "Pneumonia": 0.3833, "Pneumothorax": 0.1836}.items()}
+# count rows of localization.csv beside n_boxes / n_images: box rows of images not localized, boxes clipped to their
+# image, boxes wholly outside it
+BOX_COUNTS = ("n_not_scored", "n_clipped", "n_outside")
 
 
 def match_image_ids(truth, image_ids):
@@ -212,13 +178,33 @@ def random_boxes_like(true_boxes, image_size, rng):
     return boxes
 
 
-def localization_table(pred, truth, image_sizes, t_values=T_VALUES, chance_draws=20, seed=0):
+def clip_to_images(truth, image_sizes):
+    """(truth clipped to each image's (width, height) in image_sizes, without the boxes that have no pixel inside it;
+    {"n_clipped": per-class counts of boxes clipped, "n_outside": of boxes left out}). A box inside its image keeps
+    its numbers exactly (x + w - x need not give w back in floating point)."""
+    size = np.array([image_sizes[i] for i in truth["ImageID"]], dtype=np.float64).reshape(-1, 2)
+    x, y, w, h = (truth[k].to_numpy(dtype=np.float64) for k in ("x", "y", "w", "h"))
+    x0, y0 = np.maximum(x, 0), np.maximum(y, 0)
+    x1, y1 = np.minimum(x + w, size[:, 0]), np.minimum(y + h, size[:, 1])
+    reaches_out = (x < 0) | (y < 0) | (x + w > size[:, 0]) | (y + h > size[:, 1])
+    outside = (x1 <= x0) | (y1 <= y0)
+    clipped = truth.assign(x=np.where(reaches_out, x0, x), y=np.where(reaches_out, y0, y),
+                           w=np.where(reaches_out, x1 - x0, w), h=np.where(reaches_out, y1 - y0, h))
+    counts = {"n_clipped": truth["class"][reaches_out & ~outside].value_counts().to_dict(),
+              "n_outside": truth["class"][outside].value_counts().to_dict()}
+    return clipped[~outside].reset_index(drop=True), counts
+
+
+def localization_table(pred, truth, image_sizes, t_values=T_VALUES, chance_draws=20, seed=0, counts=None):
     """The ChestX-ray8 localization table, as a DataFrame.
 
     pred, truth: DataFrames ImageID, class, x, y, w, h (original-image pixels); pred holds the boxes found on the maps
     of each image's ground-truth classes. image_sizes: {ImageID: (width, height)} for the chance boxes.
-    Rows: criterion (IoU, IoBB) x T x measure (acc, chance_acc, afp); columns: criterion, T, measure, then one per class
-    with ground-truth boxes (in CLASSES order), then 'mean' over those classes. Also stores 'n_boxes' / 'n_images' rows.
+    Rows: criterion (IoU, IoBB) x T x measure (acc, chance_acc, afp), and the paper's row (PAPER: IoBB, 0.5,
+    paper_acc; blank for a class the paper has no figure for); columns: criterion, T, measure, then one per class with
+    ground-truth boxes (in CLASSES order), then 'mean' over those classes (the paper's mean only when it has a figure for
+    every one). Also stores count rows (criterion 'count', T 0): n_boxes, n_images, and each of `counts` ({measure:
+    {class: number}}, a class without a column counted in 'mean' only, which holds the total).
     """
     rng = np.random.default_rng(seed)
     classes = [c for c in CLASSES if (truth["class"] == c).any()]
@@ -246,21 +232,29 @@ def localization_table(pred, truth, image_sizes, t_values=T_VALUES, chance_draws
                 col[criterion, t, "acc"] = hits[criterion, t] / n_boxes
                 col[criterion, t, "chance_acc"] = chance[criterion, t] / (n_boxes * chance_draws)
                 col[criterion, t, "afp"] = false_pos[criterion, t] / n_images
+        if PAPER["T"] in t_values:
+            col[PAPER["criterion"], PAPER["T"], PAPER["measure"]] = PAPER_ACCURACY.get(c, np.nan)
         col["count", 0, "n_boxes"] = n_boxes
         col["count", 0, "n_images"] = n_images
+        for measure, per_class in (counts or {}).items():
+            col["count", 0, measure] = per_class.get(c, 0)
         columns[c] = col
     table = pd.DataFrame(columns)
     table.index.names = ["criterion", "T", "measure"]
     table = table.reset_index()
     if classes:
-        table["mean"] = table[classes].mean(axis=1)
+        # skipna=False: a mean over fewer classes than ours (the paper's) would not compare with ours
+        table["mean"] = table[classes].mean(axis=1, skipna=False)
         table.loc[table["measure"] == "n_boxes", "mean"] = len(truth)
         table.loc[table["measure"] == "n_images", "mean"] = truth["ImageID"].nunique()
+        for measure, per_class in (counts or {}).items():
+            table.loc[table["measure"] == measure, "mean"] = sum(per_class.values())
     return table
 
 
 def format_table(table):
-    """The localization table as text in the paper's layout: one row per T, acc / AFP with chance accuracy beside."""
+    """The localization table as text in the paper's layout: one row per T, acc / AFP with chance accuracy beside,
+    the paper's accuracy under its T, then the box counts."""
     classes = [c for c in table.columns if c not in ("criterion", "T", "measure")]
     head = f"{'criterion':<14}" + "".join(f"{c[:18]:>20}" for c in classes)
     lines = ["localization: acc (chance) / AFP per class", head]
@@ -271,9 +265,14 @@ def format_table(table):
                 f"{part.at['acc', c]:>7.3f} ({part.at['chance_acc', c]:.3f})/{part.at['afp', c]:<4.1f}".rjust(20)
                 for c in classes)
             lines.append(f"{'T(' + criterion + ')=' + format(t, 'g'):<14}" + cells)
+            if PAPER["measure"] in part.index:
+                lines.append(f"{'  ChestX-ray8':<14}" + "".join(
+                    (" " * 7 if pd.isna(v) else f"{v:>7.3f}").ljust(20) for v in part.loc[PAPER["measure"], classes]))
     counts = table[table["criterion"] == "count"].set_index("measure")
-    if "n_boxes" in counts.index:
-        lines.append(f"{'boxes':<14}" + "".join(f"{int(counts.at['n_boxes', c]):>20d}" for c in classes))
+    for measure in ("n_boxes", *BOX_COUNTS):
+        if measure in counts.index and (measure == "n_boxes" or counts.loc[measure, "mean"] > 0):
+            name = measure[2:].replace("_", " ")
+            lines.append(f"{name:<14}" + "".join(f"{int(counts.at[measure, c]):>20d}" for c in classes))
     return "\n".join(lines)
 
 
@@ -305,16 +304,28 @@ def original_sizes(frame, decoded):
     return sizes
 
 
-def ground_truth(boxes_csv, image_ids):
-    """(truth DataFrame matched to image_ids, {(ImageID, class): boxes [k, 4]}) from a box CSV; empty without one."""
+def ground_truth(boxes_csv, image_sizes):
+    """(truth, counts, {(ImageID, class): boxes [k, 4]}) from a box CSV, for the images of image_sizes ({ImageID:
+    (width, height)}): truth holds the rows of those images, clipped to them; counts ({measure: {class: number}}, the
+    BOX_COUNTS) says what was left out or clipped, and is logged. (None, {}, {}) without a box CSV."""
     if not boxes_csv:
-        return None, {}
-    truth = match_image_ids(read_box_csv(boxes_csv), image_ids)
+        return None, {}, {}
+    rows = read_box_csv(boxes_csv)
+    truth = match_image_ids(rows, image_sizes)
+    not_scored = rows["class"].value_counts().sub(truth["class"].value_counts(), fill_value=0)
+    truth, counts = clip_to_images(truth, image_sizes)
+    counts = {"n_not_scored": {c: int(n) for c, n in not_scored.items() if n}, **counts}
+    total = {k: sum(v.values()) for k, v in counts.items()}
     if truth.empty:
-        log.warning("no image of %s is among the %d images localized; no localization scores", boxes_csv,
-                    len(image_ids))
-    return truth, {key: g[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
-                   for key, g in truth.groupby(["ImageID", "class"])}
+        log.warning("no box of %s (%d rows) is on the %d images localized; no localization scores", boxes_csv,
+                    len(rows), len(image_sizes))
+    else:
+        log.info("%s: %d of %d box rows scored on %d images; %d not scored (their image is not among the %d images "
+                 "localized: another split, or not ingested); %d clipped to their image, %d wholly outside it (not "
+                 "scored)", boxes_csv, len(truth), len(rows), truth["ImageID"].nunique(), total["n_not_scored"],
+                 len(image_sizes), total["n_clipped"], total["n_outside"])
+    return truth, counts, {key: g[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
+                           for key, g in truth.groupby(["ImageID", "class"])}
 
 
 def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classes=None,
@@ -327,16 +338,17 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     for at most max_images images (those with ground-truth boxes first) with heatmaps/index.csv, and with boxes_csv
     run_dir/localization.csv. Images listed in boxes_csv are mapped for their true classes whatever the prediction,
     as in the paper. Returns {"images", "heatmaps", "boxes", "iobb_0.5" ({class: accuracy at T(IoBB) = 0.5}),
-    "iobb_0.5_chance" ({class: the chance baseline's})}; the last two are empty without boxes_csv.
+    "iobb_0.5_chance" ({class: the chance baseline's}), "box_counts" ({BOX_COUNTS measure: total})}; the last three
+    are empty without boxes_csv.
     """
     frame = frame.iloc[predictions.indices].reset_index(drop=True)
     heat_dir = os.path.join(run_dir, "heatmaps")
     os.makedirs(heat_dir, exist_ok=True)
-    truth, true_boxes = ground_truth(boxes_csv, frame["ImageID"])
+    sizes = original_sizes(frame, predictions.sizes)
+    truth, counts, true_boxes = ground_truth(boxes_csv, dict(zip(frame["ImageID"], sizes)))
     true_classes = {}  # ImageID -> set of classes with ground-truth boxes
     for image_id, c in true_boxes:
         true_classes.setdefault(image_id, set()).add(c)
-    sizes = original_sizes(frame, predictions.sizes)
     probs = rounded_probs(predictions.probs)  # the probabilities predictions.csv holds
     chosen = classes_to_map(probs, thresholds, classes)
     positive = classes_to_map(probs, thresholds)
@@ -374,7 +386,7 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     acc, chance = {}, {}
     if truth is not None and not truth.empty:
         table = localization_table(pd.DataFrame(eval_rows, columns=BOX_COLUMNS), truth,
-                                   dict(zip(frame["ImageID"], sizes)))
+                                   dict(zip(frame["ImageID"], sizes)), counts=counts)
         table.to_csv(os.path.join(run_dir, "localization.csv"), index=False, float_format="%.4f")
         log.info(format_table(table))
         at = table[(table["criterion"] == "IoBB") & (table["T"] == 0.5)].set_index("measure")
@@ -382,7 +394,7 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
         chance = {c: float(at.at["chance_acc", c]) for c in at.columns if c in CLASSES}
     log.info("localize: %d images, %d heatmaps, %d boxes -> %s", len(frame), len(gallery), len(boxes_frame), run_dir)
     return {"images": len(frame), "heatmaps": len(gallery), "boxes": len(boxes_frame), "iobb_0.5": acc,
-            "iobb_0.5_chance": chance}
+            "iobb_0.5_chance": chance, "box_counts": {k: sum(v.values()) for k, v in counts.items()}}
 
 
 def render_image(path, image_id, size, maps, wanted, probs, boxes, truths, heat_dir):

@@ -11,39 +11,43 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from data.sample_world.findings import FINDINGS, LAYERS
+from data.sample_world.findings import LAYERS, SPECS
 from data.sample_world.geometry import bbox, polyline_layer, side_sign, smooth, spline
 
 NORMAL_CARDIOTHORACIC_RATIO = (0.38, 0.45)
 
 
 @dataclass
-class Chest:
-    """One radiograph's anatomy at drawing size: what the findings are drawn against (normalized coordinates).
-
-    X, Y: pixel-centre coordinates, X following the patient's slight rotation; px: pixels per unit of X; cx: midline;
-    y_ap: lung apex height; tw: half the thoracic width; y_d: diaphragm height and lungs: lung field mask, per side
-    sign (-1: patient's right, 1: left); lung: both lungs less the mediastinum; heart: heart shadow mask, centred at
-    (hcx, hcy) with half axes (ha, hb); mediastinum: heart and aortic knob; body: soft tissue mask and body_density
-    its density; below_diaphragm: the abdomen mask."""
+class View:
+    """What the findings are drawn against on either view, at drawing size (normalized coordinates): h x w pixels;
+    X, Y: pixel-centre coordinates; px: pixels per unit of X; y_ap: lung apex height; lung: the lung field less the
+    heart; heart: heart shadow mask, centred at (hcx, hcy) with half axes (ha, hb); body: soft tissue mask."""
     h: int
     w: int
     px: float
     X: np.ndarray
     Y: np.ndarray
-    cx: float
     y_ap: float
-    tw: float
-    y_d: dict
-    lungs: dict
     lung: np.ndarray
     heart: np.ndarray
     hcx: float
     hcy: float
     ha: float
     hb: float
-    mediastinum: np.ndarray
     body: np.ndarray
+
+
+@dataclass
+class Chest(View):
+    """One frontal radiograph's anatomy: X follows the patient's slight rotation; cx: midline; tw: half the thoracic
+    width; y_d: diaphragm height and lungs: lung field mask, per side sign (-1: patient's right, 1: left); lung: both
+    lungs less the mediastinum; mediastinum: heart and aortic knob; body_density: the soft tissue's density;
+    below_diaphragm: the abdomen mask."""
+    cx: float
+    tw: float
+    y_d: dict
+    lungs: dict
+    mediastinum: np.ndarray
     body_density: np.ndarray
     below_diaphragm: np.ndarray
 
@@ -220,6 +224,17 @@ def radiograph(rng, chest, signs):
     return d
 
 
+def finding_layers(rng, findings):
+    """(the findings' own random stream, the cardiothoracic ratio range they imply, [(finding, spec)] in LAYERS
+    order): what a drawing of either view needs before its anatomy."""
+    specs = [SPECS[f["name"]] for f in findings]
+    # finding parameters come from their own stream, so a normal and a sick image of one seed share anatomy and noise
+    frng = np.random.default_rng(rng.integers(2 ** 63))
+    ratio = next((spec.cardiothoracic_ratio for spec in specs if spec.cardiothoracic_ratio),
+                 NORMAL_CARDIOTHORACIC_RATIO)
+    return frng, ratio, sorted(zip(findings, specs), key=lambda pair: LAYERS.index(pair[1].layer))
+
+
 def draw_chest(rng, h, w, findings, scale=0.5):
     """Draw one radiograph. Returns (density float32 HxW, list of (class name, [x, y, w, h]) boxes in pixels).
 
@@ -227,25 +242,25 @@ def draw_chest(rng, h, w, findings, scale=0.5):
     size (for speed) and upsampled; noise is added at full size."""
     full_h, full_w = h, w
     h, w = int(round(full_h * scale)), int(round(full_w * scale))
-    specs = [FINDINGS[f["name"]] for f in findings]
-    # finding parameters come from their own stream, so a normal and a sick image of one seed share anatomy and noise
-    frng = np.random.default_rng(rng.integers(2 ** 63))
-    ratio = next((spec.cardiothoracic_ratio for spec in specs if spec.cardiothoracic_ratio),
-                 NORMAL_CARDIOTHORACIC_RATIO)
+    frng, ratio, by_layer = finding_layers(rng, findings)
     chest = chest_anatomy(rng, h, w, ratio)
-    by_layer = sorted(zip(findings, specs), key=lambda pair: LAYERS.index(pair[1].layer))
     signs = [(f["name"], spec.draw(frng, chest, f)) for f, spec in by_layer]
     d = radiograph(rng, chest, [sign for _, sign in signs])
-
-    # exposure gradient, blur, upsampling and quantum noise
-    d = d * (1 + rng.uniform(-0.06, 0.06) * (chest.X - 0.5) + rng.uniform(-0.06, 0.06) * (chest.Y - 0.5))
-    d = smooth(d.astype(np.float32), rng.uniform(0.3, 0.55))
-    d = cv2.resize(d, (full_w, full_h), interpolation=cv2.INTER_CUBIC)
-    d = d + rng.normal(0, 0.006, (full_h, full_w)).astype(np.float32)
     sx, sy = full_w / w, full_h / h
     boxes = [(name, bbox(mask)) for name, sign in signs for mask in sign.boxes]
     boxes = [(name, _scale_box(box, sx, sy, full_w, full_h)) for name, box in boxes if box is not None]
-    return np.clip(d, 0, 1.3).astype(np.float32), boxes
+    return develop(rng, d, chest.X, chest.Y, full_h, full_w), boxes
+
+
+def develop(rng, d, X, Y, full_h, full_w):
+    """The density drawn at drawing size as a detector sees it at full size: exposure gradient, blur, upsampling and
+    quantum noise, clipped to 0..1.3 (float32)."""
+    d = d * (1 + rng.uniform(-0.06, 0.06) * (X - 0.5) + rng.uniform(-0.06, 0.06) * (Y - 0.5))
+    d = smooth(d.astype(np.float32), rng.uniform(0.3, 0.55))
+    d = cv2.resize(d, (full_w, full_h), interpolation=cv2.INTER_CUBIC)
+    # in place and in float32: an NIH image is a million pixels
+    d += rng.standard_normal((full_h, full_w), dtype=np.float32) * np.float32(0.006)
+    return np.clip(d, 0, 1.3, out=d)
 
 
 def _scale_box(box, sx, sy, w, h):

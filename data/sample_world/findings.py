@@ -5,12 +5,17 @@ A spec is a Finding subclass registered with @drawn. It carries
   (`localizations`) and its stemmed Spanish report sentence (`spanish`, `spanish_side`);
 - OpenI: its findings sentence, impression, MeSH major and MeSH automatic term (`sentences`), and whether it is a
   focal airspace opacity (`airspace`);
+- NIH: its finding name in Data_Entry's Finding Labels (`nih`) and in the box list (`nih_box`), None for a finding
+  NIH does not label (devices);
 - the radiograph: where its sign sits (`layer`), the heart size it implies (`cardiothoracic_ratio`) and its drawing
-  (`draw`, returning a Sign: ground-truth box masks, density layers, pleural fluid / air / visceral line).
+  on a frontal view (`draw`, returning a Sign: ground-truth box masks, density layers, pleural fluid / air / visceral
+  line) and on a lateral view (`draw_lateral`: a Sign without boxes, as a lateral is never scored for localization).
 
 One finding of a study is a dict {"name", "side", "terms", and the parameters its spec samples (zone, route, leads,
 count, size)}. Adding a drawn finding is adding one spec to this file. The registration order is DRAWN_FINDINGS, the
-order in which a study draws its findings' random numbers: reordering or inserting specs changes every world.
+order in which a study draws its findings' random numbers: reordering or inserting specs changes every world. Specs
+registered with @nih_only (infiltration, pneumonia) are drawn on NIH images only, after the shared ones, so the
+PadChest and OpenI parts do not depend on them; SPECS holds both kinds, NIH_FINDINGS the names NIH images draw from.
 """
 
 from dataclasses import dataclass, field
@@ -24,13 +29,21 @@ from data.sample_world.geometry import polyline_layer, side_sign, smooth, spline
 # (in list order within a layer), which fixes the order of their random numbers and of their boxes.
 LAYERS = ("heart", "pleural fluid", "pleural air", "lung", "device")
 
-FINDINGS = {}
+FINDINGS = {}  # drawn in every source, in registration order
+NIH_ONLY = {}  # drawn on NIH images only
 
 
 def drawn(cls):
     """Class decorator: registers one instance of a finding spec under its name, in definition order."""
     assert cls.layer in LAYERS, cls.layer
     FINDINGS[cls.name] = cls()
+    return cls
+
+
+def nih_only(cls):
+    """Class decorator: registers a finding that only the NIH part draws (it has no PadChest terms or OpenI text)."""
+    assert cls.layer in LAYERS and cls.nih, cls.name
+    NIH_ONLY[cls.name] = cls()
     return cls
 
 
@@ -58,6 +71,8 @@ class Finding:
     spanish_side = False  # the Spanish sentence ends with the side
     airspace = False  # while one is present, a report cannot say "No focal airspace disease."
     cardiothoracic_ratio = None  # (low, high) heart width over thoracic width, for a finding that sets it
+    nih = None  # NIH's name in Data_Entry's Finding Labels; None: NIH does not label it and never draws it
+    nih_box = None  # NIH's name in BBox_List_2017 (Infiltration is 'Infiltrate' there), for the eight box findings
 
     def sample(self, rng):
         """One occurrence's parameters: a dict with "terms" and what the other methods read (zone, route, ...). It may
@@ -81,19 +96,26 @@ class Finding:
         """The Sign of finding f on chest (an anatomy.Chest); rng: the image's stream of finding parameters."""
         raise NotImplementedError
 
+    def draw_lateral(self, rng, profile, f):
+        """The Sign of finding f on a lateral view (a lateral.Profile), without boxes; by default nothing shows (a
+        small pneumothorax, a heart size the anatomy draws)."""
+        return Sign(boxes=[])
 
-def sample_findings(rng, normal_fraction, prevalence):
-    """One study's findings: a list of finding dicts in DRAWN_FINDINGS order; empty list = normal study."""
+
+def sample_findings(rng, normal_fraction, prevalence, names=None):
+    """One study's findings: a list of finding dicts in the order of `names` (default DRAWN_FINDINGS); empty list =
+    normal study."""
     if rng.random() < normal_fraction:
         return []
+    names = list(FINDINGS) if names is None else names
     while True:
-        names = [n for n in FINDINGS if rng.random() < prevalence]
-        if names:
+        chosen = [n for n in names if rng.random() < prevalence]
+        if chosen:
             break
     findings = []
-    for name in names:
+    for name in chosen:
         f = {"name": name, "side": str(rng.choice(["right", "left"]))}
-        f.update(FINDINGS[name].sample(rng))
+        f.update(SPECS[name].sample(rng))
         findings.append(f)
     return findings
 
@@ -147,6 +169,7 @@ class Atelectasis(Finding):
     terms = ("atelectasis", "laminar atelectasis", "atelectasis basal")
     spanish = "atelectasi laminar"
     airspace = True
+    nih = nih_box = "Atelectasis"
 
     def sample(self, rng):
         term = str(rng.choice(self.terms, p=[0.3, 0.5, 0.2]))
@@ -176,6 +199,14 @@ class Atelectasis(Finding):
         band = polyline_layer(h, w, [p0, p1], rng.uniform(0.022, 0.03) * w) * (chest.lung > 0)
         return Sign(boxes=[band], density=[(0.30, smooth(band, 0.002 * chest.px))])
 
+    def draw_lateral(self, rng, profile, f):
+        x0, y0 = profile.lung_point(rng, f["zone"])
+        length, ang = rng.uniform(0.14, 0.2), np.deg2rad(rng.uniform(-15, 15))
+        dx, dy = length / 2 * np.cos(ang), length / 2 * np.sin(ang)
+        band = polyline_layer(profile.h, profile.w, [(x0 - dx, y0 - dy), (x0 + dx, y0 + dy)],
+                              rng.uniform(0.022, 0.03) * profile.w) * (profile.lung > 0)
+        return Sign(boxes=[], density=[(0.25, smooth(band, 0.002 * profile.px))])
+
 
 @drawn
 class Cardiomegaly(Finding):
@@ -185,6 +216,7 @@ class Cardiomegaly(Finding):
     layer = "heart"
     spanish = "cardiomegali"
     cardiothoracic_ratio = (0.58, 0.66)
+    nih = nih_box = "Cardiomegaly"
 
     def localizations(self, f):
         return ["loc cardiac"]
@@ -244,6 +276,15 @@ class Catheter(Finding):
         line = polyline_layer(chest.h, chest.w, pts, rng.uniform(0.015, 0.018) * chest.w)
         return Sign(boxes=[line], density=[(0.5, line)])
 
+    def draw_lateral(self, rng, profile, f):
+        svc = (profile.hcx + rng.uniform(0.0, 0.03), profile.hcy - profile.hb - rng.uniform(0.0, 0.03))
+        if f["route"] == "jugular":
+            pts = [(profile.neck_x, 0.0), (profile.neck_x + 0.02, profile.y_ap)]
+        else:
+            pts = [(profile.front_x + 0.04, profile.y_ap - 0.02), (profile.front_x + 0.12, profile.y_ap + 0.05)]
+        line = polyline_layer(profile.h, profile.w, spline(pts + [svc], 60), rng.uniform(0.015, 0.018) * profile.w)
+        return Sign(boxes=[], density=[(0.5, line)])
+
 
 @drawn
 class PleuralEffusion(Finding):
@@ -254,6 +295,7 @@ class PleuralEffusion(Finding):
     spanish = "derram pleural"
     spanish_side = True
     airspace = True
+    nih = nih_box = "Effusion"
 
     def sample(self, rng):
         return {"terms": [str(rng.choice(self.terms, p=[0.85, 0.15]))], "size": str(rng.choice(["small", "moderate"]))}
@@ -276,6 +318,13 @@ class PleuralEffusion(Finding):
         top = chest.y_d[s] + 0.08 - depth * (0.5 + 0.6 * np.clip(dx / chest.tw, 0, 1) ** 2)
         fluid = chest.lungs[s] * (chest.Y > top)
         return Sign(boxes=[fluid], fluid=fluid)
+
+    def draw_lateral(self, rng, profile, f):
+        # fluid gathers in the posterior costophrenic sulcus first: the meniscus rises towards the back
+        depth = (0.15 if f.get("size", "small") == "moderate" else 0.1) + rng.uniform(-0.02, 0.02)
+        back = np.clip((profile.X - profile.hcx) / (profile.spine_x - profile.hcx), 0, 1)
+        fluid = profile.lung * (profile.Y > profile.dome - depth * back ** 1.5)
+        return Sign(boxes=[], fluid=fluid)
 
 
 @drawn
@@ -323,6 +372,16 @@ class ElectricalDevice(Finding):
             leads = np.maximum(leads, polyline_layer(h, w, pts, 0.011 * w))
         return Sign(boxes=[generator], density=[(0.45, leads), (0.9, generator)])
 
+    def draw_lateral(self, rng, profile, f):
+        # seen edge-on on the anterior chest wall; the lead runs down into the right ventricle, anterior and low
+        h, w = profile.h, profile.w
+        gx, gy = profile.front_x + rng.uniform(0.03, 0.05), profile.y_ap + rng.uniform(0.05, 0.1)
+        generator = smooth(rectangle_layer(h, w, gx, gy, rng.uniform(0.04, 0.055), rng.uniform(0.07, 0.09),
+                                           np.deg2rad(rng.uniform(-15, 15))), 0.004 * profile.px)
+        tip = (profile.hcx - 0.5 * profile.ha, profile.hcy + 0.4 * profile.hb)
+        pts = spline([(gx, gy), (gx + 0.08, gy + 0.05), (profile.hcx, profile.hcy - profile.hb), tip], 60)
+        return Sign(boxes=[], density=[(0.45, polyline_layer(h, w, pts, 0.011 * w)), (0.9, generator)])
+
 
 @drawn
 class Mass(Finding):
@@ -331,6 +390,7 @@ class Mass(Finding):
     terms = ("mass", "pulmonary mass")
     spanish = "mas pulmonar"
     airspace = True
+    nih = nih_box = "Mass"
 
     def sample(self, rng):
         return {"terms": [str(rng.choice(self.terms))],
@@ -349,12 +409,13 @@ class Mass(Finding):
 
     def draw(self, rng, chest, f):
         x0, y0 = chest.lung_point(rng, f["side"], f["zone"])
-        r = rng.uniform(0.06, 0.085)
-        blob = np.zeros((chest.h, chest.w), np.float32)
-        for _ in range(3):
-            ox, oy = rng.uniform(-0.35, 0.35, 2) * r
-            blob = np.maximum(blob, disc(chest, x0, y0, r * rng.uniform(0.65, 0.85), ox, oy))
+        blob = lobulated(rng, chest, x0, y0, rng.uniform(0.06, 0.085))
         return Sign(boxes=[blob], density=[(0.4, smooth(blob, 0.003 * chest.px))])
+
+    def draw_lateral(self, rng, profile, f):
+        x0, y0 = profile.lung_point(rng, f["zone"])
+        blob = lobulated(rng, profile, x0, y0, rng.uniform(0.06, 0.085))
+        return Sign(boxes=[], density=[(0.35, smooth(blob, 0.003 * profile.px))])
 
 
 @drawn
@@ -364,6 +425,7 @@ class Nodule(Finding):
     terms = ("nodule", "multiple nodules")
     spanish = "nodul pulmonar"
     airspace = True
+    nih = nih_box = "Nodule"
 
     def sample(self, rng):
         single, multiple = self.terms
@@ -395,6 +457,14 @@ class Nodule(Finding):
             density.append((0.45, smooth(blob, 0.003 * chest.px)))
         return Sign(boxes=boxes, density=density)
 
+    def draw_lateral(self, rng, profile, f):
+        density = []
+        for _ in range(f.get("count", 1)):
+            x0, y0 = profile.lung_point(rng, f["zone"])
+            blob = disc(profile, x0, y0, rng.uniform(0.026, 0.034)).astype(np.float32)
+            density.append((0.4, smooth(blob, 0.003 * profile.px)))
+        return Sign(boxes=[], density=density)
+
 
 @drawn
 class NsgTube(Finding):
@@ -421,6 +491,15 @@ class NsgTube(Finding):
         tube = polyline_layer(chest.h, chest.w, pts, rng.uniform(0.015, 0.019) * chest.w)
         return Sign(boxes=[tube], density=[(0.55, tube)])
 
+    def draw_lateral(self, rng, profile, f):
+        # down the oesophagus in front of the spine, through the diaphragm, forwards into the stomach
+        x_back = profile.spine_x - rng.uniform(0.08, 0.1)
+        below = profile.diaphragm_at(x_back) + rng.uniform(0.03, 0.05)
+        pts = spline([(profile.neck_x + 0.03, 0.0), (x_back + 0.01, profile.y_ap + 0.1), (x_back, profile.hcy),
+                      (x_back - 0.02, below), (profile.hcx, below + rng.uniform(0.04, 0.07))], 80)
+        tube = polyline_layer(profile.h, profile.w, pts, rng.uniform(0.015, 0.019) * profile.w)
+        return Sign(boxes=[], density=[(0.55, tube)])
+
 
 @drawn
 class Pneumothorax(Finding):
@@ -431,6 +510,7 @@ class Pneumothorax(Finding):
     layer = "pleural air"
     spanish = "neumotorax"
     spanish_side = True
+    nih = nih_box = "Pneumothorax"
 
     def localizations(self, f):
         return ["loc " + f["side"], "loc apical"]
@@ -456,5 +536,97 @@ class Pneumothorax(Finding):
         return Sign(boxes=[air], air=air, line=line.astype(np.float32))
 
 
+def lobulated(rng, chest, x0, y0, r):
+    """Bool-valued float mask of a lobulated opacity: three overlapping discs of about radius r around (x0, y0)."""
+    blob = np.zeros((chest.h, chest.w), np.float32)
+    for _ in range(3):
+        ox, oy = rng.uniform(-0.35, 0.35, 2) * r
+        blob = np.maximum(blob, disc(chest, x0, y0, r * rng.uniform(0.65, 0.85), ox, oy))
+    return blob
+
+
+def patches(rng, chest, x0, y0, spread):
+    """Float mask of a patchy opacity: five to eight small discs scattered within `spread` of (x0, y0)."""
+    patch = np.zeros((chest.h, chest.w), np.float32)
+    for _ in range(int(rng.integers(5, 9))):
+        ox, oy = rng.uniform(-1, 1, 2) * spread
+        patch = np.maximum(patch, disc(chest, x0, y0, rng.uniform(0.018, 0.03), ox, oy))
+    return patch
+
+
+# NIH-only specs: drawn after the shared ones (their random numbers come last), labelled in Data_Entry only
+
+
+@nih_only
+class Infiltration(Finding):
+    """Patchy, ill-defined airspace opacity in one lung zone."""
+    name = "infiltrates"
+    airspace = True
+    nih, nih_box = "Infiltration", "Infiltrate"
+
+    def sample(self, rng):
+        return {"terms": [], "zone": str(rng.choice(["upper", "middle", "lower"], p=[0.25, 0.35, 0.4]))}
+
+    def draw(self, rng, chest, f):
+        x0, y0 = chest.lung_point(rng, f["side"], f["zone"], lateral=(0.35, 0.6))
+        patch = patches(rng, chest, x0, y0, 0.06) * (chest.lung > 0)
+        return Sign(boxes=[patch], density=[(0.22, smooth(patch, 0.005 * chest.px))])
+
+    def draw_lateral(self, rng, profile, f):
+        x0, y0 = profile.lung_point(rng, f["zone"])
+        patch = patches(rng, profile, x0, y0, 0.06) * (profile.lung > 0)
+        return Sign(boxes=[], density=[(0.2, smooth(patch, 0.005 * profile.px))])
+
+
+@nih_only
+class Pneumonia(Finding):
+    """Lobar consolidation of an upper or middle zone: the outer part of the lung between two wavy borders filled in
+    densely, with dark air bronchograms. Not at the base, where it would pass for an effusion at 200 pixels."""
+    name = "pneumonia"
+    airspace = True
+    nih = nih_box = "Pneumonia"
+
+    def sample(self, rng):
+        return {"terms": [], "zone": str(rng.choice(["upper", "middle"], p=[0.4, 0.6]))}
+
+    def draw(self, rng, chest, f):
+        s = side_sign(f["side"])
+        top = chest.y_ap + (0.05 if f["zone"] == "upper" else 0.3 * (chest.y_d[s] - chest.y_ap))
+        top += rng.uniform(0, 0.04)
+        bottom = top + rng.uniform(0.13, 0.19)
+        wave = 0.012 * np.sin(chest.X * rng.uniform(25, 40) + rng.uniform(0, 6))
+        inside = (chest.Y > top + wave) & (chest.Y < bottom - wave) & (s * (chest.X - chest.cx) > 0.12)
+        region = chest.lungs[s] * (1 - chest.mediastinum) * inside
+        return Sign(boxes=[region], density=self.consolidation(rng, chest, region, (top + bottom) / 2, s))
+
+    def draw_lateral(self, rng, profile, f):
+        # the upper lobe above the oblique fissure (high at the back, down to the front of the diaphragm), or the
+        # middle lobe in front, just below the horizontal fissure
+        x_front, x_back = profile.front_x + 0.1, profile.spine_x
+        fissure = profile.y_ap + 0.2 + (profile.diaphragm_at(x_front) - profile.y_ap - 0.2) * np.clip(
+            (x_back - profile.X) / (x_back - x_front), 0, 1)
+        if f["zone"] == "upper":
+            inside = profile.Y < fissure - 0.08
+        else:
+            inside = (profile.Y < fissure) & (profile.Y > profile.hcy - profile.hb - 0.1) & (profile.X < profile.hcx)
+        region = profile.lung * inside
+        return Sign(boxes=[], density=self.consolidation(rng, profile, region, float(np.mean(fissure)), 1))
+
+    @staticmethod
+    def consolidation(rng, chest, region, y0, s):
+        """Density layers of a consolidated region: a dense fill, less a few dark branching air bronchograms."""
+        bronchi = np.zeros((chest.h, chest.w), np.float32)
+        xs, ys = np.nonzero(region.T > 0.5)
+        if len(xs):
+            for _ in range(3):
+                k = int(rng.integers(len(xs)))
+                x1, y1 = (xs[k] + 0.5) / chest.w, (ys[k] + 0.5) / chest.h
+                start = (x1 - s * rng.uniform(0.03, 0.06), y0 + 0.5 * (y1 - y0))
+                bronchi = np.maximum(bronchi, polyline_layer(chest.h, chest.w, [start, (x1, y1)], 0.008 * chest.w))
+        return [(0.32, smooth(region, 0.004 * chest.px)), (-0.12, bronchi * region)]
+
+
 DRAWN_FINDINGS = list(FINDINGS)
+SPECS = {**FINDINGS, **NIH_ONLY}
+NIH_FINDINGS = [name for name, spec in SPECS.items() if spec.nih]
 PADCHEST_TERMS = {name: list(spec.terms) for name, spec in FINDINGS.items()}

@@ -1,5 +1,10 @@
 """OpenI-style output: DICOMs (CR, MONOCHROME1, 12 bits stored, some JPEG 2000 lossless) in a tgz and the XML reports
-ecgen-radiology/N.xml (FINDINGS / IMPRESSION text, MeSH, parentImage ids) in another tgz."""
+ecgen-radiology/N.xml (FINDINGS / IMPRESSION text, MeSH, parentImage ids) in another tgz.
+
+A report's second image is usually the lateral (ViewPosition LL, some LATERAL); as in the real archive, about a third
+of the DICOMs have an empty ViewPosition, frontal and lateral alike. The header still knows the truth where nobody
+reads it for the view: PatientOrientation is L\\F on a frontal and P\\F on a lateral (the image's rows run to the
+patient's left, or to the back)."""
 
 import gzip
 import io
@@ -15,6 +20,7 @@ from tqdm import tqdm
 
 from data.sample_world.anatomy import draw_chest, to_12bit
 from data.sample_world.findings import FINDINGS, sample_findings
+from data.sample_world.lateral import draw_lateral
 
 FIXED_MTIME = 1548979200  # tar member timestamps (2019-02-01), so the archives are byte-identical per seed
 
@@ -174,8 +180,8 @@ def report_xml(report_id, texts, image_ids):
 </eCitation>"""
 
 
-def dicom_bytes(img12, report_id, image_name, seed, compress):
-    """A CR DICOM file (MONOCHROME1: stored values inverted, air bright) of a 12-bit image."""
+def dicom_bytes(img12, report_id, image_name, seed, compress, view_position="PA", lateral=False):
+    """A CR DICOM file (MONOCHROME1: stored values inverted, air bright) of a 12-bit image; view_position may be ''."""
     stored = (4095 - img12.astype(np.int32)).astype(np.uint16)
     study_uid = generate_uid(entropy_srcs=[str(seed), "study", str(report_id)])
     series_uid = generate_uid(entropy_srcs=[str(seed), "series", image_name])
@@ -202,13 +208,13 @@ def dicom_bytes(img12, report_id, image_name, seed, compress):
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
+    ds.ViewPosition = view_position
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = str(report_id)
     ds.SeriesNumber = int(image_name.split("-")[1])
     ds.InstanceNumber = 1
-    ds.PatientOrientation = ["L", "F"]
+    ds.PatientOrientation = ["P" if lateral else "L", "F"]
     ds.PixelSpacing = [0.15, 0.15]
     ds.set_pixel_data(stored, "MONOCHROME1", 12, generate_instance_uid=False)
     lo, hi = int(np.percentile(stored, 1)), int(np.percentile(stored, 99))
@@ -239,10 +245,12 @@ def _open_tgz(path):
     return raw, gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT)
 
 
-def write_openi(out_dir, seed, n_reports, n_without_image, normal_fraction, prevalence, j2k_fraction, progress=True):
-    """DICOM tgz + report tgz. Returns (box rows, number of DICOMs, number compressed)."""
+def write_openi(out_dir, seed, n_reports, n_without_image, normal_fraction, prevalence, j2k_fraction,
+                no_view_fraction=1 / 3, progress=True):
+    """DICOM tgz + report tgz. Returns (box rows, counts: dicoms, jpeg2000, lateral, no_view). A report's second image
+    is its lateral nine times in ten; laterals get no box rows (localization is scored on frontal views only)."""
     rng = np.random.default_rng([seed, 3])
-    box_rows, n_dicoms, n_j2k = [], 0, 0
+    box_rows, n_dicoms, n_j2k, n_lateral, n_no_view = [], 0, 0, 0, 0
     without_image = set(int(i) for i in rng.choice(n_reports, min(n_without_image, n_reports), replace=False))
     dcm_raw, dcm_gz, dcm_tar = _open_tgz(os.path.join(out_dir, "images", "NLMCXR_dcm.tgz"))
     rep_raw, rep_gz, rep_tar = _open_tgz(os.path.join(out_dir, "labels", "NLMCXR_reports.tgz"))
@@ -260,11 +268,21 @@ def write_openi(out_dir, seed, n_reports, n_without_image, normal_fraction, prev
             name = f"{report_id}_IM-{series:04d}-{j + 1}001"
             irng = np.random.default_rng([seed, 4, report_id, j])
             h, w = int(irng.integers(380, 461)), int(irng.integers(360, 441))
-            density, boxes = draw_chest(irng, h, w, findings)
+            lateral = j == 1 and irng.random() < 0.9
+            if lateral:
+                density, boxes = draw_lateral(irng, h, w, findings), []
+                view = "LL" if irng.random() < 0.85 else "LATERAL"
+            else:
+                density, boxes = draw_chest(irng, h, w, findings)
+                view = "PA" if irng.random() < 0.9 else "AP"
+            view = "" if irng.random() < no_view_fraction else view
             compress = irng.random() < j2k_fraction
-            _tar_add(dcm_tar, name + ".dcm", dicom_bytes(to_12bit(irng, density), report_id, name, seed, compress))
+            _tar_add(dcm_tar, name + ".dcm", dicom_bytes(to_12bit(irng, density), report_id, name, seed, compress,
+                                                         view, lateral))
             n_dicoms += 1
             n_j2k += compress
+            n_lateral += lateral
+            n_no_view += view == ""
             image_ids.append("CXR" + name)
             box_rows += [("CXR" + name, fname, *box) for fname, box in boxes]
         xml = report_xml(report_id, report_texts(rng, findings), image_ids)
@@ -273,4 +291,4 @@ def write_openi(out_dir, seed, n_reports, n_without_image, normal_fraction, prev
         tar.close()
         gz.close()
         raw.close()
-    return box_rows, n_dicoms, n_j2k
+    return box_rows, {"dicoms": n_dicoms, "jpeg2000": int(n_j2k), "lateral": n_lateral, "no_view": n_no_view}

@@ -1,5 +1,6 @@
 """PadChest-style output: zips of 16-bit grayscale PNGs (member name = ImageID, zip number = ImageDir) and the label
-CSV with the real header, real taxonomy terms and CUIs, stemmed Spanish reports and the real quirks."""
+CSV with the real header, real taxonomy terms and CUIs, stemmed Spanish reports and the real quirks. As in PadChest,
+many PA studies have a lateral second image (Projection L) under the same StudyID and report."""
 
 import os
 import zipfile
@@ -11,6 +12,7 @@ from tqdm import tqdm
 
 from data.sample_world.anatomy import draw_chest, to_12bit
 from data.sample_world.findings import FINDINGS, sample_findings
+from data.sample_world.lateral import draw_lateral
 
 PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 # Header of the real PadChest CSV, in order (the first column is the unnamed pandas index).
@@ -68,15 +70,21 @@ def add_burned_in(rng, img):
     return img
 
 
-def padchest_row(rng, index, image_id, image_dir, study, h, w, cuis):
-    """The label CSV row of one image (a dict over PADCHEST_COLUMNS)."""
+# ViewPosition_DICOM of each Projection, with the real CSV's shares (its laterals: LATERAL 24,527, LL 3,383, none 21,663)
+VIEW_POSITIONS = {"PA": (["POSTEROANTERIOR", "PA"], None), "AP": (["ANTEROPOSTERIOR", "AP", None], None),
+                  "L": (["LATERAL", "LL", None], [0.5, 0.07, 0.43])}
+
+
+def padchest_row(rng, index, image_id, image_dir, image, h, w, cuis):
+    """The label CSV row of one image (a dict over PADCHEST_COLUMNS): the study's report and labels, the image's
+    projection."""
+    study = image["study"]
     findings = study["findings"]
-    if study["exclude"]:
+    if image["exclude"]:
         labels, locs, by_sentence, report = ["exclude"], [], [["exclude"]], " exclu ."
     elif not findings:
         labels, locs, by_sentence = ["normal"], [], [["normal"]]
-        report = str(rng.choice([" sin hallazg patolog .", " sin alter radiolog significacion .",
-                                 " estudi sin alter significacion ."]))
+        report = study["normal_report"]
     else:
         labels, locs, by_sentence, sentences = [], [], [], []
         for f in findings:
@@ -87,14 +95,14 @@ def padchest_row(rng, index, image_id, image_dir, study, h, w, cuis):
             by_sentence.append(list(f["terms"]) + floc)
             sentences.append(spec.spanish_sentence(f))
         report = " " + " . ".join(sentences) + " ."
-    method = "Physician" if rng.random() < 0.25 else "RNN_model"
+    method = study["method"]
     label_text = str(labels)
-    if method == "RNN_model" and rng.random() < 0.08:
+    if study["quirk"] and labels:
         label_text = "[' " + label_text[2:]  # real quirk: a leading space inside the first item
     modality = "CR" if rng.random() < 0.9 else "DX"
     manufacturer = str(rng.choice(["PhilipsMedicalSystems", "ImagingDynamicsCompanyLtd"]))
     label_cuis = [cuis.get(t.strip(), "") for t in labels]
-    view = {"PA": ["POSTEROANTERIOR", "PA"], "AP": ["ANTEROPOSTERIOR", "AP", None]}[study["projection"]]
+    views, shares = VIEW_POSITIONS[image["projection"]]
     return {
         "": index,
         "ImageID": image_id,
@@ -104,8 +112,8 @@ def padchest_row(rng, index, image_id, image_dir, study, h, w, cuis):
         "PatientID": study["patient_id"],
         "PatientBirth": float(study["birth"]),
         "PatientSex_DICOM": study["sex"],
-        "ViewPosition_DICOM": view[int(rng.integers(0, len(view)))],
-        "Projection": study["projection"],
+        "ViewPosition_DICOM": views[int(rng.choice(len(views), p=shares))],
+        "Projection": image["projection"],
         "MethodProjection": "Manual review of DICOM fields",
         "Pediatric": "No",
         "Modality_DICOM": modality,
@@ -135,29 +143,39 @@ def padchest_row(rng, index, image_id, image_dir, study, h, w, cuis):
     }
 
 
-def padchest_studies(rng, n_images, n_exclude, normal_fraction, prevalence):
-    """Studies (one PA/AP image each) grouped into patients, some patients with 2-3 studies."""
-    studies = []
-    while len(studies) < n_images:
+def padchest_images(rng, n_images, n_exclude, normal_fraction, prevalence, lateral_fraction):
+    """The images, study by study: studies grouped into patients (some with 2-3 studies), each a PA or AP image, and
+    a PA study followed by a lateral of the same report with the chance that makes about `lateral_fraction` of the
+    images laterals. Each image: {"study", "projection", "exclude"}; `n_exclude` images are labelled 'exclude'."""
+    # laterals / images = 0.85 p / (1 + 0.85 p) for a lateral chance p per study, 85% of studies being PA
+    lateral_chance = lateral_fraction / (0.85 * (1 - lateral_fraction))
+    studies, count = [], 0
+    while count < n_images:
         patient_id = _digits(rng, int(rng.choice([37, 38, 39])))
         birth, sex = int(rng.integers(1925, 2000)), str(rng.choice(["M", "F"]))
         for k in range(int(rng.choice([1, 2, 3], p=[0.7, 0.2, 0.1]))):
-            if len(studies) == n_images:
+            if count == n_images:
                 break
             study_id = _digits(rng, int(rng.choice([38, 39])))
-            studies.append({
+            study = {
                 "patient_id": patient_id, "birth": birth, "sex": sex, "study_id": study_id,
                 "date": int(f"20{rng.integers(9, 18):02d}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"),
-                "projection": "PA" if rng.random() < 0.85 else "AP",
                 "report_id": int(rng.integers(1_000_000, 9_999_999)),
-                "exclude": False,
+                "method": "Physician" if rng.random() < 0.25 else "RNN_model",
                 "findings": sample_findings(rng, normal_fraction, prevalence),
-            })
-    for i in rng.choice(len(studies), n_exclude, replace=False):
-        studies[i]["exclude"] = True
-        studies[i]["findings"] = []
-    order = rng.permutation(len(studies))
-    return [studies[i] for i in order]
+                "normal_report": str(rng.choice([" sin hallazg patolog .", " sin alter radiolog significacion .",
+                                                 " estudi sin alter significacion ."])),
+            }
+            study["quirk"] = study["method"] == "RNN_model" and rng.random() < 0.08
+            frontal = "PA" if rng.random() < 0.85 else "AP"
+            projections = [frontal] + (["L"] if frontal == "PA" and rng.random() < lateral_chance else [])
+            projections = projections[:n_images - count]
+            studies.append([{"study": study, "projection": p, "exclude": False} for p in projections])
+            count += len(projections)
+    images = [image for i in rng.permutation(len(studies)) for image in studies[i]]
+    for i in rng.choice(len(images), n_exclude, replace=False):
+        images[i]["exclude"] = True
+    return images
 
 
 def _png16(img):
@@ -166,14 +184,16 @@ def _png16(img):
     return buf.tobytes()
 
 
-def write_padchest(out_dir, seed, n_images, per_zip, n_exclude, normal_fraction, prevalence, cuis, progress=True):
-    """Zips + label CSV. Returns (list of box rows, number of images)."""
+def write_padchest(out_dir, seed, n_images, per_zip, n_exclude, normal_fraction, prevalence, lateral_fraction, cuis,
+                   progress=True):
+    """Zips + label CSV. Returns (list of box rows, number of images, number of laterals). Laterals get no box rows:
+    localization is scored on frontal views only."""
     rng = np.random.default_rng([seed, 1])
-    studies = padchest_studies(rng, n_images, n_exclude, normal_fraction, prevalence)
+    images = padchest_images(rng, n_images, n_exclude, normal_fraction, prevalence, lateral_fraction)
     rows, box_rows = [], []
     images_dir = os.path.join(out_dir, "images")
     zf = None
-    for i, study in enumerate(tqdm(studies, desc="padchest", unit="img", disable=not progress)):
+    for i, image in enumerate(tqdm(images, desc="padchest", unit="img", disable=not progress)):
         image_dir = i // per_zip
         if i % per_zip == 0:
             if zf is not None:
@@ -181,15 +201,19 @@ def write_padchest(out_dir, seed, n_images, per_zip, n_exclude, normal_fraction,
             zf = zipfile.ZipFile(os.path.join(images_dir, f"{image_dir}.zip"), "w", zipfile.ZIP_STORED)
         irng = np.random.default_rng([seed, 2, i])
         h, w = int(irng.integers(340, 421)), int(irng.integers(320, 401))
-        density, boxes = draw_chest(irng, h, w, study["findings"])
+        findings = [] if image["exclude"] else image["study"]["findings"]
+        if image["projection"] == "L":
+            density, boxes = draw_lateral(irng, h, w, findings), []
+        else:
+            density, boxes = draw_chest(irng, h, w, findings)
         img = add_burned_in(irng, to_12bit(irng, density))
-        image_id = f"{study['study_id']}_{_alnum(irng, 6)}.png"
+        image_id = f"{image['study']['study_id']}_{_alnum(irng, 6)}.png"
         info = zipfile.ZipInfo(image_id, date_time=FIXED_TIME)
         zf.writestr(info, _png16(img))
-        rows.append(padchest_row(irng, i, image_id, image_dir, study, h, w, cuis))
+        rows.append(padchest_row(irng, i, image_id, image_dir, image, h, w, cuis))
         box_rows += [(image_id, name, *box) for name, box in boxes]
     if zf is not None:
         zf.close()
     frame = pd.DataFrame(rows, columns=PADCHEST_COLUMNS)
     frame.to_csv(os.path.join(out_dir, "labels", PADCHEST_CSV), index=False)
-    return box_rows, len(rows)
+    return box_rows, len(rows), int((frame["Projection"] == "L").sum())

@@ -1,8 +1,9 @@
-"""The whole sample world: generate() writes both datasets and the box list, montage() draws a preview, main() is
-the command line (python -m data.sample_world)."""
+"""The whole sample world: generate() writes the three datasets and the box lists, montage() draws a preview, main()
+is the command line (python -m data.sample_world)."""
 
 import argparse
 import os
+import shutil
 import sys
 import tarfile
 import time
@@ -14,35 +15,45 @@ import pandas as pd
 import pydicom
 
 from data.sample_world.findings import DRAWN_FINDINGS
+from data.sample_world.nih import BOX_LIST, NIH_DIR, write_nih
 from data.sample_world.openi import write_openi
 from data.sample_world.padchest import taxonomy_cuis, write_padchest
 
+MAX_LATERAL_FRACTION = 0.45  # every PA study with a lateral gives 0.85 / 1.85 of the images as laterals
+
 
 def check_settings(padchest_images=1200, openi_reports=150, images_per_zip=300, exclude_rows=2, openi_without_image=3,
-                   normal_fraction=0.3, prevalence=0.21, jpeg2000_fraction=0.33):
+                   normal_fraction=0.3, prevalence=0.21, jpeg2000_fraction=0.33, lateral_fraction=0.25,
+                   openi_no_view_fraction=0.33, nih_images=300):
     """ValueError naming the first setting out of range (as a command-line flag). A prevalence of 0 would make the
     draw of an abnormal study's findings, which repeats until it has one, loop for ever."""
     counts = {"padchest-images": (padchest_images, 1, None), "openi-reports": (openi_reports, 1, None),
               "images-per-zip": (images_per_zip, 1, None), "exclude-rows": (exclude_rows, 0, padchest_images),
-              "openi-without-image": (openi_without_image, 0, openi_reports)}
+              "openi-without-image": (openi_without_image, 0, openi_reports), "nih-images": (nih_images, 0, None)}
     for flag, (value, low, high) in counts.items():
         if value < low or (high is not None and value > high):
             upper = f" and at most {high} (the number of {'images' if flag == 'exclude-rows' else 'reports'})" \
                 if high is not None else ""
             raise ValueError(f"--{flag} must be at least {low}{upper}, got {value}")
-    for flag, value in (("normal-fraction", normal_fraction), ("jpeg2000-fraction", jpeg2000_fraction)):
+    for flag, value in (("normal-fraction", normal_fraction), ("jpeg2000-fraction", jpeg2000_fraction),
+                        ("openi-no-view-fraction", openi_no_view_fraction)):
         if not 0 <= value <= 1:
             raise ValueError(f"--{flag} must be from 0 to 1, got {value}")
+    if not 0 <= lateral_fraction <= MAX_LATERAL_FRACTION:
+        raise ValueError(f"--lateral-fraction must be from 0 to {MAX_LATERAL_FRACTION} (every PA study with a "
+                         f"lateral), got {lateral_fraction}")
     if not 0 < prevalence <= 1:
         raise ValueError(f"--prevalence must be above 0 and at most 1 (an abnormal study needs a finding), got "
                          f"{prevalence}")
 
 
 def generate(out_dir, seed=0, padchest_images=1200, openi_reports=150, images_per_zip=300, exclude_rows=2,
-             openi_without_image=3, normal_fraction=0.3, prevalence=0.21, jpeg2000_fraction=0.33, progress=True):
-    """Write the sample world into out_dir and return a summary dict (counts, prevalence per finding, seconds)."""
+             openi_without_image=3, normal_fraction=0.3, prevalence=0.21, jpeg2000_fraction=0.33, lateral_fraction=0.25,
+             openi_no_view_fraction=0.33, nih_images=300, progress=True):
+    """Write the sample world into out_dir and return a summary dict (counts, prevalence per finding, seconds).
+    nih_images=0 writes no NIH part (and removes an earlier world's)."""
     check_settings(padchest_images, openi_reports, images_per_zip, exclude_rows, openi_without_image, normal_fraction,
-                   prevalence, jpeg2000_fraction)
+                   prevalence, jpeg2000_fraction, lateral_fraction, openi_no_view_fraction, nih_images)
     start = time.time()
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "labels"), exist_ok=True)
@@ -50,33 +61,50 @@ def generate(out_dir, seed=0, padchest_images=1200, openi_reports=150, images_pe
         if name.endswith(".zip") and name[:-4].isdigit():  # stale zips from a bigger earlier world
             os.remove(os.path.join(out_dir, "images", name))
     cuis = taxonomy_cuis()
-    pad_boxes, n_pad = write_padchest(out_dir, seed, padchest_images, images_per_zip, exclude_rows, normal_fraction,
-                                      prevalence, cuis, progress)
-    openi_boxes, n_dcm, n_j2k = write_openi(out_dir, seed, openi_reports, openi_without_image, normal_fraction,
-                                            prevalence, jpeg2000_fraction, progress)
+    pad_boxes, n_pad, n_pad_lateral = write_padchest(out_dir, seed, padchest_images, images_per_zip, exclude_rows,
+                                                     normal_fraction, prevalence, lateral_fraction, cuis, progress)
+    openi_boxes, openi = write_openi(out_dir, seed, openi_reports, openi_without_image, normal_fraction, prevalence,
+                                     jpeg2000_fraction, openi_no_view_fraction, progress)
     boxes = pd.DataFrame(pad_boxes + openi_boxes, columns=["Image Index", "Finding Label", "x", "y", "w", "h"])
     boxes.to_csv(os.path.join(out_dir, "BBox_List_2017.csv"), index=False)
-    n_images = n_pad + n_dcm
+    if nih_images:
+        nih = write_nih(out_dir, seed, nih_images, normal_fraction, prevalence, progress)
+    else:
+        shutil.rmtree(os.path.join(out_dir, NIH_DIR), ignore_errors=True)
+        nih = {"images": 0, "patients": 0, "boxes": 0, "box_images": 0, "test_images": 0}
+    n_frontal = n_pad - n_pad_lateral + openi["dicoms"] - openi["lateral"]
     per_image = boxes.drop_duplicates(["Image Index", "Finding Label"])["Finding Label"].value_counts()
     return {
         "out_dir": out_dir,
         "padchest_images": n_pad,
+        "padchest_lateral": n_pad_lateral,
         "zips": (n_pad + images_per_zip - 1) // images_per_zip,
         "openi_reports": openi_reports,
-        "openi_dicoms": n_dcm,
-        "openi_jpeg2000": int(n_j2k),
+        "openi_dicoms": openi["dicoms"],
+        "openi_jpeg2000": openi["jpeg2000"],
+        "openi_lateral": openi["lateral"],
+        "openi_no_view": openi["no_view"],
         "boxes": len(boxes),
-        "prevalence": {name: round(float(per_image.get(name, 0)) / max(n_images, 1), 3) for name in DRAWN_FINDINGS},
+        "nih": nih,
+        # over PadChest's and OpenI's frontal images, the ones with boxes
+        "prevalence": {name: round(float(per_image.get(name, 0)) / max(n_frontal, 1), 3) for name in DRAWN_FINDINGS},
         "seconds": round(time.time() - start, 1),
     }
 
 
 def montage(world_dir, out_path, n=12, columns=4, size=256):
-    """A grid of the world's first images (8-bit window, OpenI inverted) with their boxes, to eyeball the drawing."""
+    """A grid of the world's first images (8-bit window, OpenI inverted; a third OpenI, a quarter NIH when there is an
+    NIH part) with their boxes, to eyeball the drawing."""
     boxes = pd.read_csv(os.path.join(world_dir, "BBox_List_2017.csv"))
+    nih_dir = os.path.join(world_dir, NIH_DIR)
+    n_nih = n // 4 if os.path.isdir(nih_dir) else 0
+    if n_nih:
+        # NIH's header has more fields than names: the columns are taken by position
+        nih_boxes = pd.read_csv(os.path.join(nih_dir, BOX_LIST), header=None, skiprows=1).iloc[:, :6]
+        boxes = pd.concat([boxes, nih_boxes.set_axis(boxes.columns, axis=1)], ignore_index=True)
     tiles = []
     with zipfile.ZipFile(os.path.join(world_dir, "images", "0.zip")) as zf:
-        for name in zf.namelist()[: n - n // 3]:
+        for name in zf.namelist()[: n - n // 3 - n_nih]:
             img = cv2.imdecode(np.frombuffer(zf.read(name), np.uint8), cv2.IMREAD_UNCHANGED).astype(np.float32)
             lo, hi = np.percentile(img, [0.5, 99.5])
             tiles.append((name, np.clip((img - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)))
@@ -87,6 +115,9 @@ def montage(world_dir, out_path, n=12, columns=4, size=256):
             wc, ww = float(ds.WindowCenter), float(ds.WindowWidth)
             img = np.clip((arr - (wc - ww / 2)) / ww * 255, 0, 255)
             tiles.append(("CXR" + member.name[:-4], (255 - img).astype(np.uint8)))
+    with_boxes = list(dict.fromkeys(boxes["Image Index"][boxes["Image Index"].str.match(r"\d{8}_\d{3}\.png$")]))
+    for name in with_boxes[:n_nih]:
+        tiles.append((name, cv2.imread(os.path.join(nih_dir, "png", name), cv2.IMREAD_GRAYSCALE)))
     cells = []
     for image_id, img in tiles:
         h, w = img.shape
@@ -132,7 +163,7 @@ def main(argv=None):
     """python -m data.sample_world --out WORLD [options]: write a world and print its summary."""
     parser = argparse.ArgumentParser(
         prog="python -m data.sample_world",
-        description="Generate a small synthetic PadChest + OpenI world shaped like the real inputs.")
+        description="Generate a small synthetic PadChest + OpenI + NIH world shaped like the real inputs.")
     parser.add_argument("--out", required=True, help="output folder (created; files of an earlier world are replaced)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
     parser.add_argument("--padchest-images", type=int, default=1200, help="number of PadChest PNG images / CSV rows")
@@ -149,13 +180,21 @@ def main(argv=None):
                         help="chance of each drawn finding in an abnormal study (about 0.17 of all images at 0.21)")
     parser.add_argument("--jpeg2000-fraction", type=float, default=0.33,
                         help="fraction of DICOMs stored JPEG 2000 lossless")
+    parser.add_argument("--lateral-fraction", type=float, default=0.25,
+                        help="share of PadChest images that are laterals (Projection L), each the second image of a "
+                             f"PA study; at most {MAX_LATERAL_FRACTION}")
+    parser.add_argument("--openi-no-view-fraction", type=float, default=0.33,
+                        help="fraction of OpenI DICOMs whose ViewPosition is empty (frontal and lateral alike)")
+    parser.add_argument("--nih-images", type=int, default=300,
+                        help="number of NIH-style 1024x1024 PNGs under nih/png (0: no NIH part)")
     parser.add_argument("--montage", default=None,
                         help="also write a PNG grid of 12 images with their boxes to this path")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         check_settings(args.padchest_images, args.openi_reports, args.images_per_zip, args.exclude_rows,
-                       args.openi_without_image, args.normal_fraction, args.prevalence, args.jpeg2000_fraction)
+                       args.openi_without_image, args.normal_fraction, args.prevalence, args.jpeg2000_fraction,
+                       args.lateral_fraction, args.openi_no_view_fraction, args.nih_images)
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise ValueError(f"--out {args.out} exists and is not a folder")
         try:
@@ -169,7 +208,8 @@ def main(argv=None):
         sys.exit(2)
     summary = generate(args.out, args.seed, args.padchest_images, args.openi_reports, args.images_per_zip,
                        args.exclude_rows, args.openi_without_image, args.normal_fraction, args.prevalence,
-                       args.jpeg2000_fraction, progress=not args.quiet)
+                       args.jpeg2000_fraction, args.lateral_fraction, args.openi_no_view_fraction, args.nih_images,
+                       progress=not args.quiet)
     if args.montage:
         try:
             montage(args.out, args.montage)
@@ -177,8 +217,12 @@ def main(argv=None):
             print(f"error: --montage {args.montage} cannot be written ({e.strerror or e})", file=sys.stderr)
             sys.exit(2)
     prevalence = ", ".join(f"{k} {v:.2f}" for k, v in summary["prevalence"].items())
-    print(f"wrote {summary['padchest_images']} PadChest PNGs in {summary['zips']} zips, "
-          f"{summary['openi_dicoms']} OpenI DICOMs "
-          f"({summary['openi_jpeg2000']} JPEG 2000) for {summary['openi_reports']} reports, {summary['boxes']} boxes "
-          f"to {args.out} in {summary['seconds']:.1f} s; prevalence: {prevalence}")
+    nih = summary["nih"]
+    nih_part = (f"{nih['images']} NIH PNGs of {nih['patients']} patients with {nih['boxes']} boxes on "
+                f"{nih['box_images']} images, " if nih["images"] else "")
+    print(f"wrote {summary['padchest_images']} PadChest PNGs ({summary['padchest_lateral']} lateral) in "
+          f"{summary['zips']} zips, {summary['openi_dicoms']} OpenI DICOMs ({summary['openi_lateral']} lateral, "
+          f"{summary['openi_no_view']} without ViewPosition, {summary['openi_jpeg2000']} JPEG 2000) for "
+          f"{summary['openi_reports']} reports, {summary['boxes']} boxes, {nih_part}"
+          f"to {args.out} in {summary['seconds']:.1f} s; prevalence on frontal views: {prevalence}")
 
