@@ -52,7 +52,8 @@ demo: install
 	$(PY) combinelabels.py --labels $(WORK)/labels --manifest $(WORK)/ingest/manifest.csv \
 		--manifest $(WORK)/ingest-nih/manifest.csv --test-boxes $(WORK)/sample_world/nih/BBox_List_2017.csv \
 		--out $(WORK)/combined.csv && \
-	$(PY) traintest.py --csv $(WORK)/combined.csv --output-dir $(WORK)/run $(DEMO_TRAIN) \
+	$(PY) -m utils.view_classifier --csv $(WORK)/combined.csv && \
+	$(PY) traintest.py --csv $(WORK)/combined.csv --output-dir $(WORK)/run $(DEMO_TRAIN) --calibrate \
 		--boxes-csv $(WORK)/sample_world/nih/BBox_List_2017.csv && \
 	$(PY) -m utils.sample_score $(WORK)/run && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s. Results: $(WORK)/run/ (metrics.csv, predictions.csv, heatmaps/, boxes.csv, localization.csv); open $(WORK)/run/report.html in a browser"
