@@ -25,6 +25,11 @@ def is_main():
     return rank() == 0
 
 
+def is_local_main():
+    """The first process on this machine (torchrun's LOCAL_RANK 0): the one that fetches what the node shares."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
 def init_distributed(device="auto"):
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU); returns the torch.device to use."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
@@ -56,10 +61,15 @@ def all_reduce_sum(values, device):
     many = isinstance(values, (list, tuple))
     values = [float(v) for v in values] if many else [float(values)]
     if is_dist():
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        values = t.tolist()
+        values = all_reduce_tensor(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
     return values if many else values[0]
+
+
+def all_reduce_tensor(t):
+    """`t` summed over all ranks, in place, on its device (no host synchronization of its own)."""
+    if is_dist():
+        dist.all_reduce(t)
+    return t
 
 
 def all_gather(obj):
@@ -94,5 +104,11 @@ def gather_rows(indices, rows, main_only=False):
 
 
 def unwrap(model):
-    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
-    return model.module if hasattr(model, "module") else model
+    """The model inside its DistributedDataParallel and torch.compile wrappers (the model itself otherwise)."""
+    while True:
+        for wrapped in ("_orig_mod", "module"):
+            if getattr(model, wrapped, None) is not None:
+                model = getattr(model, wrapped)
+                break
+        else:
+            return model

@@ -13,6 +13,24 @@ from data.errors import InputError
 
 # Temporary files of atomic writes: never mirrored (a half-written file must not reach the bucket).
 SKIP_SUFFIXES = (".tmp", ".partial")
+WRITE_TEST = ".write-test"
+
+
+def is_remote(location):
+    """Whether a run folder given on the command line is a gs:// URL."""
+    return str(location).startswith("gs://")
+
+
+def work_folder(url):
+    """The local folder a gs:// run is trained in: under the user's cache, named by the bucket and prefix, so that a
+    restarted VM that kept its disk finds it again ($XDG_CACHE_HOME/traintest/runs/BUCKET/PREFIX)."""
+    from data.ingest.gcs import parse_gcs_url
+    bucket, prefix = parse_gcs_url(str(url))
+    parts = [p for p in prefix.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise InputError(f"{url}: name a run folder inside the bucket, gs://BUCKET/runs/NAME")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "traintest", "runs", bucket, *parts)
 
 
 def file_crc32c(path):
@@ -47,7 +65,7 @@ class RunMirror:
     def check_writable(self):
         """Write and delete one small object; InputError naming the URL when that is not allowed."""
         from google.api_core import exceptions
-        blob = self.client.bucket(self.bucket_name).blob(self.prefix + ".write-test")
+        blob = self.client.bucket(self.bucket_name).blob(self.prefix + WRITE_TEST)
         try:
             blob.upload_from_string(b"ok")
             blob.delete()
@@ -94,7 +112,7 @@ class RunMirror:
         if not remote:
             raise InputError(f"{self.url}: no run there to resume (the prefix holds no objects)")
         for rel, blob in remote.items():
-            if rel == ".write-test":
+            if rel == WRITE_TEST:
                 continue
             download_blob(blob, os.path.join(run_dir, *rel.split("/")))
         return len(remote)
