@@ -5,10 +5,15 @@
   python traintest.py --resume runs/chexnet --epochs 30                            # continue a stopped run
   python traintest.py --csv combined.csv --output-dir runs/eval --test-only --load-model runs/chexnet/checkpoint_best.pt
   python traintest.py --predict new_studies/ --load-model runs/chexnet/checkpoint_best.pt --output-dir predictions/
+  python traintest.py --csv combined.csv --train-sources padchest --test-sources openi ...  # external validation
+  python traintest.py --test-only --load-model runs/a/checkpoint_best.pt --csv other.csv --eval-split all ...
+  python -m utils.compare runs/a runs/b                                            # paired comparison of two runs
 
-Writes to the output folder: checkpoint_last.pt (for --resume), checkpoint_best.pt (best validation mean AUROC, with
-the F1-optimal thresholds chosen on validation), args.json, train.log, metrics.csv, predictions.csv, thresholds.csv,
-roc.png, heatmaps/, boxes.csv, localization.csv (with --boxes-csv) and report.html; --predict adds
+Writes to the output folder: checkpoint_last.pt (for --resume), checkpoint_best.pt (best validation macro AUROC over
+the 20 findings, with the F1-optimal thresholds chosen on validation, and with --calibrate the temperatures), args.json,
+train.log, metrics.csv (per group: all, source, view, padchest-physician, external:<source>; patient-bootstrap
+intervals), predictions.csv, thresholds.csv, calibration.csv, reliability.png, roc.png, heatmaps/, boxes.csv,
+localization.csv (with --boxes-csv) and report.html; --predict adds
 predict_errors.csv (path, error: the files that did not decode), --skip-bad-images skipped_images.csv.
 Every flag and output location is checked before any work starts; bad input is one line on stderr and exit status
 2, Ctrl-C one line and exit status 130 (continue with --resume).
@@ -28,6 +33,7 @@ import torch
 
 from data.classes import CLASSES, NUM_CLASSES
 from data.dataset import image_frame, read_combined, split
+from data.views import parse_views, view_mask
 from data.errors import InputError
 from data.files import atomic_path, write_text_atomic
 from models import LOSSES, MIN_INPUT_SIZE, MODEL_NAMES, build_model, canonical_name, model_options
@@ -35,15 +41,25 @@ from utils import dist
 from utils.checkpoint import (checkpoint_model, load_checkpoint, load_weights, model_checkpoint, pretrained_model,
                               read_checkpoint, restore_training, save_checkpoint, training_checkpoint, training_state)
 from utils.engine import NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch
+from utils.calibration import apply_temperatures, fitted_thresholds
+from utils.evaluation import TEST, evaluation_sets, judge
 from utils.localization import localize, parse_levels, read_box_csv
-from utils.metrics import (choose_thresholds, mean_auroc, metrics_table, parse_classes, plot_roc, predictions_frame,
-                           summary_line, write_metrics, write_thresholds)
+from utils.metrics import (choose_thresholds, headline, mean_auroc, parse_classes, predictions_frame, summary_line,
+                           write_thresholds)
 from utils.report import write_report
 from utils.cli import (Parser, amp_setting, at_least, checked, given_flags, on_off, stored_args, writable_file,
                        writable_folder)
 from utils.runtime import close_logging, seed_everything, setup_logging, use_amp
 
 log = logging.getLogger("traintest")
+
+
+def parse_sources(text):
+    """A comma list of Source names."""
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"{text!r} names no source")
+    return names
 
 
 def get_args_parser():
@@ -111,7 +127,26 @@ def get_args_parser():
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     t.add_argument("--max-train-batches", type=at_least(1), help="stop each epoch after this many batches (smoke tests)")
     t.add_argument("--limit", type=at_least(1), help="use only the first N rows of each split (smoke tests)")
-    t.add_argument("--bootstrap", type=at_least(0), default=1000, help="bootstrap resamples for the AUROC 95%% intervals")
+
+    e = p.add_argument_group("which images, and how results are judged")
+    e.add_argument("--views", default="frontal", type=checked(lambda text: parse_views(text) and text or text),
+                   help="views trained and evaluated on: a comma list of view values (PA, AP, AP_horizontal, LL, ...) "
+                   "or 'frontal' / 'lateral' for all of a kind, or 'all' (default: frontal, as CheXNet and ChestX-ray8; "
+                   "images of unknown view are counted and left out unless 'all': label them with python -m "
+                   "utils.view_classifier)")
+    e.add_argument("--train-sources", type=checked(parse_sources), metavar="NAMES",
+                   help="train and validate only on these sources (names of the Source column, comma-separated)")
+    e.add_argument("--test-sources", type=checked(parse_sources), metavar="NAMES",
+                   help="held-out sources: every one of their images (all splits) is evaluated as 'external:<name>' "
+                   "in metrics.csv, beside the test split of the training sources (external validation)")
+    e.add_argument("--eval-split", choices=["test", "all"], default="test",
+                   help="with --test-only: evaluate the test split (default), or every image of --csv (a dataset the "
+                   "model never saw: external validation of a finished model)")
+    e.add_argument("--calibrate", action="store_true",
+                   help="fit one temperature per class on validation (log-loss) and re-choose the thresholds on the "
+                   "calibrated probabilities; calibration.csv shows ECE and log-loss on test before and after")
+    e.add_argument("--bootstrap", type=at_least(0), default=1000,
+                   help="bootstrap resamples for the 95%% intervals (resampling patients, all their images together)")
 
     h = p.add_argument_group("localization")
     h.add_argument("--heatmap-classes", type=checked(parse_classes), help="comma-separated classes to map for every image "
@@ -173,30 +208,69 @@ def report_results(frame, predictions, out_dir, args, thresholds, image_size):
     log.info("report: %s", write_report(out_dir))
 
 
-def test_rows(frame, args):
-    """The test split; InputError before any work when it is empty."""
-    test_frame = split(frame, "test", args.limit)
-    if len(test_frame) == 0:
-        raise InputError(f"{args.csv} has no test rows (split == 'test') to evaluate on")
-    return test_frame
+def run_rows(args):
+    """combined.csv's rows this run uses: those of --views, of --train-sources and --test-sources (checked against the
+    Source column); InputError naming what matches nothing."""
+    frame = read_combined(args.csv, CLASSES, args.skip_missing)
+    named = [*(args.train_sources or []), *(args.test_sources or [])]
+    if named:
+        if "Source" not in frame.columns:
+            raise InputError(f"--train-sources and --test-sources need a Source column in {args.csv}")
+        present = sorted(frame["Source"].astype(str).unique())
+        for flag in ("train_sources", "test_sources"):
+            unknown = [n for n in getattr(args, flag) or [] if n not in present]
+            if unknown:
+                raise InputError(f"--{flag.replace('_', '-')}: {', '.join(unknown)} not in {args.csv}'s Source column "
+                                 f"(it has {', '.join(present)})")
+        both = set(args.train_sources or []) & set(args.test_sources or [])
+        if both:
+            raise InputError(f"{', '.join(sorted(both))} is both a training and a held-out source")
+        if args.train_sources:
+            frame = frame[frame["Source"].isin(named)].reset_index(drop=True)
+    keep = view_mask(frame, parse_views(args.views))
+    if not keep.all():
+        left_out = frame.loc[~keep, "view"].fillna("").astype(str).replace("", "unknown").value_counts()
+        log.info("--views %s: %d of %d images kept; left out by view: %s", args.views,
+                 int(keep.sum()), len(frame), ", ".join(f"{v} {n}" for v, n in left_out.items()))
+        frame = frame[keep].reset_index(drop=True)
+    if not len(frame):
+        raise InputError(f"no image of {args.csv} has a view in --views (use --views all, or label unknown views "
+                         f"with python -m utils.view_classifier)")
+    return frame
 
 
-def test(model, test_frame, args, device, amp, thresholds, image_size, bad):
-    """Evaluate on the test split; metrics.csv, predictions.csv, roc.png and step 5 from the same pass (rank 0)."""
-    loss, out = evaluate(model, loader(test_frame, args, image_size), device, LOSSES[args.loss], amp=amp,
-                         maps=args.max_heatmaps != 0, desc="test", bad=bad)
+def evaluation_rows(frame, args, whole=False):
+    """{set: rows} to evaluate on (the test split, held-out sources, or the whole CSV); InputError when empty."""
+    sets = evaluation_sets(frame, args.test_sources, whole, lambda f, name: split(f, name, args.limit))
+    if not sets:
+        raise InputError(f"{args.csv} has no test rows (split == 'test') to evaluate on (--eval-split all evaluates "
+                         f"every image of a CSV the model never saw)")
+    return sets
+
+
+def test(model, sets, args, device, amp, thresholds, temperatures, image_size, bad):
+    """Evaluate each set (one pass each); metrics.csv, predictions.csv, calibration.csv, roc.png, and step 5 from the
+    test split's pass (rank 0)."""
+    results, mapped = {}, None
+    for name, rows in sets.items():
+        maps = args.max_heatmaps != 0 and mapped is None
+        loss, out = evaluate(model, loader(rows, args, image_size), device, LOSSES[args.loss], amp=amp, maps=maps,
+                             desc=name, bad=bad)
+        if len(out.indices) == 0:
+            raise InputError(f"none of the {len(rows)} {name} images of {args.csv} decoded")
+        if temperatures is not None:  # every output reads the calibrated probabilities
+            out = out._replace(probs=apply_temperatures(out.probs, temperatures))
+        results[name] = (rows.iloc[out.indices].reset_index(drop=True), out.probs, out.labels)
+        mapped = mapped or (rows, out)
+        log.info("%s loss %.4f (%d images)", name, loss, len(out.indices))
     write_skipped(bad, args.output_dir)
-    if len(out.indices) == 0:
-        raise InputError(f"none of the {len(test_frame)} test images of {args.csv} decoded")
     if dist.is_main():
-        table = metrics_table(out.labels, out.probs, CLASSES, thresholds, n_boot=args.bootstrap, seed=args.seed)
-        write_metrics(table, os.path.join(args.output_dir, "metrics.csv"))
-        predictions_frame(test_frame["ImageID"].iloc[out.indices], out.probs, thresholds).to_csv(
-            os.path.join(args.output_dir, "predictions.csv"), index=False)
-        plot_roc(out.labels, out.probs, CLASSES, os.path.join(args.output_dir, "roc.png"))
-        log.info("test loss %.4f", loss)
+        table = judge(args.output_dir, results, thresholds, temperatures, n_boot=args.bootstrap, seed=args.seed)
         log.info(summary_line(table))
-        report_results(test_frame, out, args.output_dir, args, thresholds, image_size)
+        for name in results:
+            if name != TEST:
+                log.info("%s: macro AUROC %s", name, headline(table, name) or "NA")
+        report_results(*mapped, args.output_dir, args, thresholds, image_size)
 
 
 def write_skipped(bad, out_dir):
@@ -215,12 +289,13 @@ def write_skipped(bad, out_dir):
 
 
 def train(args, device, amp):
-    frame = read_combined(args.csv, CLASSES, args.skip_missing)
-    train_frame, val_frame = split(frame, "train", args.limit), split(frame, "val", args.limit)
+    frame = run_rows(args)
+    pool = frame[~frame["Source"].isin(args.test_sources)] if args.test_sources else frame  # held out in full
+    train_frame, val_frame = split(pool, "train", args.limit), split(pool, "val", args.limit)
     if len(train_frame) == 0 or len(val_frame) == 0:
         raise InputError(f"{args.csv} needs train and val rows (split column); it has {len(train_frame)} train and "
                          f"{len(val_frame)} val rows")
-    test_frame = test_rows(frame, args)
+    sets = evaluation_rows(frame, args)
     ckpt_last, ckpt_best = (os.path.join(args.output_dir, f"checkpoint_{k}.pt") for k in ("last", "best"))
     resumed = training_state(read_checkpoint(ckpt_last), ckpt_last) if args.resume else None
     if resumed and resumed["epoch"] > args.epochs:
@@ -286,8 +361,9 @@ def train(args, device, amp):
                  time.perf_counter() - t0)
         if dist.is_main():
             if improved:  # the best checkpoint is a model only, with the thresholds chosen on validation
+                thresholds, temperatures = fitted_thresholds(val.labels, val.probs, args.calibrate, choose_thresholds)
                 save_checkpoint(model_checkpoint(model, config=config, epoch=epoch + 1, val_auroc=val_auroc,
-                                                 thresholds=choose_thresholds(val.labels, val.probs)), ckpt_best)
+                                                 thresholds=thresholds, temperatures=temperatures), ckpt_best)
             save_checkpoint(training_checkpoint(model, optimizer, scheduler, scaler, config=config, epoch=epoch + 1,
                                                 best_auroc=best_auroc, history=history), ckpt_last)
         dist.barrier()
@@ -300,7 +376,7 @@ def train(args, device, amp):
     if dist.is_main() and args.save_model:
         with atomic_path(args.save_model) as tmp:
             shutil.copyfile(ckpt_best, tmp)
-    test(model, test_frame, args, device, amp, best["thresholds"], image_size, bad)
+    test(model, sets, args, device, amp, best["thresholds"], best.get("temperatures"), image_size, bad)
 
 
 def checked_image_size(args, model):
@@ -313,23 +389,29 @@ def checked_image_size(args, model):
 
 
 def evaluate_only(args, device, amp):
+    """--test-only: the checkpoint on the test split of --csv, or on every row of a CSV it was not trained on."""
     model, ckpt = load_checkpoint(args.load_model)
     image_size = checked_image_size(args, model)
-    frame = read_combined(args.csv, CLASSES, args.skip_missing)
-    test_frame = test_rows(frame, args)
+    frame = run_rows(args)
+    sets = evaluation_rows(frame, args, whole=args.eval_split == "all")
+    trained_on = (ckpt.get("config") or {}).get("csv")
+    if trained_on and os.path.abspath(trained_on) != os.path.abspath(args.csv) and args.eval_split == "test":
+        log.info("%s was trained on %s; evaluating the test split of %s (--eval-split all: every image of it)",
+                 args.load_model, trained_on, args.csv)
     model.to(device, memory_format=torch.channels_last)
-    thresholds = ckpt.get("thresholds")
+    thresholds, temperatures = ckpt.get("thresholds"), ckpt.get("temperatures")
     bad = [] if args.skip_bad_images else None
-    if thresholds is None:
+    if thresholds is None or (args.calibrate and temperatures is None):
         val = split(frame, "val", args.limit)
         if len(val) == 0:
-            raise InputError(f"{args.load_model} stores no thresholds and {args.csv} has no val rows to choose them on")
+            raise InputError(f"{args.load_model} stores no {'temperatures' if thresholds else 'thresholds'} and "
+                             f"{args.csv} has no val rows to fit them on")
         _, out = evaluate(model, loader(val, args, image_size), device, LOSSES[args.loss], amp=amp, desc="validation",
                           bad=bad)
-        thresholds = choose_thresholds(out.labels, out.probs)
+        thresholds, temperatures = fitted_thresholds(out.labels, out.probs, args.calibrate, choose_thresholds)
     if dist.is_main():
         write_thresholds(thresholds, args.output_dir)
-    test(model, test_frame, args, device, amp, thresholds, image_size, bad)
+    test(model, sets, args, device, amp, thresholds, temperatures, image_size, bad)
 
 
 def predict_new(args, device, amp):
@@ -342,12 +424,14 @@ def predict_new(args, device, amp):
     model.to(device, memory_format=torch.channels_last)
     bad = []
     out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0, bad=bad)
+    if ckpt.get("temperatures") is not None:  # a calibrated model's thresholds apply to its calibrated probabilities
+        out = out._replace(probs=apply_temperatures(out.probs, ckpt["temperatures"]))
     errors_csv = os.path.join(args.output_dir, "predict_errors.csv")
     if dist.is_main():
         with atomic_path(errors_csv) as tmp:  # written even when empty: an old run's list must not stay behind
             pd.DataFrame(bad, columns=["path", "error"]).to_csv(tmp, index=False)
     if dist.is_main():
-        predictions_frame(frame["ImageID"].iloc[out.indices], out.probs, thresholds).to_csv(
+        predictions_frame(frame.iloc[out.indices], out.probs, thresholds).to_csv(
             os.path.join(args.output_dir, "predictions.csv"), index=False)
     if len(out.indices) == 0:
         raise InputError(f"none of the {len(frame)} files at {args.predict} decoded (see {errors_csv})")
@@ -361,7 +445,7 @@ def predict_new(args, device, amp):
 
 # What a training run writes into its folder besides args.json and train.log: --overwrite deletes them first.
 RUN_OUTPUTS = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "predictions.csv", "thresholds.csv",
-               "roc.png", "boxes.csv", "localization.csv", "report.html", "skipped_images.csv", "predict_errors.csv",
+               "roc.png", "calibration.csv", "reliability.png", "boxes.csv", "localization.csv", "report.html", "skipped_images.csv", "predict_errors.csv",
                "heatmaps")
 
 

@@ -66,3 +66,11 @@ def parse_views(text):
 def keeps(views, value):
     """True when a view value is kept by parse_views' result (an unknown view only with 'all')."""
     return views is None or str(value) in views or (str(value).upper() in views)
+
+
+def view_mask(frame, views):
+    """Boolean mask of the rows a --views setting keeps (all of them for 'all' or a frame without a view column)."""
+    import numpy as np
+    if views is None or "view" not in frame.columns:
+        return np.ones(len(frame), dtype=bool)
+    return frame["view"].fillna("").astype(str).map(lambda v: keeps(views, v)).to_numpy(dtype=bool)

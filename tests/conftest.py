@@ -88,8 +88,10 @@ def traintest_process():
     return run
 
 
-def read_metrics(run_dir):
-    return pd.read_csv(os.path.join(run_dir, "metrics.csv"), keep_default_na=True).set_index("class")
+def read_metrics(run_dir, group="all"):
+    """One group's rows of a run's metrics.csv (default: all test images), indexed by class."""
+    table = pd.read_csv(os.path.join(run_dir, "metrics.csv"), keep_default_na=True)
+    return table[table["group"] == group].drop(columns=["group", "images"]).set_index("class")
 
 
 @pytest.fixture

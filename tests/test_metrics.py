@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from utils.dist import gather_rows
@@ -55,3 +56,50 @@ def test_gather_rows_keeps_each_index_once_in_order():
     idx, rows = gather_rows([3, 1, 0, 2, 0], {"probs": np.arange(10).reshape(5, 2), "sizes": np.arange(5)})
     assert idx.tolist() == [0, 1, 2, 3]
     assert rows["probs"].tolist() == [[4, 5], [2, 3], [6, 7], [0, 1]] and rows["sizes"].tolist() == [2, 1, 3, 0]
+
+
+def grouped_example(n=240, seed=0):
+    from data.classes import CLASSES
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, (n, len(CLASSES)))
+    p = np.clip(y * 0.3 + rng.random(y.shape) * 0.7, 0, 1)
+    frame = pd.DataFrame({"ImageID": [f"i{i}" for i in range(n)], "PatientID": [f"p{i // 2}" for i in range(n)],
+                          "Source": np.where(np.arange(n) % 3 == 0, "openi", "padchest"),
+                          "view": np.where(np.arange(n) % 4 == 0, "AP", "PA"),
+                          "MethodLabel": np.where(np.arange(n) % 5 == 0, "Physician", "RNN_model")})
+    y[frame["Source"] == "openi", CLASSES.index("catheter")] = -1  # a class this source never annotates
+    return frame, y, p
+
+
+def test_group_numbers_equal_those_of_the_subset():
+    from data.classes import CLASSES, FINDINGS
+    from utils.metrics import grouped_metrics
+    frame, y, p = grouped_example()
+    thresholds = [0.5] * len(CLASSES)
+    table = grouped_metrics(frame, y, p, thresholds, n_boot=50, seed=3)
+    assert set(table["group"]) == {"all", "openi", "padchest", "view:AP", "view:PA", "padchest-physician"}
+    for group, mask in [("openi", frame["Source"] == "openi"), ("view:AP", frame["view"] == "AP"),
+                        ("padchest-physician", (frame["Source"] == "padchest") & (frame["MethodLabel"] == "Physician"))]:
+        mask = mask.to_numpy()
+        direct = metrics_table(y[mask], p[mask], CLASSES, thresholds, n_boot=50, seed=3,
+                               patients=frame["PatientID"].to_numpy()[mask])
+        got = table[table["group"] == group].drop(columns=["group", "images"]).reset_index(drop=True)
+        if group == "openi":
+            assert "catheter" not in set(got["class"])  # never annotated there: no row
+            direct = direct[direct["class"] != "catheter"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, direct)
+        assert (table[table["group"] == group]["images"] == mask.sum()).all()
+    all_rows = table[table["group"] == "all"].set_index("class")
+    assert all_rows.loc["macro", "auroc"] == pytest.approx(all_rows.loc[FINDINGS, "auroc"].mean())
+    assert all_rows.loc["macro", "auroc_low"] < all_rows.loc["macro", "auroc"] < all_rows.loc["macro", "auroc_high"]
+    assert not math.isnan(all_rows.loc["normal", "auroc"])  # reported, outside the mean
+
+
+def test_summary_line_gives_the_headline_and_sources():
+    from data.classes import CLASSES
+    from utils.metrics import grouped_metrics, summary_line
+    frame, y, p = grouped_example()
+    line = summary_line(grouped_metrics(frame, y, p, [0.5] * len(CLASSES), n_boot=20))
+    assert line.startswith("test macro AUROC 0.") and "(95% CI 0." in line and "over 20 findings" in line
+    assert "by source: openi 0." in line and ", padchest 0." in line and "padchest-physician 0." in line
+    assert "outside the mean: normal 0." in line

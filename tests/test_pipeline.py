@@ -83,3 +83,42 @@ def test_run_folder_holds_model_metrics_predictions_and_heatmaps(pipeline):
     assert len(list((run_dir / "heatmaps").glob("*__*.png"))) >= 1
     assert (run_dir / "localization.csv").is_file()
     assert "<table" in (run_dir / "report.html").read_text()
+
+
+def test_external_validation_and_a_paired_comparison(pipeline, tmp_path):
+    """Train on PadChest, hold OpenI out in full, twice with different seeds; then compare the two runs."""
+    frame = pd.read_csv(pipeline["combined"])
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f"seed{seed}"
+        text = run("traintest.py", "--csv", pipeline["combined"], "--output-dir", out, "--model", "unified-resnet50",
+                   "--image-size", 64, "--epochs", 1, "--batch-size", 8, "--workers", 0, "--bootstrap", 20,
+                   "--amp", "off", "--max-heatmaps", 0, "--seed", seed, "--train-sources", "padchest",
+                   "--test-sources", "openi", "--calibrate")
+        assert "external:openi: macro AUROC" in text
+        metrics = pd.read_csv(out / "metrics.csv")
+        external = metrics[metrics["group"] == "external:openi"]
+        assert external["images"].iloc[0] == (frame.Source == "openi").sum()  # every split of the held-out source
+        tested = metrics[metrics["group"] == "all"]
+        assert tested["images"].iloc[0] == ((frame.Source == "padchest") & (frame.split == "test")).sum()
+        predictions = pd.read_csv(out / "predictions.csv")
+        assert set(predictions["set"]) == {"test", "external:openi"}
+        assert set(predictions.loc[predictions["set"] == "test", "Source"]) == {"padchest"}
+        calibration = pd.read_csv(out / "calibration.csv")
+        assert {"ece", "ece_calibrated", "temperature"} <= set(calibration.columns)
+        runs.append(out)
+    text = run("-m", "utils.compare", *runs, "--bootstrap", 50)
+    assert "macro AUROC over" in text and "B - A" in text
+    table = pd.read_csv(runs[1] / "compare" / "seed1" / "compare.csv")
+    assert list(table["class"]) == [*CLASSES, "macro"] and "delong_p" in table.columns
+    run("-m", "utils.report", runs[1])
+    assert "Compared with" in (runs[1] / "report.html").read_text()
+
+
+def test_unknown_sources_are_one_line(pipeline, tmp_path):
+    result = subprocess.run([sys.executable, "traintest.py", "--csv", str(pipeline["combined"]), "--output-dir",
+                             str(tmp_path / "r"), "--test-sources", "nih", "--amp", "off"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("--test-sources: nih not in " + str(pipeline["combined"]) +
+                                          "'s Source column (it has openi, padchest)")

@@ -12,7 +12,10 @@ import pytest
 
 from data.classes import CLASSES
 from data.decode import read_image
-from utils.metrics import metrics_table, plot_roc, write_metrics
+from utils.calibration import fitted_thresholds
+from utils.compare import main as compare_main
+from utils.evaluation import judge
+from utils.metrics import choose_thresholds
 from utils.report import write_report
 
 HEADER_BGR = (121, 78, 31)  # the table header colour, #1f4e79
@@ -38,9 +41,26 @@ def run_dir(tmp_path_factory, bright_spot, localize_images):
     rng = np.random.default_rng(0)
     y = (rng.random((40, len(CLASSES))) < 0.3).astype(int)
     p = np.clip(0.4 * y + 0.6 * rng.random(y.shape), 0, 1)
-    write_metrics(metrics_table(y, p, CLASSES, [0.5] * len(CLASSES), n_boot=20), str(run / "metrics.csv"))
-    plot_roc(y, p, CLASSES, str(run / "roc.png"))
+    rows = pd.DataFrame({"ImageID": [f"i{i}" for i in range(40)], "PatientID": [f"p{i // 2}" for i in range(40)],
+                         "Source": np.where(np.arange(40) < 25, "padchest", "openi"), "view": "PA"})
+    judge(run, {"test": (rows, p, y)}, [0.5] * len(CLASSES), fitted_thresholds(y, p, True, choose_thresholds)[1],
+          n_boot=20)
     return run
+
+
+def test_report_shows_groups_calibration_and_comparisons(run_dir, tmp_path):
+    run_dir = shutil.copytree(run_dir, tmp_path / "run")  # the module's run folder stays without a comparison
+    other = tmp_path / "other"
+    other.mkdir()
+    frame = pd.read_csv(run_dir / "predictions.csv")
+    probs = [c for c in frame.columns if c.startswith("prob_")]
+    frame[probs] = frame[probs].to_numpy() * 0.5  # the same order within a class: equal AUROCs
+    frame.to_csv(other / "predictions.csv", index=False)
+    assert compare_main([str(other), str(run_dir), "--bootstrap", "20"]) == 0
+    page = open(write_report(str(run_dir)), encoding="utf-8").read()
+    assert "<h2>By group</h2>" in page and ">openi<" in page and ">padchest<" in page
+    assert "<h2>Calibration</h2>" in page and 'src="reliability.png"' in page and "ece_calibrated" in page
+    assert "<h2>Compared with" in page and "DeLong p" in page
 
 
 def test_report_references_every_result_relatively(run_dir):
@@ -66,7 +86,7 @@ def screenshot(html_path, out_png, tmp_path):
         pytest.skip("chromium is not installed (Debian package `chromium`; `make test` installs it where it can)")
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--screenshot={out_png}", "--window-size=1200,1600",
+           f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--screenshot={out_png}", "--window-size=1200,4000",
            f"file://{html_path}"]
     subprocess.run(cmd, check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     picture = cv2.imread(str(out_png))
@@ -101,7 +121,7 @@ def test_report_renders_tables_and_heatmaps_in_headless_chromium(run_dir, tmp_pa
     # A run folder with heatmaps only: no table to draw.
     bare = tmp_path / "bare"
     shutil.copytree(run_dir, bare)
-    for name in ("metrics.csv", "localization.csv", "roc.png"):
+    for name in ("metrics.csv", "localization.csv", "roc.png", "calibration.csv", "reliability.png"):
         (bare / name).unlink()
     bare_shot = screenshot(write_report(str(bare)), tmp_path / "bare.png", tmp_path)
 

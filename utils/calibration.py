@@ -104,7 +104,7 @@ def plot_reliability(y_true, y_prob, columns, path, calibrated=None, title="Reli
 
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.plot([0, 1], [0, 1], "k--", lw=0.6, label="perfect calibration")
-    for prob, name, colour in ((y_prob, "model", "#1f4e79"), (calibrated, "temperature-scaled", "#c0392b")):
+    for prob, name, colour in ((y_prob, "model", "#1f4e79"), (calibrated, "temperature-scaled", "#2e8b57")):
         if prob is None:
             continue
         y, p = known(y_true[:, columns].ravel(), prob[:, columns].ravel())
@@ -119,3 +119,13 @@ def plot_reliability(y_true, y_prob, columns, path, calibrated=None, title="Reli
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def fitted_thresholds(y_true, y_prob, calibrate, choose):
+    """(thresholds, temperatures): the thresholds `choose` picks on validation, after temperature scaling when
+    calibrate is set (the temperatures, a list of floats, then travel with them; None otherwise)."""
+    if not calibrate:
+        return choose(y_true, y_prob), None
+    temperatures = fit_temperatures(y_true, y_prob)
+    # plain floats: a checkpoint holds tensors and Python numbers only, which the weights-only loader accepts
+    return choose(y_true, apply_temperatures(y_prob, temperatures)), [float(t) for t in temperatures]

@@ -53,7 +53,7 @@ def table_html(frame, name_columns=("class",)):
     rows = []
     for values in frame.itertuples(index=False):
         first = str(values[0])
-        cls = ' class="summary"' if first in ("macro", "micro", "mean") else ""
+        cls = ' class="summary"' if first in ("macro", "micro", "mean", "overall") else ""
         cells = "".join(
             f'<td class="name">{_cell(v)}</td>' if c in name_columns or isinstance(v, str) else f"<td>{_cell(v)}</td>"
             for c, v in zip(frame.columns, values))
@@ -71,6 +71,68 @@ def compact_metrics(metrics):
         metrics.insert(at, "auroc 95% CI", interval)
     return metrics.rename(columns={"average_precision": "AP", "sensitivity": "sens", "specificity": "spec",
                                    "positives": "pos", "negatives": "neg"})
+
+
+HEADLINE_NOTE = ('<div class="muted">macro: the mean over the 20 findings (normal and other findings are reported in '
+                 'their own rows, outside it); 95% intervals from a bootstrap that resamples patients</div>')
+GROUP_NOTE = ('<div class="muted">the same model on subsets of the evaluated images: each source, each view, PadChest\'s '
+              'physician-labelled images, and held-out sources (external:&lt;source&gt;); a class a source never '
+              'annotates has no row there</div>')
+
+
+def group_summary(metrics):
+    """One row per group of metrics.csv: images, the macro and micro AUROC with the macro's interval, AP and F1."""
+    rows = []
+    for group, part in metrics.groupby("group", sort=False):
+        at = part.set_index("class")
+        macro, micro = at.loc["macro"], at.loc["micro"]
+        interval = (f"{macro['auroc_low']:.3f}-{macro['auroc_high']:.3f}"
+                    if pd.notna(macro["auroc_low"]) and pd.notna(macro["auroc_high"]) else "")
+        findings = at.drop(index=["macro", "micro"], errors="ignore")
+        rows.append({"group": group, "images": int(part["images"].iloc[0]),
+                     "findings with AUROC": int(findings["auroc"].notna().sum()),
+                     "macro AUROC": macro["auroc"], "95% CI": interval, "micro AUROC": micro["auroc"],
+                     "macro AP": macro["average_precision"], "macro F1": macro["f1"]})
+    return pd.DataFrame(rows)
+
+
+def calibration_html(run_dir):
+    """The calibration section: calibration.csv's pooled row and per-class ECE beside reliability.png."""
+    csv, png = os.path.join(run_dir, "calibration.csv"), os.path.join(run_dir, "reliability.png")
+    if not os.path.isfile(csv):
+        return []
+    table = read_result(csv, ["class", "ece"])
+    table = pd.concat([table[table["class"] == "overall"], table[table["class"] != "overall"]])
+    columns = [c for c in ("class", "labelled", "ece", "ece_calibrated", "log_loss", "log_loss_calibrated",
+                           "temperature") if c in table.columns]
+    image = ('<div><a href="reliability.png"><img class="roc" src="reliability.png" alt="reliability diagram"></a>'
+             "</div>" if os.path.isfile(png) else "")
+    note = ('<div class="muted">expected calibration error (15 equal-width bins) and log-loss on the test split; '
+            "'overall' pools the findings; with --calibrate, after one temperature per class fitted on validation</div>")
+    return [f'<h2>Calibration</h2>{note}<div class="row"><div>{table_html(table[columns])}</div>{image}</div>']
+
+
+def comparison_html(run_dir):
+    """A section per comparison written by `python -m utils.compare OTHER RUN` into RUN/compare/<name>/."""
+    folder = os.path.join(run_dir, "compare")
+    if not os.path.isdir(folder):
+        return []
+    parts = []
+    for name in sorted(os.listdir(folder)):
+        csv = os.path.join(folder, name, "compare.csv")
+        if not os.path.isfile(csv):
+            continue
+        table = read_result(csv, ["class", "auroc_a", "auroc_b", "difference"])
+        a = table["run_a"].iloc[0] if "run_a" in table.columns and len(table) else name
+        unit = table["resampled"].iloc[0] if "resampled" in table.columns and len(table) else "patients"
+        interval = [f"{lo:+.3f} to {hi:+.3f}" if pd.notna(lo) and pd.notna(hi) else ""
+                    for lo, hi in zip(table["difference_low"], table["difference_high"])]
+        shown = table[["class", "positives", "negatives", "auroc_a", "auroc_b", "difference"]].assign(
+            **{"95% CI (paired)": interval, "DeLong p": table["delong_p"]})
+        parts.append(f"<h2>Compared with {html.escape(str(a))}</h2>"
+                     f'<div class="muted">A = that run, B = this run; difference B - A; paired bootstrap resampling '
+                     f"{html.escape(str(unit))}; DeLong's test per class</div>" + table_html(shown))
+    return parts
 
 
 def localization_html(table):
@@ -143,14 +205,22 @@ def write_report(run_dir):
     if summary:
         parts.append(f"<p>{' &middot; '.join(summary)}</p>")
 
-    left, right = "", ""
+    left, right, groups = "", "", None
     if os.path.isfile(path("metrics.csv")):
-        metrics = compact_metrics(read_result(path("metrics.csv"), ["class"]))
-        left = f"<div><h2>Classification metrics (test split)</h2>{table_html(metrics)}</div>"
+        metrics = read_result(path("metrics.csv"), ["class"])
+        if "group" in metrics.columns:
+            groups = metrics
+            metrics = metrics[metrics["group"] == metrics["group"].iloc[0]].drop(columns=["group", "images"])
+        left = (f"<div><h2>Classification metrics (test split)</h2>{HEADLINE_NOTE}"
+                f"{table_html(compact_metrics(metrics))}</div>")
     if os.path.isfile(path("roc.png")):
         right = '<div><h2>ROC curves</h2><a href="roc.png"><img class="roc" src="roc.png" alt="ROC curves"></a></div>'
     if left or right:
         parts.append(f'<div class="row">{left}{right}</div>')
+    if groups is not None and groups["group"].nunique() > 1:
+        parts.append("<h2>By group</h2>" + GROUP_NOTE + table_html(group_summary(groups), ("group",)))
+    parts.extend(calibration_html(run_dir))
+    parts.extend(comparison_html(run_dir))
 
     if os.path.isfile(path("localization.csv")):
         table = read_result(path("localization.csv"), ["criterion", "T", "measure"])

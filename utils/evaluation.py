@@ -1,0 +1,82 @@
+"""The judgement of a model on held-out images: the files a reviewer reads.
+
+Given the images of each evaluation set (the test split of the training sources, and each held-out source in full)
+and the model's predictions on them, writes to the run folder:
+- metrics.csv: per set and group of images (all, each source, each view, PadChest's physician-labelled images; an
+  external source as 'external:<source>'), one row per class, 'macro' (the headline, over the 20 findings) and
+  'micro', with patient-bootstrap 95% intervals;
+- predictions.csv: ImageID, PatientID, Source, view, set, probabilities, labels at the validation thresholds and the
+  true labels;
+- calibration.csv and reliability.png: expected calibration error and log-loss on the test split, per class and
+  pooled over the findings, before and (with --calibrate) after temperature scaling;
+- roc.png of the test split.
+"""
+import os
+
+import numpy as np
+import pandas as pd
+
+from data.classes import CLASSES, FINDINGS
+from utils.calibration import apply_temperatures, calibration_table, plot_reliability
+from utils.metrics import grouped_metrics, image_groups, plot_roc, predictions_frame, write_metrics
+
+TEST = "test"
+EXTERNAL = "external"
+
+
+def evaluation_sets(frame, test_sources=None, whole=False, split_rows=None):
+    """{set name: rows} of the CSV to evaluate on: 'test' (the test split, or every row with whole=True, for a CSV
+    the model never saw) and 'external:<source>' (every row of each held-out source). split_rows(frame, name) picks
+    a split (traintest passes data.dataset.split with its --limit)."""
+    sets = {}
+    held_out = frame["Source"].isin(test_sources) if test_sources else pd.Series(False, index=frame.index)
+    rest = frame[~held_out].reset_index(drop=True)
+    if whole:
+        sets[TEST] = rest
+    elif len(rest):
+        sets[TEST] = split_rows(rest, "test") if split_rows else rest[rest["split"] == "test"].reset_index(drop=True)
+    for source in test_sources or []:
+        sets[f"{EXTERNAL}:{source}"] = frame[frame["Source"] == source].reset_index(drop=True)
+    return {name: rows for name, rows in sets.items() if len(rows)}
+
+
+def set_groups(name, rows):
+    """The groups of one evaluation set, named so that metrics.csv tells the sets apart."""
+    groups = image_groups(rows)
+    if name == TEST:
+        return groups
+    return {name if group == "all" else f"{name}:{group}": mask for group, mask in groups.items()
+            if group != rows["Source"].iloc[0]}  # an external set is one source: its source group repeats 'all'
+
+
+def judge(run_dir, results, thresholds, temperatures=None, n_boot=1000, seed=0):
+    """Write metrics.csv, predictions.csv, calibration.csv, reliability.png and roc.png for the evaluated sets.
+
+    results: {set name: (rows, probs [N, C], labels [N, C])} in the rows' order. With temperatures (from
+    --calibrate), the calibrated probabilities are the ones reported and thresholded; calibration.csv shows both.
+    Returns the metrics table."""
+    tables, predictions, scored = [], [], {}
+    for name, (rows, probs, labels) in results.items():
+        raw = np.asarray(probs, dtype=np.float64)
+        probs = apply_temperatures(raw, temperatures) if temperatures is not None else raw
+        tables.append(grouped_metrics(rows, labels, probs, thresholds, n_boot, seed, set_groups(name, rows)))
+        predictions.append(predictions_frame(rows, probs, thresholds, labels).assign(set=name))
+        scored[name] = (labels, raw, probs)
+        if name == TEST:
+            plot_roc(labels, probs, CLASSES, os.path.join(run_dir, "roc.png"))
+    table = pd.concat(tables, ignore_index=True)
+    write_metrics(table, os.path.join(run_dir, "metrics.csv"))
+    frame = pd.concat(predictions, ignore_index=True)
+    columns = [c for c in ("ImageID", "PatientID", "Source", "view", "set") if c in frame.columns]
+    frame[[*columns, *[c for c in frame.columns if c not in columns]]].to_csv(
+        os.path.join(run_dir, "predictions.csv"), index=False)
+    # Calibration is judged where the thresholds are applied in earnest: the test split (else the first set).
+    name = TEST if TEST in scored else next(iter(scored))
+    labels, raw, probs = scored[name]
+    findings = [CLASSES.index(c) for c in FINDINGS]
+    calibrated = probs if temperatures is not None else None
+    calibration_table(labels, raw, CLASSES, findings, calibrated, temperatures).to_csv(
+        os.path.join(run_dir, "calibration.csv"), index=False, na_rep="NA", float_format="%.6g")
+    plot_reliability(labels, raw, findings, os.path.join(run_dir, "reliability.png"), calibrated=calibrated,
+                     title=f"Reliability over the findings, {name} images")
+    return table
