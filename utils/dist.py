@@ -1,5 +1,6 @@
 """torch.distributed helpers in the style of torchvision's references: torchrun sets RANK, WORLD_SIZE and
 LOCAL_RANK; without them everything runs as a single process and these functions are no-ops."""
+import contextlib
 import os
 
 import numpy as np
@@ -49,6 +50,17 @@ def init_distributed(device="auto"):
 def barrier():
     if is_dist():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def local_main_first():
+    """Each machine's first process runs the block before the others, which wait: what it fetches into a cache the
+    node shares (a download), the others then find there."""
+    if not is_local_main():
+        barrier()
+    yield
+    if is_local_main():
+        barrier()
 
 
 def cleanup():

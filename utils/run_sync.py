@@ -7,6 +7,7 @@ deleted), so a missing role is one line at the start, not a traceback after the 
 imported here, on use: a training run without a gs:// folder never needs it.
 """
 import base64
+import fcntl
 import os
 
 from data.errors import InputError
@@ -54,7 +55,11 @@ class RunMirror:
     @property
     def client(self):
         if self._client is None:
-            from data.ingest.gcs import make_client
+            try:
+                from data.ingest.gcs import make_client
+            except ImportError as e:
+                raise InputError(f"{self.url}: a gs:// run folder needs the GCS client ({e}; pip install "
+                                 f"google-cloud-storage)") from None
             self._client = make_client()
         return self._client
 
@@ -106,13 +111,16 @@ class RunMirror:
         return len(changed)
 
     def pull(self, run_dir):
-        """Download every object under the prefix into run_dir (verified, atomically renamed); returns how many."""
+        """Download every object under the prefix into run_dir (verified, atomically renamed; a file already there
+        with the object's checksum is kept); returns how many. The processes of one machine (DDP ranks) take turns
+        (a lock beside run_dir): the first downloads, the others find the files there."""
         from data.ingest.gcs import download_blob
-        remote = self.remote()
-        if not remote:
-            raise InputError(f"{self.url}: no run there to resume (the prefix holds no objects)")
-        for rel, blob in remote.items():
-            if rel == WRITE_TEST:
-                continue
-            download_blob(blob, os.path.join(run_dir, *rel.split("/")))
+        os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
+        with open(os.path.abspath(run_dir) + ".pull.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            remote = {rel: blob for rel, blob in self.remote().items() if rel != WRITE_TEST}
+            if not remote:
+                raise InputError(f"{self.url}: no run there to resume (the prefix holds no objects)")
+            for rel, blob in remote.items():
+                download_blob(blob, os.path.join(run_dir, *rel.split("/")))
         return len(remote)

@@ -102,10 +102,11 @@ class Interrupted(KeyboardInterrupt):
 class StopSignals:
     """SIGTERM (a spot VM's preemption notice, systemd's stop) and SIGINT (Ctrl-C) as a request to stop cleanly.
 
-    Inside deferred(), a signal is only recorded (`requested`, the first one's number): the training loop looks at it
-    after each step and stops there, so that a mid-epoch checkpoint is written from a consistent state; a second
-    signal while it is written changes nothing. Elsewhere a signal raises Interrupted at once, as Ctrl-C raises
-    KeyboardInterrupt. Handlers are installed only in the main thread (Python delivers signals there alone)."""
+    Inside deferred(), a signal is only recorded (`requested`, its number): the training loop looks at it after each
+    step and stops there, so that a mid-epoch checkpoint is written from a consistent state. Elsewhere it raises
+    Interrupted at once, as Ctrl-C raises KeyboardInterrupt. The first signal decides: later ones (a second Ctrl-C,
+    the SIGTERM a VM sends every process again) are ignored, so that nothing interrupts the checkpoint being written
+    or a clean-up under way. Handlers are installed only in the main thread (Python delivers signals there alone)."""
 
     SIGNALS = STOP_SIGNALS
 
@@ -123,7 +124,9 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum, frame):
-        self.requested = self.requested or signum
+        if self.requested:
+            return
+        self.requested = signum
         if not self._deferring:
             raise Interrupted(signum)
 
