@@ -113,13 +113,18 @@ def _build(base, paths, size, workers, progress):
         else:
             # spawn: the caller may hold CUDA or threads that a fork would copy in a broken state. The builders
             # ignore SIGINT/SIGTERM; on either, the caller cancels what has not started and waits only for the
-            # chunks in hand (seconds), and the partial file is never taken for a cache.
+            # chunks in hand (seconds), and the partial file is never taken for a cache. The tasks are submitted
+            # (and the builders started) from a thread: Python raises a signal's exception in the main thread only,
+            # so it never cuts a builder's start-up (the builder would die reading half its start-up data).
             from data.dataset import worker_process_init
             pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                           initializer=worker_process_init)
+            starter = concurrent.futures.ThreadPoolExecutor(1)
             try:
-                _collect(pool.map(_decode_chunk, tasks), sizes, errors, bar)
+                jobs = starter.submit(lambda: [pool.submit(_decode_chunk, task) for task in tasks]).result()
+                _collect((job.result() for job in jobs), sizes, errors, bar)
             finally:
+                starter.shutdown(wait=True)
                 pool.shutdown(wait=True, cancel_futures=True)
     os.replace(partial, base + ".u8")
     tmp = base + ".json.partial"

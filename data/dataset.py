@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import stat
+import threading
 
 import cv2
 import numpy as np
@@ -33,11 +34,20 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def worker_process_init(_=None):
     """A helper process's set-up (a loader worker, a cache builder): one torch thread, since the processes are the
-    parallelism, and the stop signals ignored: the main process decides when to stop, and a worker killed by the
-    signal sent to the whole process group would break the step the main process is finishing."""
+    parallelism. The stop signals are the main process's to act on: it finishes its step with the batches the
+    workers deliver, so SIGINT (Ctrl-C, sent to the whole process group) is ignored, and so is a SIGTERM from anyone
+    but the parent (a VM's shutdown signals every process); the parent's own SIGTERM (the loader's or
+    multiprocessing's shutdown) still ends the worker, as torch's worker handler does."""
     torch.set_num_threads(1)
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below, whoever sends it
+    threading.Thread(target=_end_on_parents_sigterm, name="sigterm", daemon=True).start()
+
+
+def _end_on_parents_sigterm():
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
+            os._exit(0)
 
 
 def read_gray(path):

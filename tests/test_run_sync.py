@@ -4,11 +4,10 @@ import os
 import pytest
 
 from data.errors import InputError
-from tests.test_gcs import gcs_server  # noqa: F401 - the fake-gcs-server fixture
 from utils.run_sync import RunMirror
 
 
-def test_push_only_what_changed_and_pull_it_back(gcs_server, tmp_path):  # noqa: F811
+def test_push_only_what_changed_and_pull_it_back(gcs_server, tmp_path):
     gcs_server.create_bucket("runs")
     run = tmp_path / "run"
     (run / "heatmaps").mkdir(parents=True)
@@ -29,7 +28,7 @@ def test_push_only_what_changed_and_pull_it_back(gcs_server, tmp_path):  # noqa:
         assert (fresh / name).read_bytes() == (run / name).read_bytes()
 
 
-def test_missing_bucket_or_run_is_one_line(gcs_server, tmp_path):  # noqa: F811
+def test_missing_bucket_or_run_is_one_line(gcs_server, tmp_path):
     with pytest.raises(InputError, match=r"gs://nobucket/x: cannot write .*roles/storage.objectAdmin"):
         RunMirror("gs://nobucket/x", client=gcs_server).check_writable()
     gcs_server.create_bucket("runs")

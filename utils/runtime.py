@@ -106,7 +106,8 @@ class StopSignals:
     step and stops there, so that a mid-epoch checkpoint is written from a consistent state. Elsewhere it raises
     Interrupted at once, as Ctrl-C raises KeyboardInterrupt. The first signal decides: later ones (a second Ctrl-C,
     the SIGTERM a VM sends every process again) are ignored, so that nothing interrupts the checkpoint being written
-    or a clean-up under way. Handlers are installed only in the main thread (Python delivers signals there alone)."""
+    or a clean-up under way, and after a stop they stay ignored until the process ends. Handlers are installed only
+    in the main thread (Python delivers signals there alone)."""
 
     SIGNALS = STOP_SIGNALS
 
@@ -119,6 +120,16 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc):
+        if not self.requested:
+            self.release()
+            return
+        # after a stop the process is ending: later signals are ignored to its last line. SIG_IGN, since Python puts
+        # back the default action (death) of every signal it handles when the interpreter shuts down
+        for s in self._previous:
+            signal.signal(s, signal.SIG_IGN)
+
+    def release(self):
+        """The handlers there were before."""
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
