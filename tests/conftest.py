@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import cv2
@@ -132,8 +133,7 @@ def stop_mid_epoch(args, log, signals, env=None, group=False):
     1, sent `signals` (to its process group with group=True, as Ctrl-C in a terminal), let go, and sent SIGTERM
     again and again until it exits, so that later signals land in whatever it is doing then (finishing the step,
     writing the checkpoint). Returns (exit status, stderr, the last step logged before the signals)."""
-    err_file = log.parent.parent / f"{log.parent.name}.stderr"
-    with open(err_file, "w") as err:
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing read while it runs, nothing blocks
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "traintest.py"), *with_amp(args)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
@@ -141,6 +141,9 @@ def stop_mid_epoch(args, log, signals, env=None, group=False):
         while proc.poll() is None and time.monotonic() < deadline and \
                 not (log.is_file() and "epoch 1 batch 3/" in log.read_text()):
             time.sleep(0.002)
+        if proc.poll() is not None:
+            err.seek(0)
+            raise AssertionError(f"it ended ({proc.returncode}) before its third step:\n{err.read()[-3000:]}")
         os.kill(proc.pid, signal.SIGSTOP)
         steps = [line for line in log.read_text().splitlines() if " epoch 1 batch " in line]
         last_step = int(steps[-1].split(" batch ")[1].split("/")[0])
@@ -158,8 +161,11 @@ def stop_mid_epoch(args, log, signals, env=None, group=False):
             code = proc.wait(timeout=max(0.1, 20 - (time.monotonic() - start)))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError(f"still running 20 s after the signal:\n{err_file.read_text()[-3000:]}")
-    return code, err_file.read_text(), last_step
+            code = None
+        err.seek(0)
+        text = err.read()
+    assert code is not None, f"still running 20 s after the signal:\n{text[-3000:]}"
+    return code, text, last_step
 
 
 @pytest.fixture(scope="session")
