@@ -36,7 +36,7 @@ from data.files import atomic_path
 from utils.dist import unwrap
 from models import (BackboneStateError, StateDictError, backbone_arch, build_model, canonical_name, imagenet_url,
                     input_normalization, load_state, model_options)
-from models.backbones import BACKBONES, first_line
+from models.backbones import first_line
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def cached_weights_path(arch):
 
 def imagenet_state_dict(arch, weights_file=None, progress=True):
     """The ImageNet state_dict of `arch`, read from `weights_file` or torch.hub's cache. When the cache lacks it,
-    torchvision downloads it there first (its own download, checked against the hash in its name); without network
+    it is downloaded there first, as torchvision downloads it (checked against the hash in its name); without network
     WeightsUnavailable says which file to put where."""
     path = weights_file or cached_weights_path(arch)
     if not weights_file and not os.path.exists(path):
@@ -214,13 +214,15 @@ def imagenet_state_dict(arch, weights_file=None, progress=True):
 
 
 def download_weights(arch, path, progress=True, timeout=30):
-    """torchvision's download of the ImageNet weights of `arch` into torch.hub's cache (`path`)."""
+    """torchvision's weights file of `arch` downloaded into torch.hub's cache (`path`) as torchvision downloads it
+    (torch.hub's download, checked against the hash prefix in its name), without torch.hub's extra stderr line."""
     url = imagenet_url(arch)
-    log.info("downloading the ImageNet weights of %s from %s to %s", arch, url, path)
     before = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)  # torch.hub's download sets none: a network that drops packets would hang it
     try:
-        BACKBONES[arch].weights.get_state_dict(progress=progress, check_hash=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.hub.download_url_to_file(url, path, torch.hub.HASH_REGEX.search(os.path.basename(url)).group(1),
+                                       progress=progress)
     except (OSError, RuntimeError) as e:  # no network or no route (URLError), a cut or altered download
         raise WeightsUnavailable(
             f"ImageNet weights for {arch} are not at {path} and could not be downloaded from {url} "
@@ -229,6 +231,7 @@ def download_weights(arch, path, progress=True, timeout=30):
             f"--pretrained.") from None
     finally:
         socket.setdefaulttimeout(before)
+    log.info("downloaded the ImageNet weights of %s from %s to %s", arch, url, path)
 
 
 def pretrained_model(name, num_classes, weights_file=None, progress=True, **options):
