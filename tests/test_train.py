@@ -245,3 +245,24 @@ def test_amp_switch_spellings(text, setting):
 def test_amp_auto_picks_bf16_where_native_fp16_on_other_gpus(setting, device, native, dtype):
     from utils.runtime import amp_dtype
     assert amp_dtype(setting, device, native) == dtype
+
+
+def test_the_gpu_benchmark_runs_without_pydicom_or_the_gcs_client(tmp_path):
+    """benchmarks/bench_gpu.py on a GPU VM that has neither (its --quick sizes, smaller still): every measurement
+    prints, and the training path never imports them."""
+    import subprocess
+    import sys
+    from test_decode import ROOT, WITHOUT_PYDICOM_AND_GCS
+    code = WITHOUT_PYDICOM_AND_GCS + (
+        "import runpy\nrunpy.run_module('benchmarks.bench_gpu', run_name='__main__')\n"
+        "assert not [m for m in sys.modules if m.startswith(('pydicom', 'google.cloud'))]\n")
+    result = subprocess.run([sys.executable, "-c", code, "--quick", "--models", "unified-resnet50", "--batches", "2",
+                             "--precisions", "fp32", "--image-size", "32", "--stored-size", "48", "--steps", "1",
+                             "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for line in ("unified-resnet50 batch    2 fp32:", "uncached:", "--cache-dir build:", "--cache-dir:", "--cache:",
+                 "loop/model alone", "step 5 (predict with maps + localize, 2 images", "20 CheXNet epochs over"):
+        assert line in out, (line, out)
+    assert "skipped" not in out
