@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import InputError
+from data.transforms import SquareResize
 
 # Bump when the decoding or the resizing of training images changes: old caches then no longer match.
 CACHE_VERSION = 2
@@ -60,15 +61,12 @@ def cache_name(paths, image_size):
 def _decode_chunk(task):
     """Decode the images of one chunk into the partial cache file (in a builder process, or the caller's); their
     sizes and errors."""
-    from data.dataset import decode_square  # the loader's own decoding, so a cached batch is an uncached one
-    from data.transforms import SquareResize
-
-    file, n, size, start, paths = task
+    file, n, size, start, paths, decode = task
     out = np.memmap(file, dtype=np.uint8, mode="r+", shape=(n, size, size))
     resize = SquareResize(size)
     sizes, errors = np.zeros((len(paths), 2), dtype=np.int64), []
     for k, path in enumerate(paths):
-        img, decoded, reason = decode_square(path, resize)
+        img, decoded, reason = decode(path, resize)
         if not reason:
             out[start + k], sizes[k] = img.numpy()[0], decoded.numpy()
         errors.append(reason)
@@ -95,7 +93,7 @@ def _open(base, n, size):
     return ImageCache(base + ".u8", images, np.asarray(index["sizes"], dtype=np.int64).reshape(n, 2), index["errors"])
 
 
-def _build(base, paths, size, workers, progress):
+def _build(base, paths, size, decode, init, workers, progress):
     n = len(paths)
     partial = base + ".u8.partial"
     if os.path.exists(partial):  # a killed build's: a builder process it left behind may still write into that one
@@ -104,7 +102,7 @@ def _build(base, paths, size, workers, progress):
         if n:  # allocated now: a full disk is an error here, not a SIGBUS in a worker writing to a sparse file
             os.posix_fallocate(f.fileno(), 0, n * size * size)
     sizes, errors = np.zeros((n, 2), dtype=np.int64), [""] * n
-    tasks = [(partial, n, size, s, paths[s:s + CHUNK]) for s in range(0, n, CHUNK)]
+    tasks = [(partial, n, size, s, paths[s:s + CHUNK], decode) for s in range(0, n, CHUNK)]
     workers = min(workers, len(tasks))
     with tqdm(total=n, desc="cache", unit="img", disable=not progress) as bar:
         if workers <= 1:  # a start-up of a process that imports torch would cost more than the decoding
@@ -116,9 +114,8 @@ def _build(base, paths, size, workers, progress):
             # chunks in hand (seconds), and the partial file is never taken for a cache. The tasks are submitted
             # (and the builders started) from a thread: Python raises a signal's exception in the main thread only,
             # so it never cuts a builder's start-up (the builder would die reading half its start-up data).
-            from data.dataset import worker_process_init
             pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                          initializer=worker_process_init)
+                                                          initializer=init)
             starter = concurrent.futures.ThreadPoolExecutor(1)
             try:
                 jobs = starter.submit(lambda: [pool.submit(_decode_chunk, task) for task in tasks]).result()
@@ -141,10 +138,14 @@ def _collect(results, sizes, errors, bar):
         bar.update(len(chunk_errors))
 
 
-def image_cache(folder, paths, image_size, workers=None, progress=True):
+def image_cache(folder, paths, image_size, decode, init=None, workers=None, progress=True):
     """The ImageCache of these paths at this size in `folder`, built first (with `workers` processes, default all
     cores) when it is absent, partial or stale. Older caches of the same image list and size are removed. A complete
-    cache is opened without the lock, so a read-only folder that holds one serves it."""
+    cache is opened without the lock, so a read-only folder that holds one serves it.
+
+    decode(path, resize) -> (uint8 [1, S, S], (height, width), reason): the loader's own decoding
+    (data.dataset.decode_square), so that a cached batch is an uncached one; init: each builder process's set-up.
+    Both are module-level functions, which a spawned builder imports by name."""
     paths = [str(p) for p in paths]
     size = int(image_size)
     name, state = cache_name(paths, size)
@@ -168,7 +169,7 @@ def image_cache(folder, paths, image_size, workers=None, progress=True):
             for old in os.listdir(folder):
                 if old.startswith(f"images-{size}px-{name}-") and not old.startswith(os.path.basename(base)):
                     os.remove(os.path.join(folder, old))
-            _build(base, paths, size, workers or len(os.sched_getaffinity(0)), progress)
+            _build(base, paths, size, decode, init, workers or len(os.sched_getaffinity(0)), progress)
         except OSError as e:
             raise _storage_error(folder, e) from None
         return _open(base, len(paths), size)

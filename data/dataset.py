@@ -102,7 +102,8 @@ class ChestImages(Dataset):
             self.labels = torch.full((len(frame), len(classes or [])), -1.0)
         self.cache = self.disk = None
         if cache_dir is not None:
-            self.disk = image_cache(cache_dir, self.paths, image_size, progress=progress)
+            self.disk = image_cache(cache_dir, self.paths, image_size, decode_square, worker_process_init,
+                                    progress=progress)
         elif cache:
             self.cache = torch.zeros((len(frame), 1, image_size, image_size), dtype=torch.uint8).share_memory_()
             self.sizes = torch.zeros((len(frame), 2), dtype=torch.int64).share_memory_()

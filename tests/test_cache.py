@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data.cache import image_cache
-from data.dataset import decode_square, read_gray
+from data.cache import image_cache as build_cache
+from data.dataset import decode_square, read_gray, worker_process_init
 from data.errors import InputError
 from data.transforms import SquareResize
 
@@ -26,6 +26,11 @@ def images(tmp_path):
         paths.append(str(path))
     (tmp_path / "img" / "bad.png").write_bytes(b"not a png")
     return paths + [str(tmp_path / "img" / "bad.png")]
+
+
+def image_cache(folder, paths, size, **options):
+    """data.cache.image_cache with the loader's decoding, as data.dataset.ChestImages calls it."""
+    return build_cache(folder, paths, size, decode_square, worker_process_init, **options)
 
 
 def expected(path, size):
