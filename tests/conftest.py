@@ -128,13 +128,15 @@ def uninterrupted(tmp_path_factory):
     return {"csv": csv, "run": root / "run"}
 
 
-def stop_mid_epoch(args, log, signals, env=None, group=False):
-    """traintest.py ARGS started as a command, held still (SIGSTOP) as soon as `log` shows its third step of epoch
-    1, sent `signals` (to its process group with group=True, as Ctrl-C in a terminal), let go, and sent SIGTERM
-    again and again until it exits, so that later signals land in whatever it is doing then (finishing the step,
-    writing the checkpoint). Returns (exit status, stderr, the last step logged before the signals)."""
+def stop_mid_epoch(args, log, signals, env=None, group=False, launcher=(), again=True):
+    """traintest.py ARGS started as a command (after `launcher`: torchrun's), held still (SIGSTOP) as soon as `log`
+    shows its third step of epoch 1, sent `signals` (to its process group with group=True, as Ctrl-C in a terminal),
+    let go, and with again=True sent SIGTERM again and again until it exits, so that later signals land in whatever
+    it is doing then (finishing the step, writing the checkpoint). Returns (exit status, stderr, the last step logged
+    before the signals); AssertionError when it is still running 20 s after them."""
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing read while it runs, nothing blocks
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "traintest.py"), *with_amp(args)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, *launcher, os.path.join(ROOT, "traintest.py"), *with_amp(args)],
+                                cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
         deadline = time.monotonic() + 120
@@ -151,7 +153,7 @@ def stop_mid_epoch(args, log, signals, env=None, group=False):
             os.killpg(proc.pid, signum) if group else os.kill(proc.pid, signum)
         os.kill(proc.pid, signal.SIGCONT)
         start = time.monotonic()
-        while proc.poll() is None and time.monotonic() - start < 20:  # the 20 s a stopped run has to exit
+        while again and proc.poll() is None and time.monotonic() - start < 20:  # the 20 s it has to exit
             try:
                 os.kill(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
