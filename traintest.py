@@ -3,6 +3,8 @@
   python traintest.py --csv combined.csv --output-dir runs/chexnet                 # train, then evaluate on test
   torchrun --nproc_per_node 8 traintest.py --csv combined.csv --output-dir runs/r  # the same on 8 GPUs (DDP)
   python traintest.py --resume runs/chexnet --epochs 30                            # continue a stopped run
+  python traintest.py --csv combined.csv --output-dir gs://BUCKET/runs/r           # a spot VM: synced to the bucket,
+  python traintest.py --resume gs://BUCKET/runs/r                                  # and continued on the next VM
   python traintest.py --csv combined.csv --output-dir runs/eval --test-only --load-model runs/chexnet/checkpoint_best.pt
   python traintest.py --predict new_studies/ --load-model runs/chexnet/checkpoint_best.pt --output-dir predictions/
   python traintest.py --csv combined.csv --train-sources padchest --test-sources openi ...  # external validation
@@ -53,7 +55,8 @@ from utils.report import write_report
 from utils.cli import (Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, stored_args,
                        writable_file, writable_folder)
 from utils.run_sync import RunMirror, is_remote, work_folder
-from utils.runtime import StopSignals, amp_name, close_logging, seed_everything, setup_logging, use_amp
+from utils.runtime import (StopSignals, amp_name, close_logging, grad_scaler, seed_everything, setup_logging,
+                           use_amp)
 
 log = logging.getLogger("traintest")
 
@@ -354,7 +357,7 @@ def train(args, device, amp, stop):
                                  fused=device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                            patience=args.lr_patience)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and amp == torch.float16 else None
+    scaler = grad_scaler(amp, device)
     loss_fn = LOSSES[args.loss]
     config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
     bad = [] if args.skip_bad_images else None

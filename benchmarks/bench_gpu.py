@@ -33,9 +33,9 @@ from data.classes import CLASSES, NUM_CLASSES
 from data.transforms import Normalize
 from models import build_model
 from models.losses import bce_loss
-from utils.engine import autocast, make_loader, predict, train_one_epoch
+from utils.engine import autocast, make_loader, optimizer_step, predict, train_one_epoch
 from utils.localization import localize
-from utils.runtime import amp_name, use_amp
+from utils.runtime import amp_name, grad_scaler, use_amp
 
 TRAIN_IMAGES = 134_000  # the training split of the 168k-image dataset
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -95,7 +95,7 @@ def optimizer_for(model, device):
 def model_rate(model, device, image_size, batch_size, dtype, steps, warmup=3):
     """Training images/s of the model alone on a uint8 batch already on the device (normalized as the loop does)."""
     optimizer = optimizer_for(model, device)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None
+    scaler = grad_scaler(dtype, device)
     x = torch.randint(0, 255, (batch_size, 1, image_size, image_size), dtype=torch.uint8, device=device)
     y = torch.randint(0, 2, (batch_size, NUM_CLASSES), device=device).float()
     net = getattr(model, "_orig_mod", model)
@@ -107,14 +107,7 @@ def model_rate(model, device, image_size, batch_size, dtype, steps, warmup=3):
             start = time.perf_counter()
         with autocast(device, dtype):
             loss = bce_loss(model(normalize(x)), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
     sync(device)
     return steps * batch_size / (time.perf_counter() - start)
 
@@ -122,7 +115,7 @@ def model_rate(model, device, image_size, batch_size, dtype, steps, warmup=3):
 def loop_rate(model, loader, device, dtype, steps):
     """utils.engine.train_one_epoch over `loader` as traintest.py runs it; one warm-up step (workers, autotuning)."""
     optimizer = optimizer_for(model, device)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None
+    scaler = grad_scaler(dtype, device)
     flips = torch.Generator().manual_seed(0)
     common = dict(scaler=scaler, amp=dtype, flip_generator=flips)
     train_one_epoch(model, loader, optimizer, bce_loss, device, 0, max_batches=1, desc="warm-up", **common)

@@ -155,6 +155,18 @@ class _Watch:
         self.loss += loss.double() * counted
 
 
+def optimizer_step(loss, optimizer, scaler=None):
+    """Backward and step, through `scaler` (utils.runtime.grad_scaler: float16's) when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=None, amp=True, flip_generator=None,
                     max_batches=None, desc=None, bad=None, progress=None, stop=None, look_every=LOOK_EVERY):
     """One pass over `loader`, or its rest from `progress` (a mid-epoch checkpoint's); returns the Progress, with
@@ -224,14 +236,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
                 with autocast(device, amp):
                     logits = model(x)
                 loss = loss_fn(logits, targets) * weight
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler)
                 counted = images.shape[0] if weight else 0
                 watch.add(loss, counted, step + 1)
                 seen += counted

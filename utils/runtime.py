@@ -86,6 +86,11 @@ def use_amp(setting, device):
     return amp_dtype(setting, device.type, native)
 
 
+def grad_scaler(dtype, device):
+    """float16 on CUDA needs a GradScaler (its range is too narrow for small gradients); bfloat16 and float32 none."""
+    return torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None
+
+
 def amp_name(dtype):
     """How the log and the benchmarks name a precision."""
     return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
