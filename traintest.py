@@ -3,6 +3,8 @@
   python traintest.py --csv combined.csv --output-dir runs/chexnet                 # train, then evaluate on test
   torchrun --nproc_per_node 8 traintest.py --csv combined.csv --output-dir runs/r  # the same on 8 GPUs (DDP)
   python traintest.py --resume runs/chexnet --epochs 30                            # continue a stopped run
+  python traintest.py --csv combined.csv --output-dir gs://BUCKET/runs/r           # a spot VM: synced to the bucket,
+  python traintest.py --resume gs://BUCKET/runs/r                                  # and continued on the next VM
   python traintest.py --csv combined.csv --output-dir runs/eval --test-only --load-model runs/chexnet/checkpoint_best.pt
   python traintest.py --predict new_studies/ --load-model runs/chexnet/checkpoint_best.pt --output-dir predictions/
   python traintest.py --csv combined.csv --train-sources padchest --test-sources openi ...  # external validation
@@ -16,7 +18,9 @@ intervals), predictions.csv, thresholds.csv, calibration.csv, reliability.png, r
 localization.csv (with --boxes-csv) and report.html; --predict adds
 predict_errors.csv (path, error: the files that did not decode), --skip-bad-images skipped_images.csv.
 Every flag and output location is checked before any work starts; bad input is one line on stderr and exit status
-2, Ctrl-C one line and exit status 130 (continue with --resume).
+2. SIGTERM (a spot VM's preemption) or Ctrl-C while training: the current step ends, checkpoint_last.pt is written
+mid-epoch (and synced), one line says how to continue (--resume), exit status 0; outside training (set-up, the
+cache build, the test) one line and exit status 128 + the signal's number (130 for Ctrl-C).
 The seed's spellings (--run-dir, --out, --load_model, --save_model, --batch_size, --is_training 0) still work.
 """
 import argparse
@@ -25,6 +29,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -40,16 +45,18 @@ from models import LOSSES, MIN_INPUT_SIZE, MODEL_NAMES, build_model, canonical_n
 from utils import dist
 from utils.checkpoint import (checkpoint_model, load_checkpoint, load_weights, model_checkpoint, pretrained_model,
                               read_checkpoint, restore_training, save_checkpoint, training_checkpoint, training_state)
-from utils.engine import NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch
+from utils.engine import LOOK_EVERY, NonFiniteLoss, Progress, Stopped, evaluate, make_loader, predict, train_one_epoch
 from utils.calibration import apply_temperatures, fitted_thresholds
 from utils.evaluation import TEST, evaluation_sets, judge
 from utils.localization import localize, parse_levels, read_box_csv
 from utils.metrics import (choose_thresholds, headline, mean_auroc, parse_classes, predictions_frame, summary_line,
                            write_thresholds)
 from utils.report import write_report
-from utils.cli import (Parser, amp_setting, at_least, checked, given_flags, on_off, stored_args, writable_file,
-                       writable_folder)
-from utils.runtime import close_logging, seed_everything, setup_logging, use_amp
+from utils.cli import (Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, stored_args,
+                       writable_file, writable_folder)
+from utils.run_sync import RunMirror, is_remote, work_folder
+from utils.runtime import (StopSignals, amp_name, close_logging, grad_scaler, seed_everything, setup_logging,
+                           use_amp)
 
 log = logging.getLogger("traintest")
 
@@ -68,10 +75,15 @@ def get_args_parser():
     io.add_argument("--csv", help="combined.csv from combinelabels.py (ImageID, path, split and the 22 class columns)")
     io.add_argument("--output-dir", "--run-dir", "--out", dest="output_dir", metavar="DIR",
                     help="folder for checkpoints, logs, metrics and heatmaps (training default: runs/run; --predict "
-                         "needs one)")
+                         "needs one); a gs://BUCKET/runs/NAME URL: the run is written in a local work folder "
+                         "($XDG_CACHE_HOME/traintest/runs/...) and copied there as --sync-to does")
     io.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint_last.pt with "
                     "the arguments it was started with; flags given with it replace them (e.g. --epochs 30, --lr), "
-                    "except those that shape the model, which the checkpoint fixes")
+                    "except those that shape the model, which the checkpoint fixes. A gs:// URL (--sync-to's): the "
+                    "run is fetched from the bucket first (a fresh VM), and synced there as it goes on")
+    io.add_argument("--sync-to", metavar="gs://BUCKET/runs/NAME", help="copy the run folder to this bucket prefix "
+                    "after each checkpoint and at the end (only files that changed), so that --resume URL continues "
+                    "it on another machine (a preempted spot VM's successor); write access is tried before any work")
     io.add_argument("--load-model", "--load_model", metavar="CKPT", help="checkpoint to evaluate (--test-only), to "
                     "predict with (--predict), or to start training from")
     io.add_argument("--save-model", "--save_model", metavar="PATH", help="also copy the best checkpoint to PATH")
@@ -92,7 +104,9 @@ def get_args_parser():
     m.add_argument("--model", default="chexnet", type=checked(canonical_name), help=f"{', '.join(MODEL_NAMES)} (the seed's "
                    "densenet, resnet, vgg are aliases)")
     m.add_argument("--pretrained", nargs="?", const=True, default=False, type=on_off, metavar="on|off",
-                   help="start from torchvision's ImageNet weights (local cache or --weights); never downloads")
+                   help="start from torchvision's ImageNet weights: --weights FILE, or torch.hub's cache, into which "
+                   "torchvision downloads them when they are absent (offline: the message names the file to put "
+                   "there)")
     m.add_argument("--weights", metavar="FILE", help="ImageNet weights file of the backbone for --pretrained")
     m.add_argument("--pooling", default="lse", choices=["lse", "max", "avg"],
                    help="global pooling of the Unified DCNN (CheXNet always averages)")
@@ -113,12 +127,27 @@ def get_args_parser():
     t.add_argument("--loss", default="bce", choices=sorted(LOSSES),
                    help="bce: CheXNet's binary cross-entropy; wcel: ChestX-ray8's weighted cross-entropy")
     t.add_argument("--amp", default="auto", type=amp_setting, metavar="auto|on|off",
-                   help="mixed precision: float16 AMP on CUDA, bfloat16 autocast on CPU; auto: on CUDA, and on CPUs "
-                   "with native bfloat16 (AVX-512 BF16/AMX; elsewhere bfloat16 is emulated and many times slower)")
+                   help="mixed precision. CUDA (auto and on): bfloat16 autocast on GPUs that have it natively (Ampere "
+                   "and later; no GradScaler), float16 with a GradScaler on older ones. CPU: bfloat16 autocast; auto "
+                   "only on CPUs with native bfloat16 (AVX-512 BF16/AMX; elsewhere it is emulated and many times "
+                   "slower)")
+    t.add_argument("--compile", action="store_true", help="wrap the model in torch.compile: minutes of compilation "
+                   "at the start, then faster steps on a GPU (CheXNet, bf16, batch 256 on an H200: about 1.2x; "
+                   "benchmarks/bench_gpu.py measures it). Off by default: not worth its compilation on a CPU, and "
+                   "unmeasured on most GPUs")
     t.add_argument("--workers", type=at_least(0), default=min(4, max(1, (os.cpu_count() or 2) - 1)),
                    help="DataLoader worker processes per training process")
     t.add_argument("--cache", action="store_true", help="keep decoded, resized images in shared memory so that "
-                   "epochs after the first decode nothing (needs N x image_size^2 bytes of RAM)")
+                   "epochs after the first decode nothing (needs N x image_size^2 bytes of RAM); instead of the "
+                   "persistent --cache-dir")
+    t.add_argument("--cache-dir", type=cache_dir_setting, metavar="DIR|off", help="persistent cache of the train and "
+                   "val images decoded at the training size: one memory-mapped uint8 file per image list and size, "
+                   "built once with every core before the first epoch, then shared by every process on the machine "
+                   "(DDP ranks) and by later runs; rebuilt when an image, the list or the size changes (default: "
+                   "cache/ beside --csv; off: decode every epoch, or keep them in memory with --cache)")
+    t.add_argument("--log-every", type=at_least(1), default=LOOK_EVERY, metavar="N",
+                   help="steps between looks at the loss (the log's running loss, a NaN stopping the run; under DDP "
+                   "also when the ranks agree on a stop signal); the steps in between never wait for the GPU")
     t.add_argument("--seed", type=int, default=0, help="random seed (shuffling, flips, initialization)")
     t.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels: a killed and resumed run ends with the same metrics")
@@ -165,7 +194,8 @@ MODEL_FLAGS = ("model", "pretrained", "weights", "pooling", "lse_r", "map_size",
 
 
 def parse_args(argv):
-    """The command line; with --resume, the run's stored arguments are the defaults it replaces."""
+    """The command line; with --resume, the run's stored arguments are the defaults it replaces (a gs:// run is
+    fetched into its local work folder first)."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
@@ -175,18 +205,23 @@ def parse_args(argv):
             raise InputError(f"--resume continues {args.resume}'s own model; it cannot change "
                              f"{', '.join('--' + k.replace('_', '-') for k in refused)} (start a new run with "
                              f"--load-model {args.resume}/checkpoint_best.pt to fine-tune)")
+        url = args.resume if is_remote(args.resume) else None
+        folder = work_folder(url) if url else args.resume
+        if url:
+            RunMirror(url).pull(folder)
         known = vars(parser.parse_args([]))
-        parser.set_defaults(**{k: v for k, v in stored_args(args.resume).items()
+        parser.set_defaults(**{k: v for k, v in stored_args(folder).items()
                                if k in known and k not in ("resume", "overwrite")})
         args = parser.parse_args(argv)
-        args.output_dir = args.resume
+        args.resume = args.output_dir = folder
+        args.sync_to = url or args.sync_to
     args.given, args.test_only = given, args.test_only or args.is_training == 0
     return args
 
 
-def loader(frame, args, image_size, train=False):
+def loader(frame, args, image_size, train=False, cache_dir=None):
     return make_loader(frame, image_size, CLASSES, batch_size=args.batch_size, workers=args.workers, train=train,
-                       seed=args.seed, cache=args.cache,
+                       seed=args.seed, cache=args.cache, cache_dir=cache_dir,
                        pin_memory=torch.cuda.is_available() and args.device != "cpu")
 
 
@@ -195,7 +230,8 @@ def new_model(args):
                "input_size": args.image_size or 224}
     options = {k: v for k, v in options.items() if k in model_options(args.model)}
     if args.pretrained:
-        return pretrained_model(args.model, NUM_CLASSES, args.weights, **options)
+        with dist.local_main_first():  # one download per machine, into the cache its processes share
+            return pretrained_model(args.model, NUM_CLASSES, args.weights, progress=dist.is_local_main(), **options)
     return build_model(args.model, NUM_CLASSES, **options)
 
 
@@ -288,7 +324,9 @@ def write_skipped(bad, out_dir):
                         "s" if len(rows) > 1 else "", os.path.join(out_dir, "skipped_images.csv"), path, reason)
 
 
-def train(args, device, amp):
+def train(args, device, amp, stop):
+    """Train, then test the best model; a stop signal ends it early with a checkpoint, and the one line main() prints
+    is returned."""
     frame = run_rows(args)
     pool = frame[~frame["Source"].isin(args.test_sources)] if args.test_sources else frame  # held out in full
     train_frame, val_frame = split(pool, "train", args.limit), split(pool, "val", args.limit)
@@ -312,14 +350,19 @@ def train(args, device, amp):
     if dist.is_dist():
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    if args.compile:
+        model = torch.compile(model)
+    # fused on CUDA: one kernel for all parameters, and a GradScaler's inf check stays on the device
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
+                                 fused=device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                            patience=args.lr_patience)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and amp else None
+    scaler = grad_scaler(amp, device)
     loss_fn = LOSSES[args.loss]
     config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    bad = [] if args.skip_bad_images else None
 
-    start_epoch, best_auroc, history = 0, -math.inf, []
+    start_epoch, best_auroc, history, cut = 0, -math.inf, [], None
     if resumed:
         restore_training(resumed, ckpt_last, model, optimizer, scheduler, scaler)
         for group in optimizer.param_groups:  # given with --resume: they replace the restored optimizer's own
@@ -327,46 +370,91 @@ def train(args, device, amp):
         if "lr_patience" in args.given:
             scheduler.patience = args.lr_patience
         start_epoch, best_auroc, history = resumed["epoch"], resumed["best_auroc"], list(resumed.get("history", []))
-        log.info("resuming %s after epoch %d (best validation mean AUROC %.4f)", args.output_dir, start_epoch,
-                 best_auroc)
+        cut = resumed.get("progress")
+        if cut and (cut["batch_size"], cut["world_size"]) != (args.batch_size, dist.world_size()):
+            log.warning("epoch %d stopped after batch %d of batch size %d on %d processes; with batch size %d on %d "
+                        "it starts again from its first batch", start_epoch + 1, cut["step"], cut["batch_size"],
+                        cut["world_size"], args.batch_size, dist.world_size())
+            cut = None
+        if cut and bad is not None and dist.is_main():
+            bad += [tuple(row) for row in resumed.get("skipped") or []]
+        log.info("resuming %s after epoch %d%s (best validation mean AUROC %.4f)", args.output_dir, start_epoch,
+                 f", batch {cut['step']} of epoch {start_epoch + 1}" if cut else "", best_auroc)
 
-    train_loader, val_loader = loader(train_frame, args, image_size, train=True), loader(val_frame, args, image_size)
-    bad = [] if args.skip_bad_images else None
-    log.info("%s on %s x%d: %d train, %d val images, %d px, batch %d, loss %s, amp %s, %d workers%s",
+    cache_dir = cache_folder(args)
+    train_loader = loader(train_frame, args, image_size, train=True, cache_dir=cache_dir)
+    val_loader = loader(val_frame, args, image_size, cache_dir=cache_dir)
+    log.info("%s on %s x%d: %d train, %d val images, %d px, batch %d per process, loss %s, amp %s, %d workers%s%s",
              dist.unwrap(model).model_args["name"],
              device.type, dist.world_size(), len(train_frame), len(val_frame), image_size, args.batch_size, args.loss,
-             amp, args.workers, ", cache" if args.cache else "")
-    for epoch in range(start_epoch, args.epochs):
-        train_loader.sampler.set_epoch(epoch)
-        flips = torch.Generator().manual_seed(args.seed * 100003 + epoch)
-        t0 = time.perf_counter()
-        train_loss, rate = train_one_epoch(model, train_loader, optimizer, loss_fn, device, epoch + 1, scaler=scaler,
-                                           amp=amp, flip_generator=flips, max_batches=args.max_train_batches,
-                                           desc=f"epoch {epoch + 1}/{args.epochs}", bad=bad)
-        val_loss, val = evaluate(model, val_loader, device, loss_fn, amp=amp, desc="validation", bad=bad)
-        if len(val.indices) == 0:
-            raise InputError(f"none of the {len(val_frame)} validation images of {args.csv} decoded")
-        if not math.isfinite(val_loss):
-            raise NonFiniteLoss(f"validation loss is {val_loss} after epoch {epoch + 1}")
-        val_auroc = mean_auroc(val.labels, val.probs)
-        scheduler.step(val_loss)
-        improved = math.isnan(val_auroc) and best_auroc == -math.inf or val_auroc > best_auroc
-        if improved:
-            best_auroc = val_auroc if not math.isnan(val_auroc) else best_auroc
-        lr = optimizer.param_groups[0]["lr"]
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auroc": val_auroc,
-                        "lr": lr, "images_per_s": rate})
-        log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val mean AUROC %.4f%s  lr %.2g  %.1f img/s  %.0f s",
-                 epoch + 1, args.epochs, train_loss, val_loss, val_auroc, " (best)" if improved else "", lr, rate,
-                 time.perf_counter() - t0)
-        if dist.is_main():
-            if improved:  # the best checkpoint is a model only, with the thresholds chosen on validation
-                thresholds, temperatures = fitted_thresholds(val.labels, val.probs, args.calibrate, choose_thresholds)
-                save_checkpoint(model_checkpoint(model, config=config, epoch=epoch + 1, val_auroc=val_auroc,
-                                                 thresholds=thresholds, temperatures=temperatures), ckpt_best)
-            save_checkpoint(training_checkpoint(model, optimizer, scheduler, scaler, config=config, epoch=epoch + 1,
-                                                best_auroc=best_auroc, history=history), ckpt_last)
-        dist.barrier()
+             amp_name(amp), args.workers, f", cache {cache_dir}" if cache_dir else ", cache" if args.cache else "",
+             ", compiled" if args.compile else "")
+    if args.batch_size < 256:
+        log.info("batch %d: CheXNet's recipe is batch 16 at lr 1e-3; a GPU trains several times faster at larger "
+                 "batches, e.g. --batch-size 256 --lr %.3g (the learning rate scaled linearly with the batch)",
+                 args.batch_size, args.lr * 256 / args.batch_size)
+    mirror = RunMirror(args.sync_to) if args.sync_to and dist.is_main() else None
+    n_batches = len(train_loader) if args.max_train_batches is None else min(len(train_loader),
+                                                                              args.max_train_batches)
+    with stop.deferred():  # from here a stop signal ends the run at a step's end, with a checkpoint
+        for epoch in range(start_epoch, args.epochs):
+            if agreed(stop, device):  # it came while the last checkpoint was written: that one holds the run
+                return stopped_line(stop, args, f"after epoch {epoch}")
+            train_loader.sampler.set_epoch(epoch)
+            flips = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+            progress = None
+            if cut:  # the epoch a stop signal cut short: the rest of its batches, with their flips
+                flips.set_state(cut["flips"])
+                progress, cut = Progress.of_rank(cut), None
+            t0 = time.perf_counter()
+            progress = train_one_epoch(model, train_loader, optimizer, loss_fn, device, epoch + 1, scaler=scaler,
+                                       amp=amp, flip_generator=flips, max_batches=args.max_train_batches,
+                                       desc=f"epoch {epoch + 1}/{args.epochs}", bad=bad, progress=progress,
+                                       stop=stop, look_every=args.log_every)
+            try:
+                if progress.stopped:
+                    raise Stopped(progress.stopped)
+                val_loss, val = evaluate(model, val_loader, device, loss_fn, amp=amp, desc="validation", bad=bad,
+                                         stop=stop)
+            except Stopped:
+                skipped = [row for part in dist.all_gather(bad or []) for row in part]
+                if dist.is_main():
+                    save_checkpoint(training_checkpoint(
+                        model, optimizer, scheduler, scaler, config=config, epoch=epoch, best_auroc=best_auroc,
+                        history=history, skipped=skipped, progress={
+                            **progress.as_dict(), "batch_size": args.batch_size, "world_size": dist.world_size(),
+                            "flips": flips.get_state()}), ckpt_last)
+                    sync(mirror, args.output_dir)
+                dist.barrier()
+                return stopped_line(stop, args, f"in epoch {epoch + 1} after batch {progress.step} of {n_batches}")
+            if len(val.indices) == 0:
+                raise InputError(f"none of the {len(val_frame)} validation images of {args.csv} decoded")
+            if not math.isfinite(val_loss):
+                raise NonFiniteLoss(f"validation loss is {val_loss} after epoch {epoch + 1}")
+            val_auroc = mean_auroc(val.labels, val.probs)
+            scheduler.step(val_loss)
+            improved = math.isnan(val_auroc) and best_auroc == -math.inf or val_auroc > best_auroc
+            if improved:
+                best_auroc = val_auroc if not math.isnan(val_auroc) else best_auroc
+            lr = optimizer.param_groups[0]["lr"]
+            history.append({"epoch": epoch + 1, "train_loss": progress.loss, "val_loss": val_loss,
+                            "val_auroc": val_auroc, "lr": lr, "images_per_s": progress.rate})
+            log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val mean AUROC %.4f%s  lr %.2g  %.1f img/s  %.0f s",
+                     epoch + 1, args.epochs, progress.loss, val_loss, val_auroc, " (best)" if improved else "", lr,
+                     progress.rate, time.perf_counter() - t0)
+            if dist.is_main():
+                if improved:  # the best checkpoint is a model only, with the thresholds chosen on validation
+                    thresholds, temperatures = fitted_thresholds(val.labels, val.probs, args.calibrate,
+                                                                 choose_thresholds)
+                    save_checkpoint(model_checkpoint(model, config=config, epoch=epoch + 1, val_auroc=val_auroc,
+                                                     thresholds=thresholds, temperatures=temperatures), ckpt_best)
+                save_checkpoint(training_checkpoint(model, optimizer, scheduler, scaler, config=config,
+                                                    epoch=epoch + 1, best_auroc=best_auroc, history=history),
+                                ckpt_last)
+                sync(mirror, args.output_dir)
+            dist.barrier()
+        if agreed(stop, device):
+            return stopped_line(stop, args, f"after epoch {args.epochs}, before the test")
 
     # Evaluate the best model, with thresholds chosen on validation by that same model.
     best = read_checkpoint(ckpt_best)
@@ -377,6 +465,30 @@ def train(args, device, amp):
         with atomic_path(args.save_model) as tmp:
             shutil.copyfile(ckpt_best, tmp)
     test(model, sets, args, device, amp, best["thresholds"], best.get("temperatures"), image_size, bad)
+
+
+def cache_folder(args):
+    """The persistent cache's folder (--cache-dir; by default cache/ beside --csv), or None: off, or --cache."""
+    if args.cache_dir == "off" or args.cache_dir is None and args.cache:
+        return None
+    return args.cache_dir or os.path.join(os.path.dirname(args.csv), "cache")
+
+
+def agreed(stop, device):
+    """Whether a stop signal has come, to any rank (one collective under DDP)."""
+    return bool(dist.all_reduce_sum(stop.requested, device))
+
+
+def sync(mirror, run_dir):
+    """Copy what changed in the run folder to --sync-to's bucket (rank 0; nothing without --sync-to)."""
+    if mirror is not None:
+        log.info("synced %d files to %s", mirror.push(run_dir), mirror.url)
+
+
+def stopped_line(stop, args, where):
+    """The one line of a run a stop signal ended, saying how to go on."""
+    return (f"traintest.py: stopped by {stop.name or 'a stop signal'} {where}; checkpoint_last.pt holds the run: "
+            f"continue with python traintest.py --resume {args.sync_to or args.output_dir}")
 
 
 def checked_image_size(args, model):
@@ -468,6 +580,12 @@ def check_args(args):
                          f"{MIN_INPUT_SIZE[args.model]} pixels")
     if args.boxes_csv and args.max_heatmaps != 0:
         read_box_csv(args.boxes_csv)  # a bad row is found now, not after training
+    if training and args.cache and args.cache_dir not in (None, "off"):
+        raise InputError(f"--cache keeps the images in memory, --cache-dir {args.cache_dir} on disk: give one of them")
+    if args.sync_to and not is_remote(args.sync_to):
+        raise InputError(f"--sync-to {args.sync_to}: expected a gs://BUCKET/runs/NAME URL")
+    if args.sync_to:
+        work_folder(args.sync_to)  # a URL that names a run folder
     writable_folder(args.output_dir, "--output-dir")
     if training and args.save_model:
         writable_file(args.save_model, "--save-model")
@@ -477,7 +595,9 @@ def check_args(args):
                          f"first epoch ended)")
     if training and not args.resume and not args.overwrite and os.path.exists(last):
         raise InputError(f"{args.output_dir} already holds a run (checkpoint_last.pt): continue it with --resume "
-                         f"{args.output_dir}, or pass --overwrite to start over and replace it")
+                         f"{args.sync_to or args.output_dir}, or pass --overwrite to start over and replace it")
+    if args.sync_to and dist.is_main():
+        RunMirror(args.sync_to).check_writable()  # a missing role is found now, not after the first epoch
 
 
 def start_run(args):
@@ -495,26 +615,37 @@ def start_run(args):
 
 
 def run(args):
-    device = dist.init_distributed(args.device)
-    amp = use_amp(args.amp, device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.predict:
-        args.output_dir = args.output_dir or "runs/run"
-    for key in ("csv", "weights", "boxes_csv", "load_model"):  # args.json must work from any folder on resume
-        if getattr(args, key):
-            setattr(args, key, os.path.abspath(getattr(args, key)))
-    check_args(args)
-    setup_logging(args.output_dir)
-    seed_everything(args.seed + dist.rank(), args.deterministic)
-    if args.predict:
-        return predict_new(args, device, amp)
-    training = not args.test_only
-    if training and not args.resume:
-        if dist.is_main():
-            start_run(args)
-        dist.barrier()
-    return train(args, device, amp) if training else evaluate_only(args, device, amp)
+    """The run main() asked for; the line to print when a stop signal ended it early (None otherwise)."""
+    with StopSignals() as stop:
+        device = dist.init_distributed(args.device)
+        amp = use_amp(args.amp, device)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if not args.predict:
+            args.output_dir = args.output_dir or "runs/run"
+        if is_remote(args.output_dir):  # a local work folder, mirrored to the bucket
+            if args.sync_to and args.sync_to.rstrip("/") != args.output_dir.rstrip("/"):
+                raise InputError(f"--output-dir {args.output_dir} and --sync-to {args.sync_to}: give one of them")
+            args.sync_to, args.output_dir = args.output_dir, work_folder(args.output_dir)
+        for key in ("csv", "weights", "boxes_csv", "load_model", "cache_dir"):  # args.json must work from any folder
+            if getattr(args, key) not in (None, "off"):
+                setattr(args, key, os.path.abspath(getattr(args, key)))
+        check_args(args)
+        setup_logging(args.output_dir)
+        seed_everything(args.seed + dist.rank(), args.deterministic)
+        if args.predict:
+            stopped = predict_new(args, device, amp)
+        elif args.test_only:
+            stopped = evaluate_only(args, device, amp)
+        else:
+            if not args.resume:
+                if dist.is_main():
+                    start_run(args)
+                dist.barrier()
+            stopped = train(args, device, amp, stop)
+        if args.sync_to and dist.is_main():
+            sync(RunMirror(args.sync_to), args.output_dir)
+        return stopped
 
 
 def main(argv=None):
@@ -522,7 +653,9 @@ def main(argv=None):
     args = None
     try:
         args = parse_args(argv)
-        run(args)
+        stopped = run(args)
+        if stopped and dist.is_main():
+            print(stopped, file=sys.stderr)
     except InputError as e:
         print(f"traintest.py: error: {e}", file=sys.stderr)
         return 2
@@ -530,9 +663,9 @@ def main(argv=None):
         print(f"traintest.py: error: {e}; stopped, the last good checkpoint is kept (try a lower --lr or --amp off)",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM outside the training steps (set-up, cache build, test)
         print(f"\ntraintest.py: interrupted{interrupted_hint(args)}", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)
     finally:
         close_logging()
         dist.cleanup()
@@ -540,13 +673,14 @@ def main(argv=None):
 
 
 def interrupted_hint(args):
-    """How to go on after Ctrl-C: --resume when the run has a checkpoint to continue from."""
-    if args is None or args.predict or args.test_only or not args.output_dir:
+    """How to go on after an interruption: --resume when the run has a checkpoint to continue from."""
+    if args is None or args.predict or args.test_only or not args.output_dir or is_remote(args.output_dir):
         return ""
     last = os.path.join(args.output_dir, "checkpoint_last.pt")
     if not os.path.isfile(last):
         return " before the first epoch ended; nothing to resume"
-    return f"; the last checkpoint is kept: continue with python traintest.py --resume {args.output_dir}"
+    return (f"; the last checkpoint is kept: continue with python traintest.py --resume "
+            f"{args.sync_to or args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -84,9 +84,8 @@ def shipped_loop(model, loader, optimizer, batches, amp):
     flips = torch.Generator().manual_seed(0)
     train_one_epoch(model, loader, optimizer, bce_loss, torch.device("cpu"), 0, amp=amp, flip_generator=flips,
                     max_batches=1, desc="warm-up")
-    _, rate = train_one_epoch(model, loader, optimizer, bce_loss, torch.device("cpu"), 0, amp=amp,
-                              flip_generator=flips, max_batches=batches, desc="shipped")
-    return rate
+    return train_one_epoch(model, loader, optimizer, bce_loss, torch.device("cpu"), 0, amp=amp,
+                           flip_generator=flips, max_batches=batches, desc="shipped").rate
 
 
 def fresh_model(name, channels_last):

@@ -19,9 +19,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import InputError
+from data.transforms import SquareResize
 
 # Bump when the decoding or the resizing of training images changes: old caches then no longer match.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CHUNK = 256
 
 
@@ -34,6 +35,13 @@ class ImageCache:
 
     def __len__(self):
         return len(self.images)
+
+    def __getstate__(self):  # a spawned loader worker maps the file again; pickling the map would copy every image
+        return {**self.__dict__, "images": self.images.shape}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.images = np.memmap(self.path, dtype=np.uint8, mode="r", shape=state["images"])
 
 
 def cache_name(paths, image_size):
@@ -51,32 +59,27 @@ def cache_name(paths, image_size):
 
 
 def _decode_chunk(task):
-    """Worker: decode the images of one chunk into the partial cache file; their sizes and errors."""
-    from data.dataset import read_gray  # the worker's own import: the same decoding as the uncached loader
-    from data.transforms import SquareResize
-
-    file, n, size, start, paths = task
+    """Decode the images of one chunk into the partial cache file (in a builder process, or the caller's); their
+    sizes and errors."""
+    file, n, size, start, paths, decode = task
     out = np.memmap(file, dtype=np.uint8, mode="r+", shape=(n, size, size))
     resize = SquareResize(size)
     sizes, errors = np.zeros((len(paths), 2), dtype=np.int64), []
     for k, path in enumerate(paths):
-        try:
-            gray = read_gray(path)
-        except Exception as e:  # noqa: BLE001 - recorded in-band, as the loader does; the engine reports it
-            errors.append(f"cannot decode {path}: {e}")
-            continue
-        out[start + k] = resize(gray).numpy()[0]
-        sizes[k] = gray.shape[:2]
-        errors.append("")
+        img, decoded, reason = decode(path, resize)
+        if not reason:
+            out[start + k], sizes[k] = img.numpy()[0], decoded.numpy()
+        errors.append(reason)
     out.flush()
     return start, sizes, errors
 
 
 def _storage_error(folder, e):
     reasons = {errno.ENOSPC: "is full", errno.EROFS: "is read-only", errno.EACCES: "is not writable",
-               errno.EDQUOT: "is over its quota"}
+               errno.EPERM: "is not writable", errno.EDQUOT: "is over its quota",
+               errno.EFBIG: "does not take a file this large"}
     return InputError(f"--cache-dir {folder} {reasons.get(e.errno, 'cannot be written')}: {e.strerror or e}; "
-                      "free space, choose another --cache-dir, or train without it")
+                      "free space, choose another --cache-dir, or pass --cache-dir off")
 
 
 def _open(base, n, size):
@@ -90,21 +93,36 @@ def _open(base, n, size):
     return ImageCache(base + ".u8", images, np.asarray(index["sizes"], dtype=np.int64).reshape(n, 2), index["errors"])
 
 
-def _build(folder, base, paths, size, workers, progress):
+def _build(base, paths, size, decode, init, workers, progress):
     n = len(paths)
     partial = base + ".u8.partial"
-    with open(partial, "wb") as f:
+    if os.path.exists(partial):  # a killed build's: a builder process it left behind may still write into that one
+        os.remove(partial)
+    with open(partial, "xb") as f:
         if n:  # allocated now: a full disk is an error here, not a SIGBUS in a worker writing to a sparse file
             os.posix_fallocate(f.fileno(), 0, n * size * size)
     sizes, errors = np.zeros((n, 2), dtype=np.int64), [""] * n
-    tasks = [(partial, n, size, s, paths[s:s + CHUNK]) for s in range(0, n, CHUNK)]
-    # spawn: the caller may hold CUDA or threads that a fork would copy in a broken state
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
-            tqdm(total=n, desc="cache", unit="img", disable=not progress) as bar:
-        for start, chunk_sizes, chunk_errors in pool.map(_decode_chunk, tasks):
-            sizes[start:start + len(chunk_errors)] = chunk_sizes
-            errors[start:start + len(chunk_errors)] = chunk_errors
-            bar.update(len(chunk_errors))
+    tasks = [(partial, n, size, s, paths[s:s + CHUNK], decode) for s in range(0, n, CHUNK)]
+    workers = min(workers, len(tasks))
+    with tqdm(total=n, desc="cache", unit="img", disable=not progress) as bar:
+        if workers <= 1:  # a start-up of a process that imports torch would cost more than the decoding
+            results = map(_decode_chunk, tasks)
+            _collect(results, sizes, errors, bar)
+        else:
+            # spawn: the caller may hold CUDA or threads that a fork would copy in a broken state. The builders
+            # ignore SIGINT/SIGTERM; on either, the caller cancels what has not started and waits only for the
+            # chunks in hand (seconds), and the partial file is never taken for a cache. The tasks are submitted
+            # (and the builders started) from a thread: Python raises a signal's exception in the main thread only,
+            # so it never cuts a builder's start-up (the builder would die reading half its start-up data).
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                          initializer=init)
+            starter = concurrent.futures.ThreadPoolExecutor(1)
+            try:
+                jobs = starter.submit(lambda: [pool.submit(_decode_chunk, task) for task in tasks]).result()
+                _collect((job.result() for job in jobs), sizes, errors, bar)
+            finally:
+                starter.shutdown(wait=True)
+                pool.shutdown(wait=True, cancel_futures=True)
     os.replace(partial, base + ".u8")
     tmp = base + ".json.partial"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -113,13 +131,29 @@ def _build(folder, base, paths, size, workers, progress):
     os.replace(tmp, base + ".json")
 
 
-def image_cache(folder, paths, image_size, workers=None, progress=True):
+def _collect(results, sizes, errors, bar):
+    for start, chunk_sizes, chunk_errors in results:
+        sizes[start:start + len(chunk_errors)] = chunk_sizes
+        errors[start:start + len(chunk_errors)] = chunk_errors
+        bar.update(len(chunk_errors))
+
+
+def image_cache(folder, paths, image_size, decode, init=None, workers=None, progress=True):
     """The ImageCache of these paths at this size in `folder`, built first (with `workers` processes, default all
-    cores) when it is absent, partial or stale. Older caches of the same image list and size are removed."""
+    cores) when it is absent, partial or stale. Older caches of the same image list and size are removed. A complete
+    cache is opened without the lock, so a read-only folder that holds one serves it.
+
+    decode(path, resize) -> (uint8 [1, S, S], (height, width), reason): the loader's own decoding
+    (data.dataset.decode_square), so that a cached batch is an uncached one; init: each builder process's set-up.
+    Both are module-level functions, which a spawned builder imports by name."""
     paths = [str(p) for p in paths]
     size = int(image_size)
     name, state = cache_name(paths, size)
     base = os.path.join(folder, f"images-{size}px-{name}-{state}")
+    try:
+        return _open(base, len(paths), size)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent, partial or damaged: build it, unless another process is building it now
     try:
         os.makedirs(folder, exist_ok=True)
         lock = open(os.path.join(folder, f"images-{size}px-{name}.lock"), "a")
@@ -130,12 +164,12 @@ def image_cache(folder, paths, image_size, workers=None, progress=True):
         try:
             return _open(base, len(paths), size)
         except (OSError, ValueError, KeyError, TypeError):
-            pass  # absent, partial or damaged: build it
-        for old in os.listdir(folder):
-            if old.startswith(f"images-{size}px-{name}-") and not old.startswith(os.path.basename(base)):
-                os.remove(os.path.join(folder, old))
+            pass
         try:
-            _build(folder, base, paths, size, workers or len(os.sched_getaffinity(0)), progress)
+            for old in os.listdir(folder):
+                if old.startswith(f"images-{size}px-{name}-") and not old.startswith(os.path.basename(base)):
+                    os.remove(os.path.join(folder, old))
+            _build(base, paths, size, decode, init, workers or len(os.sched_getaffinity(0)), progress)
         except OSError as e:
             raise _storage_error(folder, e) from None
         return _open(base, len(paths), size)

@@ -4,7 +4,9 @@ Flips and normalization happen on whole batches (data.transforms).
 """
 import logging
 import os
+import signal
 import stat
+import threading
 
 import cv2
 import numpy as np
@@ -12,6 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from data.cache import image_cache
 from data.decode import read_image
 from data.errors import ImageError, InputError
 from data.files import check_values, image_files, missing_files, read_table
@@ -25,6 +28,26 @@ log = logging.getLogger(__name__)
 cv2.setNumThreads(1)
 
 FAST_SUFFIXES = (".png", ".jpg", ".jpeg")
+# What asks a run to stop: Ctrl-C, and the SIGTERM of a spot VM's preemption or of systemd.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def worker_process_init(_=None):
+    """A helper process's set-up (a loader worker, a cache builder): one torch thread, since the processes are the
+    parallelism. The stop signals are the main process's to act on: it finishes its step with the batches the
+    workers deliver, so SIGINT (Ctrl-C, sent to the whole process group) is ignored, and so is a SIGTERM from anyone
+    but the parent (a VM's shutdown signals every process); the parent's own SIGTERM (the loader's or
+    multiprocessing's shutdown) still ends the worker, as torch's worker handler does."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below, whoever sends it
+    threading.Thread(target=_end_on_parents_sigterm, name="sigterm", daemon=True).start()
+
+
+def _end_on_parents_sigterm():
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
+            os._exit(0)
 
 
 def read_gray(path):
@@ -43,26 +66,45 @@ def read_gray(path):
     return read_image(path)
 
 
+def decode_square(path, resize):
+    """(uint8 [1, S, S], decoded (height, width) int64, "") for the image at `path`; for a file that does not decode
+    (broken, unreadable: not a bug) a black image, (0, 0) and the reason. The one answer of the loader and of the
+    persistent cache (data.cache), so that a cached run sees exactly what an uncached one does."""
+    try:
+        gray = read_gray(path)
+    except (InputError, OSError, cv2.error) as e:
+        blank = torch.zeros((1, resize.size, resize.size), dtype=torch.uint8)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip() or type(e).__name__
+        return blank, torch.zeros(2, dtype=torch.int64), reason
+    return resize(gray), torch.tensor(gray.shape[:2], dtype=torch.int64), ""
+
+
 class ChestImages(Dataset):
     """For each row of a frame with `path` (and class columns): (image uint8 [1, S, S], labels float [C], row index,
     decoded size [height, width], error).
 
     A file that cannot be decoded does not kill a worker: it comes back as a black image with `error` saying why
-    (empty when fine), and the engine reports it as bad input naming the file (self.paths[row index]). cache=True
-    keeps every decoded image in one shared-memory uint8 tensor, filled as images are first read: the workers (forked
-    or spawned) write into the same memory, so epochs after the first decode nothing. Rows without labels (prediction
-    on new studies) get a label vector of -1.
+    (empty when fine), and the engine reports it as bad input naming the file (self.paths[row index]). Rows without
+    labels (prediction on new studies) get a label vector of -1.
+
+    Two caches, so that epochs after the first decode nothing: cache_dir, the persistent one (data.cache: built once
+    for these paths at this size, memory-mapped, shared by every process on the node and by later runs); or
+    cache=True, one shared-memory uint8 tensor of this run, filled as images are first read (the workers, forked or
+    spawned, write into the same memory). `progress`: the persistent cache's build shows a progress bar.
     """
 
-    def __init__(self, frame, image_size, classes=None, cache=False):
+    def __init__(self, frame, image_size, classes=None, cache=False, cache_dir=None, progress=True):
         self.paths = frame["path"].astype(str).tolist()
         self.resize = SquareResize(image_size)
         if classes is not None and all(c in frame.columns for c in classes):
             self.labels = torch.tensor(frame[list(classes)].to_numpy(dtype=np.float32))
         else:
             self.labels = torch.full((len(frame), len(classes or [])), -1.0)
-        self.cache = None
-        if cache:
+        self.cache = self.disk = None
+        if cache_dir is not None:
+            self.disk = image_cache(cache_dir, self.paths, image_size, decode_square, worker_process_init,
+                                    progress=progress)
+        elif cache:
             self.cache = torch.zeros((len(frame), 1, image_size, image_size), dtype=torch.uint8).share_memory_()
             self.sizes = torch.zeros((len(frame), 2), dtype=torch.int64).share_memory_()
             self.cached = torch.zeros(len(frame), dtype=torch.bool).share_memory_()
@@ -71,19 +113,16 @@ class ChestImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
+        if self.disk is not None:  # copied out of the read-only map: a batch must not alias the page cache
+            return (torch.from_numpy(np.array(self.disk.images[i])).unsqueeze(0), self.labels[i], i,
+                    torch.from_numpy(self.disk.sizes[i].copy()), self.disk.errors[i])
         if self.cache is not None and self.cached[i]:
             return self.cache[i], self.labels[i], i, self.sizes[i], ""
-        try:
-            gray = read_gray(self.paths[i])
-        except (InputError, OSError, cv2.error) as e:  # a broken or unreadable file, not a bug
-            blank = torch.zeros((1, self.resize.size, self.resize.size), dtype=torch.uint8)
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip() or type(e).__name__
-            return blank, self.labels[i], i, torch.zeros(2, dtype=torch.int64), reason
-        img, size = self.resize(gray), torch.tensor(gray.shape[:2], dtype=torch.int64)
-        if self.cache is not None:
+        img, size, reason = decode_square(self.paths[i], self.resize)
+        if self.cache is not None and not reason:
             self.cache[i], self.sizes[i] = img, size
             self.cached[i] = True
-        return img, self.labels[i], i, size, ""
+        return img, self.labels[i], i, size, reason
 
 
 def read_combined(csv_path, classes, skip_missing=False):

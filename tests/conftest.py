@@ -1,8 +1,11 @@
-"""Fixtures shared by the tests: a small learnable dataset, traintest.py run as a user runs it, and a model whose
-class activation map is known."""
+"""Fixtures shared by the tests: a small learnable dataset, traintest.py run as a user runs it, a model whose class
+activation map is known, and a fake-gcs-server."""
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 import cv2
 import numpy as np
@@ -61,6 +64,22 @@ def make_dataset():
     return write_dataset
 
 
+@pytest.fixture
+def gcs_server(monkeypatch):
+    """A storage client on a fresh fake-gcs-server, which the scripts reach through STORAGE_EMULATOR_HOST."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+    from test_gcs import free_port, start_fake_gcs  # the server's binary and start-up, with the GCS tests
+    port = free_port()
+    proc = start_fake_gcs(port)
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        yield storage.Client(project="test", credentials=AnonymousCredentials())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def with_amp(args):
     """The arguments with --amp off unless they choose: what --amp auto picks differs between CPUs (native
     bfloat16 or not), and no test may depend on the machine."""
@@ -86,6 +105,74 @@ def traintest_process():
             raise AssertionError(f"traintest.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         return proc
     return run
+
+
+# A deterministic run with enough batches per epoch (16) for a signal to land in the middle of one, and a look at
+# the loss after every step (its log line is the marker a test waits for).
+STOPPABLE = ["--model", "unified-alexnet", "--image-size", 64, "--epochs", 2, "--batch-size", 4, "--deterministic",
+             "--seed", 5, "--lr-patience", 0, "--bootstrap", 20, "--max-heatmaps", 0, "--log-every", 1]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """A STOPPABLE run that no signal stopped ({"csv", "run"}): what a stopped and resumed one must end with."""
+    import traintest as script
+    root = tmp_path_factory.mktemp("uninterrupted")
+    csv = write_dataset(root / "data", n_train=64, n_val=8, n_test=8, size=64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every test's (one_thread) and the subprocesses' (OMP_NUM_THREADS=1)
+    try:
+        assert script.main(with_amp(["--csv", csv, "--output-dir", root / "run", "--workers", 0, *STOPPABLE])) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {"csv": csv, "run": root / "run"}
+
+
+def stop_mid_epoch(args, log, signals, env=None, group=False, launcher=(), again=True):
+    """traintest.py ARGS started as a command (after `launcher`: torchrun's), held still (SIGSTOP) as soon as `log`
+    shows its third step of epoch 1, sent `signals` (to its process group with group=True, as Ctrl-C in a terminal),
+    let go, and with again=True sent SIGTERM again and again until it exits, so that later signals land in whatever
+    it is doing then (finishing the step, writing the checkpoint). Returns (exit status, stderr, the last step logged
+    before the signals); AssertionError when it is still running 20 s after them."""
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing read while it runs, nothing blocks
+        proc = subprocess.Popen([sys.executable, *launcher, os.path.join(ROOT, "traintest.py"), *with_amp(args)],
+                                cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and \
+                not (log.is_file() and "epoch 1 batch 3/" in log.read_text()):
+            time.sleep(0.002)
+        if proc.poll() is not None:
+            err.seek(0)
+            raise AssertionError(f"it ended ({proc.returncode}) before its third step:\n{err.read()[-3000:]}")
+        os.kill(proc.pid, signal.SIGSTOP)
+        steps = [line for line in log.read_text().splitlines() if " epoch 1 batch " in line]
+        last_step = int(steps[-1].split(" batch ")[1].split("/")[0])
+        for signum in signals:
+            os.killpg(proc.pid, signum) if group else os.kill(proc.pid, signum)
+        os.kill(proc.pid, signal.SIGCONT)
+        start = time.monotonic()
+        while again and proc.poll() is None and time.monotonic() - start < 20:  # the 20 s it has to exit
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            time.sleep(0.005)
+        try:
+            code = proc.wait(timeout=max(0.1, 20 - (time.monotonic() - start)))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = None
+        err.seek(0)
+        text = err.read()
+    assert code is not None, f"still running 20 s after the signal:\n{text[-3000:]}"
+    return code, text, last_step
+
+
+@pytest.fixture(scope="session")
+def stopped_run():
+    return stop_mid_epoch
 
 
 def read_metrics(run_dir, group="all"):

@@ -7,10 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-from data.cache import image_cache
-from data.dataset import read_gray
+from data.cache import image_cache as build_cache
+from data.dataset import decode_square, read_gray, worker_process_init
 from data.errors import InputError
 from data.transforms import SquareResize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -26,6 +28,11 @@ def images(tmp_path):
     return paths + [str(tmp_path / "img" / "bad.png")]
 
 
+def image_cache(folder, paths, size, **options):
+    """data.cache.image_cache with the loader's decoding, as data.dataset.ChestImages calls it."""
+    return build_cache(folder, paths, size, decode_square, worker_process_init, **options)
+
+
 def expected(path, size):
     return SquareResize(size)(read_gray(path)).numpy()[0]
 
@@ -36,7 +43,8 @@ def test_cache_holds_what_the_loader_decodes(tmp_path, images):
     for i, path in enumerate(images[:-1]):
         assert np.array_equal(cache.images[i], expected(path, 32))
         assert tuple(cache.sizes[i]) == (40 + i, 50) and cache.errors[i] == ""
-    assert "cannot decode" in cache.errors[7] and images[7] in cache.errors[7]
+    assert cache.errors[7] == decode_square(images[7], SquareResize(32))[2] == \
+        "not a readable PNG (no PNG signature and IHDR header)"  # the loader's own reason, for the engine to name
     again = image_cache(tmp_path / "cache", images, 32, workers=2, progress=False)
     assert again.path == cache.path  # reused, not rebuilt
     assert len([f for f in os.listdir(tmp_path / "cache") if f.endswith(".u8")]) == 1
@@ -64,24 +72,89 @@ def test_stale_or_partial_caches_are_rebuilt(tmp_path, images):
     assert (image_cache(folder, images, 32, workers=1, progress=False).images[0] == 7).all()
 
 
+# A training process of its own: the loader traintest.py builds over the persistent cache, one epoch's batches.
 CHILD = """
-import hashlib, sys
-from data.cache import image_cache
-cache = image_cache(sys.argv[1], sys.argv[2:], 32, workers=1, progress=False)
-print(cache.path, hashlib.sha256(cache.images.tobytes()).hexdigest())
+import sys
+import numpy as np, torch
+from data.classes import CLASSES
+from data.dataset import read_combined
+from utils.engine import make_loader
+frame = read_combined(sys.argv[1], CLASSES)
+loader = make_loader(frame, 32, CLASSES, batch_size=5, workers=1, train=True, seed=3, cache_dir=sys.argv[2])
+loader.sampler.set_epoch(1)
+batches = list(loader)
+np.savez(sys.argv[3], *[np.asarray(x) for batch in batches for x in batch])
 """
 
 
-def test_two_processes_share_one_cache(tmp_path, images):
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "cache"), *images],
-                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [child.communicate(timeout=120)[0] for child in children]
-    assert all(child.returncode == 0 for child in children)
-    assert outputs[0] == outputs[1] and outputs[0].strip()
-    assert len([f for f in os.listdir(tmp_path / "cache") if f.endswith(".u8")]) == 1
+def test_two_processes_share_one_cache_and_see_the_uncached_batches(tmp_path, make_dataset):
+    from data.classes import CLASSES
+    from data.dataset import read_combined
+    from utils.engine import make_loader
+    csv = make_dataset(tmp_path / "data", n_train=23, n_val=2, n_test=2, size=40)
+    (tmp_path / "data" / "images" / "train004.png").write_bytes(b"not a png")  # its reason is cached too
+    cache = tmp_path / "shared"
+    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(csv), str(cache), str(tmp_path / f"{k}.npz")],
+                                 cwd=ROOT, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    frame = read_combined(str(csv), CLASSES)
+    uncached = make_loader(frame, 32, CLASSES, batch_size=5, workers=0, train=True, seed=3)
+    uncached.sampler.set_epoch(1)
+    expected = [np.asarray(x) for batch in uncached for x in batch]
+    for k, child in enumerate(children):
+        assert child.wait(timeout=240) == 0, child.stderr.read()[-3000:]
+        got = np.load(tmp_path / f"{k}.npz", allow_pickle=True)
+        assert len(got.files) == len(expected) == 5 * 5  # 5 batches of (images, labels, rows, sizes, errors)
+        for name, want in zip(got.files, expected):
+            assert np.array_equal(got[name], want), name
+    assert sum("not a readable PNG" in str(errors) for errors in expected[4::5]) == 1
+    assert len([f for f in os.listdir(cache) if f.endswith(".u8")]) == 1  # one file, built once for both
 
 
 def test_unwritable_cache_folder_is_one_clear_error(tmp_path, images):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match=r"--cache-dir .*file/cache cannot be written"):
         image_cache(tmp_path / "file" / "cache", images, 32, progress=False)
+
+
+def test_a_read_only_folder_serves_its_cache_and_refuses_a_new_one(tmp_path, images):
+    folder = tmp_path / "ro"
+    built = image_cache(folder, images, 32, progress=False)
+    folder.chmod(0o555)
+    locked = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0  # also for root
+    try:
+        if os.access(folder, os.W_OK) and not locked:
+            pytest.skip("cannot make a folder read-only here (root without chattr)")
+        again = image_cache(folder, images, 32, progress=False)
+        assert again.path == built.path and np.array_equal(again.images, built.images)
+        with pytest.raises(InputError, match=r"--cache-dir .*/ro is (not writable|read-only).*--cache-dir off"):
+            image_cache(folder, images, 24, progress=False)
+    finally:
+        if locked:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def test_a_full_cache_folder_is_one_clear_error(tmp_path, images):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small file system here (needs root)")
+    try:
+        with pytest.raises(InputError, match=r"--cache-dir .*/small is full"):
+            image_cache(folder, images, 128, progress=False)  # 8 x 128 x 128 bytes: more than 64 KiB
+        assert not [f for f in os.listdir(folder) if f.endswith((".u8", ".json"))]
+        assert image_cache(folder, images, 32, progress=False).images.shape == (8, 32, 32)  # a smaller one fits
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_another_csvs_cache_is_left_alone_and_never_read(tmp_path, images):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a cache")
+    whole = image_cache(folder, images, 32, progress=False)
+    part = image_cache(folder, images[2:5], 32, progress=False)  # another CSV's image list, same size
+    assert part.path != whole.path and os.path.exists(whole.path)
+    assert np.array_equal(part.images, whole.images[2:5])
+    assert (folder / "notes.txt").read_text() == "not a cache"

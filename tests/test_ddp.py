@@ -1,9 +1,11 @@
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,3 +81,28 @@ def test_a_file_that_does_not_decode_stops_every_rank_or_is_skipped_by_all(tmp_p
     assert [os.path.basename(p) for p in errors["path"]] == ["train005.png"]
     predicted = pd.read_csv(tmp_path / "pred" / "predictions.csv")["ImageID"]
     assert len(predicted) == 15 and predicted.is_unique and "train005" not in set(predicted)
+
+
+def test_sigterm_stops_every_rank_at_the_same_step_and_the_run_resumes(tmp_path, make_dataset, stopped_run):
+    """torchrun passes SIGTERM to each rank; the ranks agree on it at the next look at the loss (--log-every 1:
+    after every step) and stop together, so that none waits in a collective the others have left; rank 0 writes
+    the mid-epoch checkpoint, and a resumed run with the same processes continues from it."""
+    from conftest import STOPPABLE
+    csv = make_dataset(tmp_path / "data", n_train=128, n_val=8, n_test=8, size=64)
+    run = tmp_path / "run"
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = ["--csv", csv, "--output-dir", run, "--workers", 0, "--device", "cpu", *STOPPABLE]
+    _, err, last_step = stopped_run(args, run / "train.log", [signal.SIGTERM], launcher=launcher, again=False)
+    assert err.count("traintest.py: stopped by SIGTERM in epoch 1 after batch ") == 1, err[-3000:]  # rank 0 says it
+    assert "Traceback (most recent call last)" not in err.split("stopped by SIGTERM")[0]
+    ckpt = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    progress = ckpt["progress"]
+    assert ckpt["epoch"] == 0 and progress["world_size"] == 2 and last_step <= progress["step"] < 16
+    assert progress["seen"] == 2 * 4 * progress["step"]  # both ranks' images, summed on rank 0
+    resumed = subprocess.run([sys.executable, *launcher, os.path.join(ROOT, "traintest.py"), "--resume", str(run)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"after epoch 0, batch {progress['step']} of epoch 1" in (run / "train.log").read_text()
+    assert len(torch.load(run / "checkpoint_last.pt", weights_only=True)["history"]) == 2
+    assert (run / "metrics.csv").is_file()

@@ -55,19 +55,6 @@ def start_fake_gcs(port, external_url=None):
             time.sleep(0.05)
 
 
-@pytest.fixture
-def gcs_server(monkeypatch):
-    """A storage client on a fresh fake-gcs-server, which download_images.py reaches through STORAGE_EMULATOR_HOST."""
-    port = free_port()
-    proc = start_fake_gcs(port)
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        yield storage.Client(project="test", credentials=AnonymousCredentials())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def zip_of_pngs(names, seed):
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()

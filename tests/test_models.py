@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -74,14 +76,43 @@ def test_lse_pooling_is_stable_where_the_naive_formula_overflows():
     torch.testing.assert_close(out, torch.tensor([[100.0, -100.0]]))
 
 
-def test_pretrained_without_cached_weights_fails_clearly(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(WeightsUnavailable, match="--weights"):
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """An empty torch.hub cache (TORCH_HOME) and a machine without network: every HTTPS request goes to a proxy on a
+    closed port, so torchvision's download fails at once, as on a VM without internet access."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_pretrained_offline_says_which_file_to_put_where(tmp_path, offline):
+    from utils.checkpoint import cached_weights_path
+    path = cached_weights_path("densenet121")
+    assert path == str(offline / "densenet121-a639ec97.pth")
+    with pytest.raises(WeightsUnavailable) as error:
         pretrained_model("chexnet", 22)
+    message = str(error.value)
+    assert f"are not at {path} and could not be downloaded from " \
+           "https://download.pytorch.org/models/densenet121-a639ec97.pth" in message
+    assert f"copy it to {path}" in message and "--weights" in message and "\n" not in message
+    assert not os.path.exists(path)  # nothing half-downloaded left behind
     bogus = tmp_path / "bogus.pth"
     torch.save({"conv.weight": torch.zeros(1)}, bogus)
     with pytest.raises(WeightsUnavailable, match="does not hold"):
         pretrained_model("unified-alexnet", 22, str(bogus))
+
+
+def test_pretrained_reads_a_file_put_in_the_hub_cache_without_downloading(offline):
+    from torchvision.models import alexnet
+    torch.manual_seed(2)
+    reference = alexnet(weights=None)
+    offline.mkdir(parents=True)
+    torch.save(reference.state_dict(), offline / "alexnet-owt-7be5be79.pth")  # the name torchvision downloads to
+    model = pretrained_model("unified-alexnet", 22)
+    torch.testing.assert_close(model.backbone[0].weight, reference.features[0].weight)
 
 
 def test_pretrained_loads_a_weights_file(tmp_path):

@@ -43,7 +43,7 @@ def test_unified_dcnn_trains_with_wcel_and_evaluates_with_a_class_absent_from_te
     # The marks are learnable: the classifier does far better than chance on them.
     assert table.loc[["atelectasis", "cardiomegaly", "pleural effusion", "nodule"], "auroc"].mean() > 0.8
     assert "test macro AUROC" in err and "tuberculosis" not in err.split("test macro AUROC")[1]
-    assert f"amp {amp == 'on'}" in err
+    assert f"amp {'bf16' if amp == 'on' else 'off'}" in err
     predictions = pd.read_csv(run / "predictions.csv")
     ids = [c for c in predictions.columns if not c.startswith(("prob_", "label_", "true_"))]
     assert ids == ["ImageID", "PatientID", "Source", "set"] and len(predictions) == 24
@@ -229,4 +229,40 @@ def test_amp_switch_spellings(text, setting):
     from utils.runtime import use_amp
     assert amp_setting(text) == setting
     if setting != "auto":  # only auto asks the machine
-        assert use_amp(setting, torch.device("cpu")) == (setting == "on")
+        assert use_amp(setting, torch.device("cpu")) == (torch.bfloat16 if setting == "on" else None)
+
+
+@pytest.mark.parametrize("setting, device, native, dtype", [
+    ("auto", "cuda", True, torch.bfloat16),   # Ampere and later: bf16, no GradScaler
+    ("auto", "cuda", False, torch.float16),   # Volta, Turing: fp16 with a GradScaler
+    ("on", "cuda", True, torch.bfloat16),
+    ("on", "cuda", False, torch.float16),
+    ("off", "cuda", True, None),
+    ("auto", "cpu", True, torch.bfloat16),    # native bf16 (AMX, AVX-512 BF16)
+    ("auto", "cpu", False, None),             # emulated bf16 is many times slower than float32
+    ("on", "cpu", False, torch.bfloat16),
+    ("off", "cpu", True, None)])
+def test_amp_auto_picks_bf16_where_native_fp16_on_other_gpus(setting, device, native, dtype):
+    from utils.runtime import amp_dtype
+    assert amp_dtype(setting, device, native) == dtype
+
+
+def test_the_gpu_benchmark_runs_without_pydicom_or_the_gcs_client(tmp_path):
+    """benchmarks/bench_gpu.py on a GPU VM that has neither (its --quick sizes, smaller still): every measurement
+    prints, and the training path never imports them."""
+    import subprocess
+    import sys
+    from test_decode import ROOT, WITHOUT_PYDICOM_AND_GCS
+    code = WITHOUT_PYDICOM_AND_GCS + (
+        "import runpy\nrunpy.run_module('benchmarks.bench_gpu', run_name='__main__')\n"
+        "assert not [m for m in sys.modules if m.startswith(('pydicom', 'google.cloud'))]\n")
+    result = subprocess.run([sys.executable, "-c", code, "--quick", "--models", "unified-resnet50", "--batches", "2",
+                             "--precisions", "fp32", "--image-size", "32", "--stored-size", "48", "--steps", "1",
+                             "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for line in ("unified-resnet50 batch    2 fp32:", "uncached:", "--cache-dir build:", "--cache-dir:", "--cache:",
+                 "loop/model alone", "step 5 (predict with maps + localize, 2 images", "20 CheXNet epochs over"):
+        assert line in out, (line, out)
+    assert "skipped" not in out

@@ -9,17 +9,22 @@ A checkpoint is a dict saved with torch.save and read with weights_only=True (no
   config      the run's flags, for the record
   epoch       epochs trained
 best checkpoints add val_auroc and thresholds (F1-optimal on validation); last checkpoints add optimizer, scheduler,
-scaler, best_auroc, history and rng (every global RNG's state), which --resume restores.
+scaler, best_auroc, history and rng (every global RNG's state), which --resume restores. A last checkpoint written
+when a stop signal ended an epoch early (a spot VM's preemption, Ctrl-C) also holds `progress`: the batches done in
+epoch `epoch` + 1 and the loss summed so far (utils.engine.Progress), the batch size and number of processes they
+were counted with, and the state of the epoch's flip generator; --resume continues that epoch from there.
 Checkpoints of the first format ('args' holding the flags) still load: their model args are derived from the flags.
 
 It lives in utils/, not models/: it holds training state (optimizer, RNG), and its errors are the project's bad-input
 errors (data.errors), which models/ does not import.
 """
 import errno
+import logging
 import os
 import pickle
 import random
 import re
+import socket
 import warnings
 
 import numpy as np
@@ -33,6 +38,8 @@ from models import (BackboneStateError, StateDictError, backbone_arch, build_mod
                     input_normalization, load_state, model_options)
 from models.backbones import first_line
 
+log = logging.getLogger(__name__)
+
 FORMAT = 2
 # What --resume needs beyond a model checkpoint's entries.
 TRAINING_ENTRIES = ("optimizer", "scheduler", "rng", "epoch", "best_auroc")
@@ -43,7 +50,8 @@ class CheckpointError(InputError):
 
 
 class WeightsUnavailable(InputError):
-    """ImageNet weights were asked for but are neither in the local cache nor given as a file, or do not fit."""
+    """ImageNet weights were asked for but are neither given as a file nor in the local cache, and cannot be
+    downloaded there; or they do not fit."""
 
 
 def model_args_from_flags(flags):
@@ -195,21 +203,42 @@ def cached_weights_path(arch):
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(imagenet_url(arch)))
 
 
-def imagenet_state_dict(arch, weights_file=None):
-    """The ImageNet state_dict of `arch`, read from `weights_file` or torch.hub's cache; never downloads, since
-    training machines are often offline and a silent multi-minute download is worse than a clear error."""
+def imagenet_state_dict(arch, weights_file=None, progress=True):
+    """The ImageNet state_dict of `arch`, read from `weights_file` or torch.hub's cache. When the cache lacks it,
+    it is downloaded there first, as torchvision downloads it (checked against the hash in its name); without network
+    WeightsUnavailable says which file to put where."""
     path = weights_file or cached_weights_path(arch)
-    if not os.path.exists(path):
-        raise WeightsUnavailable(
-            f"ImageNet weights for {arch} not found at {path}. Download {imagenet_url(arch)} on a machine with "
-            f"network access and copy it there, or pass --weights FILE, or train from scratch without --pretrained.")
+    if not weights_file and not os.path.exists(path):
+        download_weights(arch, path, progress)
     return load_torch_file(path, f"a file of {arch} ImageNet weights", WeightsUnavailable)
 
 
-def pretrained_model(name, num_classes, weights_file=None, **options):
-    """build_model with the backbone's ImageNet weights loaded (from weights_file or torch.hub's cache)."""
+def download_weights(arch, path, progress=True, timeout=30):
+    """torchvision's weights file of `arch` downloaded into torch.hub's cache (`path`) as torchvision downloads it
+    (torch.hub's download, checked against the hash prefix in its name), without torch.hub's extra stderr line."""
+    url = imagenet_url(arch)
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # torch.hub's download sets none: a network that drops packets would hang it
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.hub.download_url_to_file(url, path, torch.hub.HASH_REGEX.search(os.path.basename(url)).group(1),
+                                       progress=progress)
+    except (OSError, RuntimeError) as e:  # no network or no route (URLError), a cut or altered download
+        raise WeightsUnavailable(
+            f"ImageNet weights for {arch} are not at {path} and could not be downloaded from {url} "
+            f"({first_line(e)}). Download that file on a machine with network access and copy it to {path} "
+            f"(torch.hub's cache, under $TORCH_HOME), or pass --weights FILE, or train from scratch without "
+            f"--pretrained.") from None
+    finally:
+        socket.setdefaulttimeout(before)
+    log.info("downloaded the ImageNet weights of %s from %s to %s", arch, url, path)
+
+
+def pretrained_model(name, num_classes, weights_file=None, progress=True, **options):
+    """build_model with the backbone's ImageNet weights loaded (from weights_file or torch.hub's cache, downloaded
+    there when absent and the network is there)."""
     arch = backbone_arch(name)
-    state = imagenet_state_dict(arch, weights_file)
+    state = imagenet_state_dict(arch, weights_file, progress)
     try:
         return build_model(name, num_classes, backbone_state=state, **options)
     except BackboneStateError as e:

@@ -55,6 +55,11 @@ def amp_setting(text):
     return "auto" if str(text).strip().lower() == "auto" else ("on" if on_off(text) else "off")
 
 
+def cache_dir_setting(text):
+    """--cache-dir's value: a folder, or off."""
+    return "off" if str(text).strip().lower() in ("off", "none") else str(text)
+
+
 def given_flags(parser, argv):
     """The destinations the command line sets itself, whatever the spelling or abbreviation of their flags."""
     unset = object()  # argparse leaves a destination the namespace already holds alone unless a flag sets it

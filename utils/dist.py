@@ -1,5 +1,6 @@
 """torch.distributed helpers in the style of torchvision's references: torchrun sets RANK, WORLD_SIZE and
 LOCAL_RANK; without them everything runs as a single process and these functions are no-ops."""
+import contextlib
 import os
 
 import numpy as np
@@ -25,6 +26,11 @@ def is_main():
     return rank() == 0
 
 
+def is_local_main():
+    """The first process on this machine (torchrun's LOCAL_RANK 0): the one that fetches what the node shares."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
 def init_distributed(device="auto"):
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU); returns the torch.device to use."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
@@ -46,6 +52,17 @@ def barrier():
         dist.barrier()
 
 
+@contextlib.contextmanager
+def local_main_first():
+    """Each machine's first process runs the block before the others, which wait: what it fetches into a cache the
+    node shares (a download), the others then find there."""
+    if not is_local_main():
+        barrier()
+    yield
+    if is_local_main():
+        barrier()
+
+
 def cleanup():
     if is_dist():
         dist.destroy_process_group()
@@ -56,10 +73,15 @@ def all_reduce_sum(values, device):
     many = isinstance(values, (list, tuple))
     values = [float(v) for v in values] if many else [float(values)]
     if is_dist():
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        values = t.tolist()
+        values = all_reduce_tensor(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
     return values if many else values[0]
+
+
+def all_reduce_tensor(t):
+    """`t` summed over all ranks, in place, on its device (no host synchronization of its own)."""
+    if is_dist():
+        dist.all_reduce(t)
+    return t
 
 
 def all_gather(obj):
@@ -94,5 +116,11 @@ def gather_rows(indices, rows, main_only=False):
 
 
 def unwrap(model):
-    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
-    return model.module if hasattr(model, "module") else model
+    """The model inside its DistributedDataParallel and torch.compile wrappers (the model itself otherwise)."""
+    while True:
+        for wrapped in ("_orig_mod", "module"):
+            if getattr(model, wrapped, None) is not None:
+                model = getattr(model, wrapped)
+                break
+        else:
+            return model

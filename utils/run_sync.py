@@ -7,12 +7,31 @@ deleted), so a missing role is one line at the start, not a traceback after the 
 imported here, on use: a training run without a gs:// folder never needs it.
 """
 import base64
+import fcntl
 import os
 
 from data.errors import InputError
 
 # Temporary files of atomic writes: never mirrored (a half-written file must not reach the bucket).
 SKIP_SUFFIXES = (".tmp", ".partial")
+WRITE_TEST = ".write-test"
+
+
+def is_remote(location):
+    """Whether a run folder given on the command line is a gs:// URL."""
+    return str(location).startswith("gs://")
+
+
+def work_folder(url):
+    """The local folder a gs:// run is trained in: under the user's cache, named by the bucket and prefix, so that a
+    restarted VM that kept its disk finds it again ($XDG_CACHE_HOME/traintest/runs/BUCKET/PREFIX)."""
+    from data.ingest.gcs import parse_gcs_url
+    bucket, prefix = parse_gcs_url(str(url))
+    parts = [p for p in prefix.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise InputError(f"{url}: name a run folder inside the bucket, gs://BUCKET/runs/NAME")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "traintest", "runs", bucket, *parts)
 
 
 def file_crc32c(path):
@@ -36,7 +55,11 @@ class RunMirror:
     @property
     def client(self):
         if self._client is None:
-            from data.ingest.gcs import make_client
+            try:
+                from data.ingest.gcs import make_client
+            except ImportError as e:
+                raise InputError(f"{self.url}: a gs:// run folder needs the GCS client ({e}; pip install "
+                                 f"google-cloud-storage)") from None
             self._client = make_client()
         return self._client
 
@@ -47,7 +70,7 @@ class RunMirror:
     def check_writable(self):
         """Write and delete one small object; InputError naming the URL when that is not allowed."""
         from google.api_core import exceptions
-        blob = self.client.bucket(self.bucket_name).blob(self.prefix + ".write-test")
+        blob = self.client.bucket(self.bucket_name).blob(self.prefix + WRITE_TEST)
         try:
             blob.upload_from_string(b"ok")
             blob.delete()
@@ -88,13 +111,16 @@ class RunMirror:
         return len(changed)
 
     def pull(self, run_dir):
-        """Download every object under the prefix into run_dir (verified, atomically renamed); returns how many."""
+        """Download every object under the prefix into run_dir (verified, atomically renamed; a file already there
+        with the object's checksum is kept); returns how many. The processes of one machine (DDP ranks) take turns
+        (a lock beside run_dir): the first downloads, the others find the files there."""
         from data.ingest.gcs import download_blob
-        remote = self.remote()
-        if not remote:
-            raise InputError(f"{self.url}: no run there to resume (the prefix holds no objects)")
-        for rel, blob in remote.items():
-            if rel == ".write-test":
-                continue
-            download_blob(blob, os.path.join(run_dir, *rel.split("/")))
+        os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
+        with open(os.path.abspath(run_dir) + ".pull.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            remote = {rel: blob for rel, blob in self.remote().items() if rel != WRITE_TEST}
+            if not remote:
+                raise InputError(f"{self.url}: no run there to resume (the prefix holds no objects)")
+            for rel, blob in remote.items():
+                download_blob(blob, os.path.join(run_dir, *rel.split("/")))
         return len(remote)
