@@ -91,21 +91,24 @@ def test_two_processes_share_one_cache_and_see_the_uncached_batches(tmp_path, ma
     from data.classes import CLASSES
     from data.dataset import read_combined
     from utils.engine import make_loader
+
+    def epoch(loader):
+        loader.sampler.set_epoch(1)
+        return [np.asarray(x) for batch in loader for x in batch]
+
     csv = make_dataset(tmp_path / "data", n_train=23, n_val=2, n_test=2, size=40)
     (tmp_path / "data" / "images" / "train004.png").write_bytes(b"not a png")  # its reason is cached too
     cache = tmp_path / "shared"
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(csv), str(cache), str(tmp_path / f"{k}.npz")],
-                                 cwd=ROOT, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(csv), str(cache), str(tmp_path / "child.npz")],
+                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     frame = read_combined(str(csv), CLASSES)
-    uncached = make_loader(frame, 32, CLASSES, batch_size=5, workers=0, train=True, seed=3)
-    uncached.sampler.set_epoch(1)
-    expected = [np.asarray(x) for batch in uncached for x in batch]
-    for k, child in enumerate(children):
-        assert child.wait(timeout=240) == 0, child.stderr.read()[-3000:]
-        got = np.load(tmp_path / f"{k}.npz", allow_pickle=True)
-        assert len(got.files) == len(expected) == 5 * 5  # 5 batches of (images, labels, rows, sizes, errors)
-        for name, want in zip(got.files, expected):
-            assert np.array_equal(got[name], want), name
+    expected = epoch(make_loader(frame, 32, CLASSES, batch_size=5, workers=0, train=True, seed=3))
+    here = epoch(make_loader(frame, 32, CLASSES, batch_size=5, workers=0, train=True, seed=3, cache_dir=cache))
+    assert child.wait(timeout=240) == 0, child.stderr.read()[-3000:]
+    there = np.load(tmp_path / "child.npz", allow_pickle=True)
+    assert len(there.files) == len(here) == len(expected) == 5 * 5  # 5 batches of (images, labels, rows, sizes, errors)
+    for name, mine, want in zip(there.files, here, expected):
+        assert np.array_equal(there[name], want) and np.array_equal(mine, want), name
     assert sum("not a readable PNG" in str(errors) for errors in expected[4::5]) == 1
     assert len([f for f in os.listdir(cache) if f.endswith(".u8")]) == 1  # one file, built once for both
 
