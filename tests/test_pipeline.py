@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from data.classes import CLASSES
+from data.views import view_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,7 @@ def pipeline(tmp_path_factory):
         "--images-per-zip", 30, "--quiet")
     run("download_images.py", "--source", world / "images", "--out", ingest, "--size", 128, "--workers", 1)
     run("parselabelfile.py", "--padchest-csv", world / "labels" / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
-        "--openi-reports", world / "labels" / "NLMCXR_reports.tgz", "--out", labels)
+        "--openi-reports", world / "labels" / "NLMCXR_reports.tgz", "--out", labels, "--views", "all")  # step 4 picks
     run("combinelabels.py", "--labels", labels, "--manifest", ingest / "manifest.csv", "--out", combined,
         "--val-frac", 0.2, "--test-frac", 0.3)
     out = run("traintest.py", "--csv", combined, "--output-dir", run_dir, "--model", "unified-resnet50",
@@ -78,7 +79,8 @@ def test_run_folder_holds_model_metrics_predictions_and_heatmaps(pipeline):
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert set(CLASSES) <= set(metrics["class"])
     predictions = pd.read_csv(run_dir / "predictions.csv")
-    assert sorted(predictions.ImageID) == sorted(frame.ImageID[frame.split == "test"])
+    frontal = frame.view.map(view_kind) == "frontal"  # step 4's default --views; step 2 kept every view
+    assert not frontal.all() and sorted(predictions.ImageID) == sorted(frame.ImageID[(frame.split == "test") & frontal])
     assert list(pd.read_csv(run_dir / "boxes.csv").columns) == ["ImageID", "class", "x", "y", "w", "h", "score"]
     assert len(list((run_dir / "heatmaps").glob("*__*.png"))) >= 1
     assert (run_dir / "localization.csv").is_file()
@@ -88,6 +90,7 @@ def test_run_folder_holds_model_metrics_predictions_and_heatmaps(pipeline):
 def test_external_validation_and_a_paired_comparison(pipeline, tmp_path):
     """Train on PadChest, hold OpenI out in full, twice with different seeds; then compare the two runs."""
     frame = pd.read_csv(pipeline["combined"])
+    frame = frame[frame.view.map(view_kind) == "frontal"]  # step 4's default --views
     runs = []
     for seed in (1, 2):
         out = tmp_path / f"seed{seed}"

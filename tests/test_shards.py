@@ -16,7 +16,7 @@ import download_images
 from data.errors import InputError
 from data.ingest import archives
 from data.ingest.shards import shard_from_environment
-from test_gcs import gcs_server, png8  # noqa: F401 - the fake-gcs-server fixture
+from test_gcs import png8
 from test_hostile_ingest import outputs, write_zip
 from test_ingest import ROOT, files_under, read_csv
 

@@ -20,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
 from data.cache import image_cache
+from data.dataset import decode_square, worker_process_init
 from data.errors import InputError
 from data.files import atomic_path, read_table
 from data.views import view_kind
@@ -58,7 +59,8 @@ def classify_views(frame, cache_dir, size=THUMBNAIL, progress=True):
         raise InputError("the view classifier needs frontal and lateral images of known view in the train and val "
                          f"splits; this CSV has {int((train & ~lateral).sum())} frontal and "
                          f"{int((train & lateral).sum())} lateral")
-    cache = image_cache(cache_dir, frame["path"].astype(str).tolist(), size, progress=progress)
+    cache = image_cache(cache_dir, frame["path"].astype(str).tolist(), size, decode_square, worker_process_init,
+                        progress=progress)
     x = features(np.asarray(cache.images))
     decoded = np.array([e == "" for e in cache.errors])
     model = fit(x[train & decoded], lateral[train & decoded])
