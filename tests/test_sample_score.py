@@ -13,14 +13,18 @@ from utils.sample_score import main, score_run
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_run(run_dir, with_localization=True):
-    """A run folder as traintest.py leaves it: metrics.csv for every class (NA where a class has no positives), and
-    localization.csv for the drawn findings but the last."""
+def write_run(run_dir, with_localization=True, groups=("all",)):
+    """A run folder as traintest.py leaves it: metrics.csv for every class (NA where a class has no positives) in
+    each group, the first group with AUROCs 0.5 ... 0.9 (mean 0.7) on the drawn findings and every later one with
+    0.1, and localization.csv for the drawn findings but the last."""
     run_dir.mkdir()
-    auroc = {name: 0.5 + 0.05 * k for k, name in enumerate(DRAWN_FINDINGS)}  # 0.5 ... 0.9, mean 0.7
-    rows = [{"class": c, "positives": 3, "negatives": 9, "auroc": auroc.get(c, 0.1 if c != "normal" else None)}
-            for c in CLASSES]
-    write_metrics(pd.DataFrame(rows + [{"class": "macro", "auroc": 0.2}]), run_dir / "metrics.csv")
+    rows = []
+    for g, group in enumerate(groups):
+        auroc = {name: 0.5 + 0.05 * k if g == 0 else 0.1 for k, name in enumerate(DRAWN_FINDINGS)}
+        rows += [{"group": group, "class": c, "positives": 3, "negatives": 9,
+                  "auroc": auroc.get(c, 0.1 if c != "normal" else None)} for c in CLASSES]
+        rows.append({"group": group, "class": "macro", "auroc": 0.2})
+    write_metrics(pd.DataFrame(rows), run_dir / "metrics.csv")
     if with_localization:
         located = DRAWN_FINDINGS[:-1]
         loc = [{"criterion": criterion, "T": t, "measure": measure,
@@ -42,6 +46,14 @@ def test_mean_is_over_the_drawn_findings_only(tmp_path, capsys):
     assert table.loc["mean", "iobb_0.5_chance"] == pytest.approx(0.2)
     assert table["iobb_0.5"].isna().sum() == 1  # the finding without boxes shows NA, not 0
     assert "NA" in out
+
+
+def test_only_the_all_group_is_scored(tmp_path):
+    # metrics.csv holds one block per group (all, each source, each view); the sample world's score is group 'all'.
+    run = write_run(tmp_path / "run", groups=("all", "padchest", "openi"))
+    table = score_run(str(run))
+    assert list(table.index) == DRAWN_FINDINGS + ["mean"]
+    assert table.loc["mean", "auroc"] == pytest.approx(0.7)
 
 
 def test_without_localization_and_as_a_module(tmp_path):

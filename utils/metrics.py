@@ -227,9 +227,15 @@ def predictions_frame(frame, probs, thresholds, labels=None):
     return pd.concat(parts, axis=1)
 
 
+def group_rows(table, group="all"):
+    """The rows of one group of a metrics table; a table without a group column (written before groups existed) is
+    all one group."""
+    return table[table["group"] == group] if "group" in table.columns else table
+
+
 def headline(table, group="all"):
     """'macro AUROC 0.912 (95% CI 0.894-0.928)' of one group of a metrics table, or None when it has no such group."""
-    rows = table[table["group"] == group] if "group" in table.columns else table
+    rows = group_rows(table, group)
     macro = rows[rows["class"] == "macro"]
     if not len(macro) or pd.isna(macro["auroc"].iloc[0]):
         return None
@@ -241,7 +247,7 @@ def headline(table, group="all"):
 def summary_line(table):
     """One line: the macro AUROC over the findings with its interval, each source's, 'normal' and 'other findings'
     on their own, then every finding with an AUROC."""
-    rows = table[table["group"] == "all"] if "group" in table.columns else table
+    rows = group_rows(table)
     per_class = rows[rows["class"].isin(FINDINGS) & rows["auroc"].notna()]
     line = f"test macro AUROC {headline(table) or 'NA'} over {len(per_class)} findings with positives"
     if "group" in table.columns:

@@ -15,16 +15,18 @@ import pandas as pd
 from data.errors import InputError
 from data.files import read_table
 from data.sample_world import DRAWN_FINDINGS
+from utils.metrics import group_rows
 
 
 def score_run(run_dir):
-    """Test-split AUROC and localization accuracy at T(IoBB)=0.5 of a run, for the findings the world draws.
+    """Test-split AUROC (group 'all' of metrics.csv) and localization accuracy at T(IoBB)=0.5 of a run, for the
+    findings the world draws.
 
     The mean is taken over DRAWN_FINDINGS only: the world has no positives for the other classes, and 'normal'
     is not a finding."""
     metrics_csv = os.path.join(run_dir, "metrics.csv")
-    metrics = read_table(metrics_csv, ["class", "auroc"], what="traintest.py's metrics.csv", error=InputError,
-                         na_values=["NA"]).set_index("class")
+    metrics = group_rows(read_table(metrics_csv, ["class", "auroc"], what="traintest.py's metrics.csv",
+                                    error=InputError, na_values=["NA"])).set_index("class")
     missing = [f for f in DRAWN_FINDINGS if f not in metrics.index]
     if missing:
         raise InputError(f"{metrics_csv} has no row for {', '.join(missing)}; not traintest.py's metrics.csv")
