@@ -46,7 +46,7 @@ from utils import dist
 from utils.checkpoint import (checkpoint_model, load_checkpoint, load_weights, model_checkpoint, pretrained_model,
                               read_checkpoint, restore_training, save_checkpoint, training_checkpoint, training_state)
 from utils.engine import LOOK_EVERY, NonFiniteLoss, Progress, Stopped, evaluate, make_loader, predict, train_one_epoch
-from utils.calibration import apply_temperatures, fitted_thresholds
+from utils.calibration import fitted_thresholds, reported_probs
 from utils.evaluation import TEST, evaluation_sets, judge
 from utils.localization import localize, parse_levels, read_box_csv
 from utils.metrics import (choose_thresholds, headline, mean_auroc, parse_classes, predictions_frame, summary_line,
@@ -294,9 +294,9 @@ def test(model, sets, args, device, amp, thresholds, temperatures, image_size, b
                              desc=name, bad=bad)
         if len(out.indices) == 0:
             raise InputError(f"none of the {len(rows)} {name} images of {args.csv} decoded")
-        if temperatures is not None:  # every output reads the calibrated probabilities
-            out = out._replace(probs=apply_temperatures(out.probs, temperatures))
+        # judge() calibrates (and shows calibration before and after); the heatmaps and boxes read the calibrated
         results[name] = (rows.iloc[out.indices].reset_index(drop=True), out.probs, out.labels)
+        out = out._replace(probs=reported_probs(out.probs, temperatures))
         mapped = mapped or (rows, out)
         log.info("%s loss %.4f (%d images)", name, loss, len(out.indices))
     write_skipped(bad, args.output_dir)
@@ -536,8 +536,8 @@ def predict_new(args, device, amp):
     model.to(device, memory_format=torch.channels_last)
     bad = []
     out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0, bad=bad)
-    if ckpt.get("temperatures") is not None:  # a calibrated model's thresholds apply to its calibrated probabilities
-        out = out._replace(probs=apply_temperatures(out.probs, ckpt["temperatures"]))
+    # a calibrated model's thresholds apply to its calibrated probabilities
+    out = out._replace(probs=reported_probs(out.probs, ckpt.get("temperatures")))
     errors_csv = os.path.join(args.output_dir, "predict_errors.csv")
     if dist.is_main():
         with atomic_path(errors_csv) as tmp:  # written even when empty: an old run's list must not stay behind

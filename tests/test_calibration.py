@@ -36,6 +36,16 @@ def test_temperature_is_one_without_both_labels():
     assert fit_temperature(-np.ones(10), np.linspace(0.1, 0.9, 10)) == 1.0
 
 
+def test_temperature_is_one_where_validation_separates_the_class():
+    # Every positive above every negative: the log-loss falls without end as T -> 0, so there is no temperature to
+    # fit; a fit that runs to its bound would push test scores to 0 and 1, where stored probabilities tie.
+    y = np.r_[np.zeros(100), np.ones(8)]
+    p = np.r_[np.linspace(0.01, 0.6, 100), np.linspace(0.7, 0.99, 8)]
+    assert fit_temperature(y, p) == 1.0
+    p[-1] = 0.3  # one positive among the negatives: a finite temperature minimizes the log-loss
+    assert 0.05 < fit_temperature(y, p) != 1.0
+
+
 def test_table_and_plot(tmp_path):
     y1, p1 = overconfident(4000, 2.0, 1)
     y2, p2 = overconfident(4000, 0.5, 2)

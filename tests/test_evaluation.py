@@ -55,3 +55,9 @@ def test_judge_writes_the_tables(tmp_path):
     c = CLASSES.index("atelectasis")
     test_rows = index["test"]
     assert row["auroc"] == pytest.approx(roc_auc_score(labels[test_rows, c], probs[test_rows, c]), abs=1e-6)
+    # ... and every AUROC of metrics.csv is the one a reader recomputes from predictions.csv
+    tested = predictions[predictions["set"] == "test"]
+    for _, row in metrics[(metrics["group"] == "all") & metrics["auroc"].notna() & metrics["class"].isin(CLASSES)
+                          ].iterrows():
+        y, p = tested[f"true_{row['class']}"], tested[f"prob_{row['class']}"]
+        assert row["auroc"] == pytest.approx(roc_auc_score(y[y >= 0], p[y >= 0]), abs=1e-6), row["class"]

@@ -4,11 +4,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from data.classes import CLASSES
+from data.classes import CLASSES, FINDINGS
 from data.views import view_kind
+from utils.calibration import expected_calibration_error, reported_probs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,6 +113,24 @@ def test_external_validation_and_a_paired_comparison(pipeline, tmp_path):
         calibration = pd.read_csv(out / "calibration.csv")
         assert {"ece", "ece_calibrated", "temperature"} <= set(calibration.columns)
         runs.append(out)
+    # The same checkpoint without its temperatures gives the model's own probabilities: the calibrated run reports
+    # them scaled once (not twice), and calibration.csv's 'before' columns describe them.
+    ckpt = torch.load(runs[0] / "checkpoint_best.pt", weights_only=True)
+    temperatures = ckpt.pop("temperatures")
+    torch.save(ckpt, tmp_path / "uncalibrated.pt")
+    run("traintest.py", "--csv", pipeline["combined"], "--output-dir", tmp_path / "raw", "--test-only", "--load_model",
+        tmp_path / "uncalibrated.pt", "--workers", 0, "--bootstrap", 20, "--amp", "off", "--max-heatmaps", 0,
+        "--train-sources", "padchest", "--test-sources", "openi")
+    raw, calibrated = (pd.read_csv(d / "predictions.csv") for d in (tmp_path / "raw", runs[0]))
+    columns = [f"prob_{c}" for c in CLASSES]
+    assert (raw["ImageID"] == calibrated["ImageID"]).all()
+    assert np.abs(reported_probs(raw[columns], temperatures) - calibrated[columns].to_numpy()).max() < 1e-9
+    tested = (raw["set"] == "test").to_numpy()
+    truth = raw.loc[tested, [f"true_{c}" for c in CLASSES]].to_numpy()
+    findings = [CLASSES.index(c) for c in FINDINGS]
+    ece = pd.read_csv(runs[0] / "calibration.csv").set_index("class")["ece"]
+    assert ece["overall"] == pytest.approx(expected_calibration_error(
+        truth[:, findings], raw.loc[tested, columns].to_numpy()[:, findings]), abs=1e-6)
     text = run("-m", "utils.compare", *runs, "--bootstrap", 50)
     assert "macro AUROC over" in text and "B - A" in text
     table = pd.read_csv(runs[1] / "compare" / "seed1" / "compare.csv")

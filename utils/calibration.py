@@ -14,10 +14,10 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
 from sklearn.metrics import log_loss
 
-from utils.metrics import known
+from utils.metrics import known, rounded_probs
 
 N_BINS = 15
-# Probabilities are stored with 6 decimals: 0 and 1 occur, and their logits must stay finite.
+# Stored probabilities have 6 decimals: 0 and 1 occur, and their logits must stay finite.
 EPS = 1e-7
 
 
@@ -49,11 +49,18 @@ def binary_log_loss(y_true, y_prob):
     return float(log_loss(y, np.clip(p, EPS, 1 - EPS), labels=[0, 1])) if len(y) else math.nan
 
 
+def separable(y, p):
+    """Whether every positive scores above every negative: then the log-loss falls without end as T -> 0."""
+    return p[y == 1].min() > p[y == 0].max()
+
+
 def fit_temperature(y_true, y_prob):
-    """The temperature T > 0 that minimizes the log-loss of sigmoid(logit(p) / T) on these labels; 1.0 when the class
-    lacks positives or negatives (nothing to fit)."""
+    """The temperature T > 0 that minimizes the log-loss of sigmoid(logit(p) / T) on these labels; 1.0 when there is
+    nothing to fit: the class lacks positives or negatives, or validation separates them perfectly (no finite T
+    minimizes the log-loss there, and a fit that runs to its bound pushes every test score to 0 or 1, where the
+    stored probabilities tie and a class's AUROC falls: seen on the demo, pneumonia 0.90 -> 0.77)."""
     y, p = known(np.asarray(y_true), np.asarray(y_prob, dtype=np.float64))
-    if not len(y) or y.min() == y.max():
+    if not len(y) or y.min() == y.max() or separable(y, p):
         return 1.0
     z = logit(np.clip(p, EPS, 1 - EPS))
 
@@ -73,6 +80,13 @@ def apply_temperatures(y_prob, temperatures):
     """The probabilities with each column's logit divided by its temperature."""
     z = logit(np.clip(np.asarray(y_prob, dtype=np.float64), EPS, 1 - EPS))
     return expit(z / np.asarray(temperatures, dtype=np.float64)[None, :])
+
+
+def reported_probs(probs, temperatures=None):
+    """The probabilities that every output reads and predictions.csv holds: the model's, rounded as that file
+    stores them, and with temperatures (from --calibrate) scaled from those and rounded again."""
+    raw = rounded_probs(probs)
+    return raw if temperatures is None else rounded_probs(apply_temperatures(raw, temperatures))
 
 
 def calibration_table(y_true, y_prob, classes, pooled_columns, calibrated=None, temperatures=None):
@@ -128,4 +142,4 @@ def fitted_thresholds(y_true, y_prob, calibrate, choose):
         return choose(y_true, y_prob), None
     temperatures = fit_temperatures(y_true, y_prob)
     # plain floats: a checkpoint holds tensors and Python numbers only, which the weights-only loader accepts
-    return choose(y_true, apply_temperatures(y_prob, temperatures)), [float(t) for t in temperatures]
+    return choose(y_true, reported_probs(y_prob, temperatures)), [float(t) for t in temperatures]

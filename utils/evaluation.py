@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from data.classes import CLASSES, FINDINGS
-from utils.calibration import apply_temperatures, calibration_table, plot_reliability
+from utils.calibration import calibration_table, plot_reliability, reported_probs
 from utils.metrics import grouped_metrics, image_groups, plot_roc, predictions_frame, write_metrics
 
 TEST = "test"
@@ -57,8 +57,9 @@ def judge(run_dir, results, thresholds, temperatures=None, n_boot=1000, seed=0):
     Returns the metrics table."""
     tables, predictions, scored = [], [], {}
     for name, (rows, probs, labels) in results.items():
-        raw = np.asarray(probs, dtype=np.float64)
-        probs = apply_temperatures(raw, temperatures) if temperatures is not None else raw
+        # Every number is computed from the probabilities as predictions.csv holds them, so that a reader (or
+        # utils.compare) recomputing a metric from that file gets metrics.csv's value.
+        raw, probs = reported_probs(probs), reported_probs(probs, temperatures)
         tables.append(grouped_metrics(rows, labels, probs, thresholds, n_boot, seed, set_groups(name, rows)))
         predictions.append(predictions_frame(rows, probs, thresholds, labels).assign(set=name))
         scored[name] = (labels, raw, probs)
