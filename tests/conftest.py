@@ -1,5 +1,6 @@
 """Fixtures shared by the tests: a small learnable dataset, traintest.py run as a user runs it, a model whose class
 activation map is known, and a fake-gcs-server."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,6 +58,42 @@ def write_dataset(root, n_train=48, n_val=24, n_test=24, size=64, seed=0, absent
     csv = os.path.join(root, "combined.csv")
     frame.to_csv(csv, index=False)
     return csv
+
+
+def writable(folder):
+    """Whether this process can create a file in `folder`."""
+    try:
+        (folder / "probe").write_text("")
+    except OSError:
+        return False
+    (folder / "probe").unlink()
+    return True
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` (made if missing) unwritable for the block, even by root: chmod 555, and the immutable flag where
+    chmod does not stop this user (root); the test is skipped where neither works."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    immutable = False
+    try:
+        if writable(folder):
+            immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        if writable(folder):
+            pytest.skip("cannot make a folder read-only here (root without chattr)")
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder no file can be created in, even by root."""
+    with read_only(tmp_path / "read-only") as folder:
+        yield folder
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import read_only
 from data.cache import image_cache as build_cache
 from data.dataset import decode_square, read_gray, worker_process_init
 from data.errors import InputError
@@ -122,19 +123,11 @@ def test_unwritable_cache_folder_is_one_clear_error(tmp_path, images):
 def test_a_read_only_folder_serves_its_cache_and_refuses_a_new_one(tmp_path, images):
     folder = tmp_path / "ro"
     built = image_cache(folder, images, 32, progress=False)
-    folder.chmod(0o555)
-    locked = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0  # also for root
-    try:
-        if os.access(folder, os.W_OK) and not locked:
-            pytest.skip("cannot make a folder read-only here (root without chattr)")
+    with read_only(folder):
         again = image_cache(folder, images, 32, progress=False)
         assert again.path == built.path and np.array_equal(again.images, built.images)
         with pytest.raises(InputError, match=r"--cache-dir .*/ro is (not writable|read-only).*--cache-dir off"):
             image_cache(folder, images, 24, progress=False)
-    finally:
-        if locked:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        folder.chmod(0o755)
 
 
 def test_a_full_cache_folder_is_one_clear_error(tmp_path, images):

@@ -1,7 +1,6 @@
 """Steps 2 and 3 as a hostile user runs them (issue 12): each bad input or output location is one line naming the
 file or flag and exit status 2, never a traceback; a killed write leaves the previous CSV, and a cut CSV is noticed.
 """
-import contextlib
 import gzip
 import importlib.util
 import os
@@ -22,6 +21,7 @@ from data.dataset import read_combined
 from data.errors import InputError, LabelFileError
 from data.files import read_table, rows_path, write_csv
 from data.labels.combine import read_label_csv
+from conftest import read_only
 from data.labels.padchest import CSV_NAME, read_taxonomy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,33 +29,6 @@ TXRV = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").
 REAL_CSV = os.path.join(TXRV, CSV_NAME + ".gz")
 REAL_TGZ = os.path.join(TXRV, "NLMCXR_reports.tgz")
 PADCHEST_COLUMNS = ["ImageID", "StudyID", "PatientID", "Projection", "MethodLabel", "Labels"]
-
-
-@contextlib.contextmanager
-def read_only(folder):
-    """`folder` made unwritable for the block: chmod, and for root (whom chmod does not stop) the immutable flag."""
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o555)
-    immutable = False
-    try:
-        if writable(folder):
-            immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
-        if writable(folder):
-            pytest.skip("cannot make a folder read-only here")
-        yield folder
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        os.chmod(folder, 0o755)
-
-
-def writable(folder):
-    try:
-        (folder / "probe").write_text("")
-    except OSError:
-        return False
-    (folder / "probe").unlink()
-    return True
 
 
 def padchest_csv(path, rows=None, encoding="utf-8"):

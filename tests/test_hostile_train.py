@@ -62,32 +62,6 @@ def one_line_error(capsys, traintest, *args):
     return lines[0]
 
 
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder no file can be created in, even by root (chmod 555, and chattr +i where the user is root)."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    immutable = False
-    if writable(folder) and shutil.which("chattr"):
-        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
-    if writable(folder):
-        pytest.skip("cannot make a folder read-only here (root without chattr)")
-    yield folder
-    if immutable:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-    folder.chmod(0o755)
-
-
-def writable(folder):
-    try:
-        (folder / "probe").write_text("")
-    except OSError:
-        return False
-    (folder / "probe").unlink()
-    return True
-
-
 # ---- 1. bad images: --predict lists them and predicts the rest; training stops with the path or skips them ----
 
 def bad_files(folder):

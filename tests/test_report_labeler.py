@@ -3,11 +3,11 @@
 import csv
 import importlib.util
 import os
-import stat
 
 import pandas as pd
 import pytest
 
+from conftest import read_only
 from data.classes import CLASSES
 from data.labels.openi import evaluate_labeler
 from data.labels.report_labeler import CHESTXRAY8_F1, NOT_MENTIONED, label_report, main
@@ -131,27 +131,15 @@ def test_cli_long_report_bom_and_reports_without_words(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["labeled.csv", "reports.csv"]  # no temporary file left
 
 
-def unwritable_folder(tmp_path):
-    """A folder this process may not create files in: a read-only folder, or for root (who writes anywhere)
-    sysfs's top folder."""
-    if os.geteuid() != 0:
-        folder = tmp_path / "read-only"
-        folder.mkdir()
-        folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
-        return folder
-    if not os.path.isdir("/sys/kernel"):
-        pytest.skip("running as root without sysfs: no folder that refuses root")
-    return "/sys"
-
-
 @pytest.mark.parametrize("where", ["folder", "under-a-file", "missing-parent", "read-only"])
 def test_cli_unwritable_out_is_one_line_exit_2(tmp_path, capsys, where):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "a-folder").mkdir()
     out = {"folder": tmp_path / "a-folder", "under-a-file": tmp_path / "a-file" / "labeled.csv",
            "missing-parent": tmp_path / "missing" / "labeled.csv",
-           "read-only": os.path.join(unwritable_folder(tmp_path), "labeled.csv")}[where]
-    code, _ = run_cli(tmp_path, [["Mild cardiomegaly."]], out=out)
+           "read-only": tmp_path / "read-only" / "labeled.csv"}[where]
+    with read_only(tmp_path / "read-only"):
+        code, _ = run_cli(tmp_path, [["Mild cardiomegaly."]], out=out)
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(f"error: {out}: ") and err.count("\n") == 1, err
