@@ -9,7 +9,7 @@ WORK ?= work
 # pip prints one harmless line per local index folder that lacks a package; hide only those.
 PIP_QUIET := sed "/is ignored: it is neither a file nor a directory/d"
 
-.PHONY: install install-dev demo test clean
+.PHONY: install install-dev demo demo-compare test clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,14 @@ demo: install
 		--boxes-csv $(WORK)/sample_world/nih/BBox_List_2017.csv && \
 	$(PY) -m utils.sample_score $(WORK)/run && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s. Results: $(WORK)/run/ (metrics.csv, predictions.csv, heatmaps/, boxes.csv, localization.csv); open $(WORK)/run/report.html in a browser"
+
+# After `make demo`: the same model trained again with another seed on the same combined.csv, and the two runs'
+# test predictions compared (paired patient bootstrap, DeLong) - how far a seed alone moves the numbers.
+demo-compare:
+	@test -f $(WORK)/run/predictions.csv || { echo "run make demo first (no $(WORK)/run/predictions.csv)"; exit 2; }
+	$(PY) traintest.py --csv $(WORK)/combined.csv --output-dir $(WORK)/run-seed1 $(DEMO_TRAIN) --calibrate --seed 1 \
+		--max-heatmaps 0 && \
+	$(PY) -m utils.compare $(WORK)/run $(WORK)/run-seed1
 
 clean:
 	rm -rf $(WORK)

@@ -22,12 +22,12 @@ again for boxes, and every probability here is the one in predictions.csv.
 """
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pandas as pd
 import torch
-from scipy.ndimage import find_objects
 from skimage.measure import label
 
 from data.classes import CLASSES
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 BOX_COLUMNS = ["ImageID", "class", "x", "y", "w", "h", "score"]
 CELLS_TO_GRID = 8  # boxes are found on the map upsampled to 8 pixels per feature cell (capped at the input size)
 CHUNK = 64  # images whose maps are upsampled at once
+WORKER_THREADS = min(8, os.cpu_count() or 1)  # step 5's threads: box finding and heatmap pictures
 
 DEFAULT_BOX_THRESHOLDS = (60, 180)
 
@@ -76,16 +77,21 @@ def boxes_from_heatmaps(heat, thresholds=DEFAULT_BOX_THRESHOLDS):
         tiles[j::len(thresholds), :h] = heat >= t
         values[j::len(thresholds), :h] = heat
     labels = label(tiles.reshape(k * (h + 1), w), connectivity=2)
-    sums = np.bincount(labels.ravel(), weights=values.ravel())
-    counts = np.bincount(labels.ravel())
-    out = [[] for _ in range(n)]
-    for i, box in enumerate(find_objects(labels), start=1):
-        rows, cols = box
-        tile = rows.start // (h + 1)
-        y0 = rows.start - tile * (h + 1)
-        out[tile // len(thresholds)].append(
-            (cols.start, y0, cols.stop - cols.start, rows.stop - rows.start, sums[i] / counts[i] / 255.0))
-    return [np.asarray(b, dtype=np.float32).reshape(-1, 5) for b in out]
+    # Each region's bounding box and mean heat from its pixels sorted by label: labels run in raster order, so the
+    # regions come tile by tile (map by map, then threshold by threshold) and each map's boxes stay together.
+    ys, xs = np.nonzero(labels)
+    if not len(ys):
+        return [np.zeros((0, 5), dtype=np.float32) for _ in range(n)]
+    which = labels[ys, xs]
+    order = np.argsort(which, kind="stable")
+    ys, xs, which = ys[order], xs[order], which[order]
+    starts = np.flatnonzero(np.r_[True, which[1:] != which[:-1]])
+    top, bottom = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts)
+    left, right = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)
+    mean = np.add.reduceat(values.reshape(-1, w)[ys, xs], starts) / np.diff(np.r_[starts, len(ys)]) / 255.0
+    tile = top // (h + 1)
+    boxes = np.stack([left, top - tile * (h + 1), right - left + 1, bottom - top + 1, mean], 1).astype(np.float32)
+    return np.split(boxes, np.searchsorted(tile // len(thresholds), np.arange(1, n)))
 
 
 def as_boxes(boxes):
@@ -329,7 +335,7 @@ def ground_truth(boxes_csv, image_sizes):
 
 
 def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classes=None,
-             box_thresholds=DEFAULT_BOX_THRESHOLDS, boxes_csv=None, max_images=None):
+             box_thresholds=DEFAULT_BOX_THRESHOLDS, boxes_csv=None, max_images=None, threads=WORKER_THREADS):
     """Boxes, heatmap PNGs and (with boxes_csv) localization scores from evaluation's forward pass.
 
     frame: ImageID, path (and width, height) of the images predicted; predictions: utils.engine.Predictions with
@@ -339,7 +345,8 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     run_dir/localization.csv. Images listed in boxes_csv are mapped for their true classes whatever the prediction,
     as in the paper. Returns {"images", "heatmaps", "boxes", "iobb_0.5" ({class: accuracy at T(IoBB) = 0.5}),
     "iobb_0.5_chance" ({class: the chance baseline's}), "box_counts" ({BOX_COUNTS measure: total})}; the last three
-    are empty without boxes_csv.
+    are empty without boxes_csv. threads: how many threads find boxes and draw pictures (the output is the same for
+    any number).
     """
     frame = frame.iloc[predictions.indices].reset_index(drop=True)
     heat_dir = os.path.join(run_dir, "heatmaps")
@@ -355,30 +362,42 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     # Images with true boxes first, so the heatmap gallery (capped by max_images) shows what can be checked.
     order = sorted(range(len(frame)), key=lambda i: frame.at[i, "ImageID"] not in true_classes)
     render_limit = len(frame) if max_images is None else max_images
-    pred_rows, eval_rows, gallery = [], [], []
-    for start in range(0, len(order), CHUNK):
-        chunk = order[start:start + CHUNK]
+    gts = [true_classes.get(image_id, set()) for image_id in frame["ImageID"]]
+    wanted = [[k for k, c in enumerate(CLASSES) if chosen[i, k] or c in gts[i]] for i in range(len(frame))]
+
+    def chunk_boxes(chunk):
+        """The chunk's maps and {image: {class index: boxes [k, 5] in original pixels}}, one labelling call for
+        every (image, class) map wanted in the chunk."""
         maps = torch.from_numpy(predictions.maps[chunk]).float()
         grid = min(input_size, CELLS_TO_GRID * max(maps.shape[-2:]))
         heat = heatmaps_to_uint8(upsample_maps(maps, (grid, grid)).numpy())
-        for b, i in enumerate(chunk):
-            image_id = frame.at[i, "ImageID"]
-            gt = true_classes.get(image_id, set())
-            wanted = [k for k, c in enumerate(CLASSES) if chosen[i, k] or c in gt]
-            if not wanted:
-                continue
-            found = boxes_from_heatmaps(heat[b, wanted], box_thresholds)
-            boxes = {k: scale_boxes(f, (grid, grid), sizes[i]) for k, f in zip(wanted, found)}
-            for k in wanted:
-                rows = [(image_id, CLASSES[k], *bx[:4], probs[i, k] * bx[4]) for bx in boxes[k]]
-                pred_rows += rows if chosen[i, k] else []
-                eval_rows += rows if CLASSES[k] in gt else []
-            if start + b < render_limit:
-                truths = {k: true_boxes.get((image_id, CLASSES[k]), np.zeros((0, 4))) for k in wanted}
-                for k in render_image(frame.at[i, "path"], image_id, sizes[i], maps[b], wanted, probs[i], boxes,
-                                      truths, heat_dir):
-                    gallery.append((heatmap_filename(image_id, CLASSES[k]), image_id, CLASSES[k], probs[i, k],
-                                    int(positive[i, k]), len(boxes[k]), len(truths[k])))
+        pairs = [(b, k) for b, i in enumerate(chunk) for k in wanted[i]]
+        found = iter(boxes_from_heatmaps(heat[[b for b, _ in pairs], [k for _, k in pairs]], box_thresholds)
+                     if pairs else [])
+        return maps, {i: {k: scale_boxes(next(found), (grid, grid), sizes[i]) for k in wanted[i]} for i in chunk}
+
+    pred_rows, eval_rows, rendered = [], [], []
+    # Labelling (SciPy, NumPy), drawing and PNG encoding (OpenCV, zlib) release the GIL: chunks are boxed and pictures
+    # made on threads, and the rows are gathered here in the images' order.
+    with ThreadPoolExecutor(threads) as pool:
+        chunks = [order[start:start + CHUNK] for start in range(0, len(order), CHUNK)]
+        for start, (maps, found) in zip(range(0, len(order), CHUNK), pool.map(chunk_boxes, chunks)):
+            for b, i in enumerate(order[start:start + CHUNK]):
+                if not wanted[i]:
+                    continue
+                image_id, gt, boxes = frame.at[i, "ImageID"], gts[i], found[i]
+                for k in wanted[i]:
+                    rows = [(image_id, CLASSES[k], *bx[:4], probs[i, k] * bx[4]) for bx in boxes[k]]
+                    pred_rows += rows if chosen[i, k] else []
+                    eval_rows += rows if CLASSES[k] in gt else []
+                if start + b < render_limit:
+                    truths = {k: true_boxes.get((image_id, CLASSES[k]), np.zeros((0, 4))) for k in wanted[i]}
+                    job = pool.submit(render_image, frame.at[i, "path"], image_id, sizes[i], maps[b], wanted[i],
+                                      probs[i], boxes, truths, heat_dir)
+                    rendered.append((job, i, boxes, truths))
+        gallery = [(heatmap_filename(frame.at[i, "ImageID"], CLASSES[k]), frame.at[i, "ImageID"], CLASSES[k],
+                    probs[i, k], int(positive[i, k]), len(boxes[k]), len(truths[k]))
+                   for job, i, boxes, truths in rendered for k in job.result()]
     pd.DataFrame(gallery, columns=GALLERY_COLUMNS).to_csv(os.path.join(heat_dir, "index.csv"), index=False)
     boxes_frame = pd.DataFrame(pred_rows, columns=BOX_COLUMNS).round({"x": 1, "y": 1, "w": 1, "h": 1, "score": 4})
     boxes_frame.to_csv(os.path.join(run_dir, "boxes.csv"), index=False)
