@@ -173,7 +173,9 @@ def get_args_parser():
                    "model never saw: external validation of a finished model)")
     e.add_argument("--calibrate", action="store_true",
                    help="fit one temperature per class on validation (log-loss) and re-choose the thresholds on the "
-                   "calibrated probabilities; calibration.csv shows ECE and log-loss on test before and after")
+                   "calibrated probabilities; calibration.csv shows ECE and log-loss on test before and after (a "
+                   "class without both labels in validation, or one that validation separates perfectly, keeps "
+                   "temperature 1: no finite temperature fits it)")
     e.add_argument("--bootstrap", type=at_least(0), default=1000,
                    help="bootstrap resamples for the 95%% intervals (resampling patients, all their images together)")
 
