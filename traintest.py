@@ -296,7 +296,8 @@ def test(model, sets, args, device, amp, thresholds, temperatures, image_size, b
                              desc=name, bad=bad)
         if len(out.indices) == 0:
             raise InputError(f"none of the {len(rows)} {name} images of {args.csv} decoded")
-        # judge() calibrates (and shows calibration before and after); the heatmaps and boxes read the calibrated
+        # judge() gets the model's own probabilities (it shows calibration before and after); step 5 gets the
+        # reported (calibrated, rounded) ones
         results[name] = (rows.iloc[out.indices].reset_index(drop=True), out.probs, out.labels)
         out = out._replace(probs=reported_probs(out.probs, temperatures))
         mapped = mapped or (rows, out)

@@ -380,9 +380,10 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     # Labelling (SciPy, NumPy), drawing and PNG encoding (OpenCV, zlib) release the GIL: chunks are boxed and pictures
     # made on threads, and the rows are gathered here in the images' order.
     with ThreadPoolExecutor(threads) as pool:
-        chunks = [order[start:start + CHUNK] for start in range(0, len(order), CHUNK)]
-        for start, (maps, found) in zip(range(0, len(order), CHUNK), pool.map(chunk_boxes, chunks)):
-            for b, i in enumerate(order[start:start + CHUNK]):
+        starts = range(0, len(order), CHUNK)
+        chunks = [order[start:start + CHUNK] for start in starts]
+        for start, chunk, (maps, found) in zip(starts, chunks, pool.map(chunk_boxes, chunks)):
+            for b, i in enumerate(chunk):
                 if not wanted[i]:
                     continue
                 image_id, gt, boxes = frame.at[i, "ImageID"], gts[i], found[i]
