@@ -43,7 +43,7 @@ DEMO_TRAIN ?= --model unified-alexnet --pooling lse --image-size 192 --epochs 12
 
 demo: install
 	@start=$$(date +%s); \
-	$(PY) -m data.sample_world --out $(WORK)/sample_world --quiet && \
+	$(PY) -m sample_world --out $(WORK)/sample_world --quiet && \
 	$(PY) download_images.py --source $(WORK)/sample_world/images --out $(WORK)/ingest --size 256 && \
 	$(PY) download_images.py --source $(WORK)/sample_world/nih/png --out $(WORK)/ingest-nih --size 256 && \
 	$(PY) parselabelfile.py --padchest-csv $(WORK)/sample_world/labels/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv \
@@ -55,7 +55,7 @@ demo: install
 	$(PY) -m utils.view_classifier --csv $(WORK)/combined.csv && \
 	$(PY) traintest.py --csv $(WORK)/combined.csv --output-dir $(WORK)/run $(DEMO_TRAIN) --calibrate \
 		--boxes-csv $(WORK)/sample_world/nih/BBox_List_2017.csv && \
-	$(PY) -m utils.sample_score $(WORK)/run && \
+	$(PY) -m sample_world.score $(WORK)/run && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s. Results: $(WORK)/run/ (metrics.csv, predictions.csv, heatmaps/, boxes.csv, localization.csv); open $(WORK)/run/report.html in a browser"
 
 # After `make demo`: the same model trained again with another seed on the same combined.csv, and the two runs'

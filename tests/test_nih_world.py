@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import sample_world as sw
+import sample_world as sw
 from data.classes import CLASSES
 from data.labels.boxes import read_box_csv
 from data.labels.nih import nih_labels

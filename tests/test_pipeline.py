@@ -27,7 +27,7 @@ def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     world, ingest, labels = tmp / "world", tmp / "ingest", tmp / "labels"
     combined, run_dir = tmp / "combined.csv", tmp / "run"
-    run("-m", "data.sample_world", "--out", world, "--padchest-images", 60, "--openi-reports", 10,
+    run("-m", "sample_world", "--out", world, "--padchest-images", 60, "--openi-reports", 10,
         "--images-per-zip", 30, "--nih-images", 0, "--quiet")  # no NIH part: steps 1-3 do not read it
     run("download_images.py", "--source", world / "images", "--out", ingest, "--size", 128, "--workers", 1)
     run("parselabelfile.py", "--padchest-csv", world / "labels" / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data.sample_world.anatomy import draw_chest
-from data.sample_world.findings import NIH_FINDINGS, SPECS, sample_findings
+from sample_world.anatomy import draw_chest
+from sample_world.findings import NIH_FINDINGS, SPECS, sample_findings
 
 NIH_DIR = "nih"
 DATA_ENTRY = "Data_Entry_2017_v2020.csv"

@@ -1,5 +1,5 @@
 """The whole sample world: generate() writes the three datasets and the box lists, montage() draws a preview, main()
-is the command line (python -m data.sample_world)."""
+is the command line (python -m sample_world)."""
 
 import argparse
 import os
@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from data.sample_world.findings import DRAWN_FINDINGS
-from data.sample_world.nih import BOX_LIST, NIH_DIR, write_nih
-from data.sample_world.openi import write_openi
-from data.sample_world.padchest import taxonomy_cuis, write_padchest
+from sample_world.findings import DRAWN_FINDINGS
+from sample_world.nih import BOX_LIST, NIH_DIR, write_nih
+from sample_world.openi import write_openi
+from sample_world.padchest import taxonomy_cuis, write_padchest
 
 MAX_LATERAL_FRACTION = 0.45  # every PA study with a lateral gives 0.85 / 1.85 of the images as laterals
 
@@ -160,9 +160,9 @@ def check_montage_path(path):
 
 
 def main(argv=None):
-    """python -m data.sample_world --out WORLD [options]: write a world and print its summary."""
+    """python -m sample_world --out WORLD [options]: write a world and print its summary."""
     parser = argparse.ArgumentParser(
-        prog="python -m data.sample_world",
+        prog="python -m sample_world",
         description="Generate a small synthetic PadChest + OpenI + NIH world shaped like the real inputs.")
     parser.add_argument("--out", required=True, help="output folder (created; files of an earlier world are replaced)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")

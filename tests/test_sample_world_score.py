@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from data.classes import CLASSES
-from data.sample_world import DRAWN_FINDINGS
+from sample_world import DRAWN_FINDINGS
 from utils.metrics import write_metrics
-from utils.sample_score import main, score_run
+from sample_world.score import main, score_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,12 +58,12 @@ def test_only_the_all_group_is_scored(tmp_path):
 
 def test_without_localization_and_as_a_module(tmp_path):
     run = write_run(tmp_path / "run", with_localization=False)
-    result = subprocess.run([sys.executable, "-m", "utils.sample_score", str(run)], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "sample_world.score", str(run)], cwd=ROOT, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
     assert "iobb" not in result.stdout
     assert result.stdout.rstrip("\n").endswith("drawn findings: 0.700")
-    missing = subprocess.run([sys.executable, "-m", "utils.sample_score", str(tmp_path / "nowhere")], cwd=ROOT,
+    missing = subprocess.run([sys.executable, "-m", "sample_world.score", str(tmp_path / "nowhere")], cwd=ROOT,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "metrics.csv" in missing.stderr
 

@@ -1,6 +1,6 @@
 """A small synthetic "world" shaped exactly like the real inputs, so every pipeline step runs on it unchanged.
 
-    python -m data.sample_world --out WORLD [--seed 0] [--padchest-images 1200] [--openi-reports 150]
+    python -m sample_world --out WORLD [--seed 0] [--padchest-images 1200] [--openi-reports 150]
                                 [--lateral-fraction 0.25] [--nih-images 300]
 
 writes
@@ -35,11 +35,11 @@ Modules, each importing only the ones above it:
     world       generate(), montage() and the command line
 """
 
-from data.sample_world.anatomy import draw_chest
-from data.sample_world.findings import DRAWN_FINDINGS, FINDINGS, NIH_FINDINGS, PADCHEST_TERMS, SPECS, sample_findings
-from data.sample_world.lateral import draw_lateral
-from data.sample_world.padchest import PADCHEST_CSV, taxonomy_cuis
-from data.sample_world.world import generate, main, montage
+from sample_world.anatomy import draw_chest
+from sample_world.findings import DRAWN_FINDINGS, FINDINGS, NIH_FINDINGS, PADCHEST_TERMS, SPECS, sample_findings
+from sample_world.lateral import draw_lateral
+from sample_world.padchest import PADCHEST_CSV, taxonomy_cuis
+from sample_world.world import generate, main, montage
 
 __all__ = ["DRAWN_FINDINGS", "FINDINGS", "NIH_FINDINGS", "PADCHEST_CSV", "PADCHEST_TERMS", "SPECS", "draw_chest",
            "draw_lateral", "generate", "main", "montage", "sample_findings", "taxonomy_cuis"]

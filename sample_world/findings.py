@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from data.sample_world.geometry import polyline_layer, side_sign, smooth, spline
+from sample_world.geometry import polyline_layer, side_sign, smooth, spline
 
 # Where a sign sits, from the heart out to the lines and devices on top. draw_chest draws the findings layer by layer
 # (in list order within a layer), which fixes the order of their random numbers and of their boxes.

@@ -18,9 +18,9 @@ from pydicom.uid import (JPEG2000Lossless, ExplicitVRLittleEndian, PYDICOM_IMPLE
                          ComputedRadiographyImageStorage, generate_uid)
 from tqdm import tqdm
 
-from data.sample_world.anatomy import draw_chest, to_12bit
-from data.sample_world.findings import FINDINGS, sample_findings
-from data.sample_world.lateral import draw_lateral
+from sample_world.anatomy import draw_chest, to_12bit
+from sample_world.findings import FINDINGS, sample_findings
+from sample_world.lateral import draw_lateral
 
 FIXED_MTIME = 1548979200  # tar member timestamps (2019-02-01), so the archives are byte-identical per seed
 

@@ -1,6 +1,6 @@
 """Score a traintest.py run on the sample world: test AUROC and localization accuracy of the findings it draws.
 
-    python -m utils.sample_score RUN_DIR
+    python -m sample_world.score RUN_DIR
 
 prints the table (auroc, and with RUN_DIR/localization.csv the accuracy at T(IoBB)=0.5 and its chance level) and
 "mean AUROC over the N drawn findings: X".
@@ -14,7 +14,7 @@ import pandas as pd
 
 from data.errors import InputError
 from data.files import read_table
-from data.sample_world import DRAWN_FINDINGS
+from sample_world import DRAWN_FINDINGS
 from utils.metrics import group_rows
 
 
@@ -45,7 +45,7 @@ def score_run(run_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m utils.sample_score",
+        prog="python -m sample_world.score",
         description="Print a traintest.py run's test AUROC and localization accuracy for the findings the sample "
                     "world draws, and their mean.")
     parser.add_argument("run_dir", help="run folder (holds metrics.csv, and localization.csv with --boxes-csv)")

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data.sample_world.anatomy import draw_chest, to_12bit
-from data.sample_world.findings import FINDINGS, sample_findings
-from data.sample_world.lateral import draw_lateral
+from data.labels.padchest import TAXONOMY
+from sample_world.anatomy import draw_chest, to_12bit
+from sample_world.findings import FINDINGS, sample_findings
+from sample_world.lateral import draw_lateral
 
 PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 # Header of the real PadChest CSV, in order (the first column is the unnamed pandas index).
@@ -26,11 +27,11 @@ PADCHEST_COLUMNS = [
     "MethodLabel", "Labels", "Localizations", "LabelsLocalizationsBySentence", "labelCUIS", "LocalizationsCUIS",
 ]
 
-TREE_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "labels", "padchest_tree.csv")
+
 FIXED_TIME = (2019, 2, 1, 0, 0, 0)  # zip member timestamps, so the zips are byte-identical per seed
 
 
-def taxonomy_cuis(path=TREE_CSV):
+def taxonomy_cuis(path=TAXONOMY):
     """term -> CUI (or '') for every term of the PadChest taxonomy tree file."""
     cuis = {}
     with open(path, encoding="utf-8") as f:

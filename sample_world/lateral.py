@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.sample_world.anatomy import NORMAL_CARDIOTHORACIC_RATIO, View, _merged, develop, finding_layers
-from data.sample_world.geometry import polyline_layer, smooth, spline
+from sample_world.anatomy import NORMAL_CARDIOTHORACIC_RATIO, View, _merged, develop, finding_layers
+from sample_world.geometry import polyline_layer, smooth, spline
 
 NORMAL_HEART = sum(NORMAL_CARDIOTHORACIC_RATIO) / 2  # the cardiothoracic ratio at which the heart has its base size
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from data.sample_world.findings import LAYERS, SPECS
-from data.sample_world.geometry import bbox, polyline_layer, side_sign, smooth, spline
+from sample_world.findings import LAYERS, SPECS
+from sample_world.geometry import bbox, polyline_layer, side_sign, smooth, spline
 
 NORMAL_CARDIOTHORACIC_RATIO = (0.38, 0.45)
 

@@ -1,0 +1,6 @@
+"""python -m sample_world --out WORLD [options]; see sample_world/__init__.py."""
+
+from sample_world.world import main
+
+if __name__ == "__main__":
+    main()
