@@ -17,48 +17,44 @@ train.log, metrics.csv (per group: all, source, view, padchest-physician, extern
 intervals), predictions.csv, thresholds.csv, calibration.csv, reliability.png, roc.png, heatmaps/, boxes.csv,
 localization.csv (with --boxes-csv) and report.html; --predict adds
 predict_errors.csv (path, error: the files that did not decode), --skip-bad-images skipped_images.csv.
-Every flag and output location is checked before any work starts; bad input is one line on stderr and exit status
-2. SIGTERM (a spot VM's preemption) or Ctrl-C while training: the current step ends, checkpoint_last.pt is written
+Every flag, input file (combined.csv and its images included) and output location is checked before any work starts
+and before --overwrite deletes anything; bad input is one line on stderr and exit status 2. SIGTERM (a spot VM's preemption) or Ctrl-C while training: the current step ends, checkpoint_last.pt is written
 mid-epoch (and synced), one line says how to continue (--resume), exit status 0; outside training (set-up, the
 cache build, the test) one line and exit status 128 + the signal's number (130 for Ctrl-C).
 The seed's spellings (--run-dir, --out, --load_model, --save_model, --batch_size, --is_training 0) still work.
 """
 import argparse
-import json
-import logging
-import math
 import os
 import shutil
-import signal
 import sys
-import time
 
-import pandas as pd
 import torch
 
+from data.cache import cache_folder
 from data.classes import CLASSES, NUM_CLASSES
-from data.dataset import image_frame, read_combined, split
-from data.views import parse_views, view_mask
-from data.errors import InputError
-from data.files import atomic_path, write_text_atomic
-from models import LOSSES, MIN_INPUT_SIZE, MODEL_NAMES, build_model, canonical_name, model_options
+from data.dataset import image_frame, read_combined, selected_rows, split
+from data.errors import EnvironmentFault, InputError
+from data.files import atomic_path
+from data.views import parse_views
+from models import LOSSES, MIN_INPUT_SIZE, MODEL_NAMES, canonical_name
 from utils import dist
-from utils.checkpoint import (checkpoint_model, load_checkpoint, load_weights, model_checkpoint, pretrained_model,
-                              read_checkpoint, restore_training, save_checkpoint, training_checkpoint, training_state)
-from utils.engine import LOOK_EVERY, NonFiniteLoss, Progress, Stopped, evaluate, make_loader, predict, train_one_epoch
 from utils.calibration import fitted_thresholds, reported_probs
+from utils.checkpoint import (checkpoint_model, input_size, load_checkpoint, load_weights, new_model, read_checkpoint,
+                              training_state)
+from utils.cli import Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off
+from utils.engine import LOOK_EVERY, NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch, validate
 from utils.evaluation import TEST, evaluation_sets, judge
 from utils.localization import localize, parse_levels, read_box_csv
-from utils.metrics import (choose_thresholds, headline, mean_auroc, parse_classes, predictions_frame, summary_line,
-                           write_thresholds)
+from utils.metrics import choose_thresholds, headline, parse_classes, predictions_frame, summary_line, write_thresholds
 from utils.report import write_report
-from utils.cli import (Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, stored_args,
-                       writable_file, writable_folder)
-from utils.run_sync import RunMirror, is_remote, work_folder
-from utils.runtime import (StopSignals, amp_name, close_logging, grad_scaler, seed_everything, setup_logging,
-                           use_amp)
+from utils.run_folder import (CHECKPOINT_LAST, PREDICT_ERRORS_CSV, PREDICTIONS_CSV, SKIPPED_IMAGES_CSV,
+                              check_locations, interrupted_hint, locate, mirror, path, resumed_args, start_run,
+                              stopped_line, sync, write_file_errors)
+from utils.runtime import StopSignals, amp_name, close_logging, grad_scaler, log_to_file, seed_everything, \
+    setup_logging, use_amp
+from utils.training import TrainingRun
 
-log = logging.getLogger("traintest")
+log = __import__("logging").getLogger("traintest")
 
 
 def parse_sources(text):
@@ -191,90 +187,42 @@ def get_args_parser():
     return p
 
 
-# What a resumed run's checkpoint fixes: its model (with its input) and where it starts from.
-MODEL_FLAGS = ("model", "pretrained", "weights", "pooling", "lse_r", "map_size", "image_size", "load_model")
-
-
 def parse_args(argv):
-    """The command line; with --resume, the run's stored arguments are the defaults it replaces (a gs:// run is
-    fetched into its local work folder first)."""
+    """The command line; with --resume, the run's stored arguments are the defaults the flags given replace."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
     if args.resume:
-        refused = [k for k in given if k in MODEL_FLAGS]
-        if refused:
-            raise InputError(f"--resume continues {args.resume}'s own model; it cannot change "
-                             f"{', '.join('--' + k.replace('_', '-') for k in refused)} (start a new run with "
-                             f"--load-model {args.resume}/checkpoint_best.pt to fine-tune)")
-        url = args.resume if is_remote(args.resume) else None
-        folder = work_folder(url) if url else args.resume
-        if url:
-            RunMirror(url).pull(folder)
-        known = vars(parser.parse_args([]))
-        parser.set_defaults(**{k: v for k, v in stored_args(folder).items()
-                               if k in known and k not in ("resume", "overwrite")})
-        args = parser.parse_args(argv)
-        args.resume = args.output_dir = folder
-        args.sync_to = url or args.sync_to
+        args = resumed_args(parser, argv, given)
     args.given, args.test_only = given, args.test_only or args.is_training == 0
     return args
 
 
-def loader(frame, args, image_size, train=False, cache_dir=None):
-    return make_loader(frame, image_size, CLASSES, batch_size=args.batch_size, workers=args.workers, train=train,
-                       seed=args.seed, cache=args.cache, cache_dir=cache_dir,
-                       pin_memory=torch.cuda.is_available() and args.device != "cpu")
-
-
-def new_model(args):
-    options = {"pooling": args.pooling, "lse_r": args.lse_r, "map_size": args.map_size,
-               "input_size": args.image_size or 224}
-    options = {k: v for k, v in options.items() if k in model_options(args.model)}
-    if args.pretrained:
-        with dist.local_main_first():  # one download per machine, into the cache its processes share
-            return pretrained_model(args.model, NUM_CLASSES, args.weights, progress=dist.is_local_main(), **options)
-    return build_model(args.model, NUM_CLASSES, **options)
-
-
-def report_results(frame, predictions, out_dir, args, thresholds, image_size):
-    """Step 5 from the forward pass that predicted `frame` (heatmaps, boxes, localization), then report.html."""
-    if args.max_heatmaps != 0:
-        localize(frame, predictions, out_dir, input_size=image_size, thresholds=thresholds,
-                 classes=args.heatmap_classes, box_thresholds=args.box_thresholds, boxes_csv=args.boxes_csv,
-                 max_images=args.max_heatmaps)
-    log.info("report: %s", write_report(out_dir))
+def check_flags(args):
+    """The flags that do not go together, before any work: InputError naming the first."""
+    training = not (args.predict or args.test_only)
+    if args.predict and not (args.load_model and args.output_dir):
+        raise InputError("--predict needs --load-model CKPT and --output-dir DIR")
+    if args.test_only and not args.load_model:
+        raise InputError("--test-only needs --load-model CKPT")
+    if training and not args.resume and args.weights and not args.pretrained:
+        raise InputError(f"--weights {args.weights} is read only with --pretrained; add --pretrained or drop --weights")
+    unused = [k for k in ("heatmap_classes", "box_thresholds", "boxes_csv") if k in args.given]
+    if args.max_heatmaps == 0 and unused:
+        raise InputError(f"--{unused[0].replace('_', '-')} does nothing with --max-heatmaps 0 (no heatmaps, boxes or "
+                         f"localization)")
+    if training and args.image_size:
+        input_size(args.model, args.image_size)
+    if args.boxes_csv and args.max_heatmaps != 0:
+        read_box_csv(args.boxes_csv)  # a bad row is found now, not after training
+    if training and args.cache and args.cache_dir not in (None, "off"):
+        raise InputError(f"--cache keeps the images in memory, --cache-dir {args.cache_dir} on disk: give one of them")
 
 
 def run_rows(args):
-    """combined.csv's rows this run uses: those of --views, of --train-sources and --test-sources (checked against the
-    Source column); InputError naming what matches nothing."""
+    """combined.csv's rows this run uses (--views, --train-sources, --test-sources), its image files checked."""
     frame = read_combined(args.csv, CLASSES, args.skip_missing)
-    named = [*(args.train_sources or []), *(args.test_sources or [])]
-    if named:
-        if "Source" not in frame.columns:
-            raise InputError(f"--train-sources and --test-sources need a Source column in {args.csv}")
-        present = sorted(frame["Source"].astype(str).unique())
-        for flag in ("train_sources", "test_sources"):
-            unknown = [n for n in getattr(args, flag) or [] if n not in present]
-            if unknown:
-                raise InputError(f"--{flag.replace('_', '-')}: {', '.join(unknown)} not in {args.csv}'s Source column "
-                                 f"(it has {', '.join(present)})")
-        both = set(args.train_sources or []) & set(args.test_sources or [])
-        if both:
-            raise InputError(f"{', '.join(sorted(both))} is both a training and a held-out source")
-        if args.train_sources:
-            frame = frame[frame["Source"].isin(named)].reset_index(drop=True)
-    keep = view_mask(frame, parse_views(args.views))
-    if not keep.all():
-        left_out = frame.loc[~keep, "view"].fillna("").astype(str).replace("", "unknown").value_counts()
-        log.info("--views %s: %d of %d images kept; left out by view: %s", args.views,
-                 int(keep.sum()), len(frame), ", ".join(f"{v} {n}" for v, n in left_out.items()))
-        frame = frame[keep].reset_index(drop=True)
-    if not len(frame):
-        raise InputError(f"no image of {args.csv} has a view in --views (use --views all, or label unknown views "
-                         f"with python -m utils.view_classifier)")
-    return frame
+    return selected_rows(frame, args.csv, args.views, args.train_sources, args.test_sources)
 
 
 def evaluation_rows(frame, args, whole=False):
@@ -284,6 +232,157 @@ def evaluation_rows(frame, args, whole=False):
         raise InputError(f"{args.csv} has no test rows (split == 'test') to evaluate on (--eval-split all evaluates "
                          f"every image of a CSV the model never saw)")
     return sets
+
+
+def begin(args, new_run=False):
+    """Every input is checked: from here on the run folder changes (a new run's args.json, --overwrite's deletions,
+    train.log with the messages of the checks)."""
+    if new_run and dist.is_main():
+        start_run(args)
+    dist.barrier()
+    log_to_file(args.output_dir)
+
+
+def loader(frame, args, image_size, train=False, cache_dir=None):
+    return make_loader(frame, image_size, CLASSES, batch_size=args.batch_size, workers=args.workers, train=train,
+                       seed=args.seed, cache=args.cache, cache_dir=cache_dir,
+                       pin_memory=torch.cuda.is_available() and args.device != "cpu")
+
+
+def train(args, device, amp, stop):
+    """Train, then test the best model; a stop signal ends it early with a checkpoint, and the one line main() prints
+    is returned."""
+    frame = run_rows(args)
+    pool = frame[~frame["Source"].isin(args.test_sources)] if args.test_sources else frame  # held out in full
+    train_frame, val_frame = split(pool, "train", args.limit), split(pool, "val", args.limit)
+    if len(train_frame) == 0 or len(val_frame) == 0:
+        raise InputError(f"{args.csv} needs train and val rows (split column); it has {len(train_frame)} train and "
+                         f"{len(val_frame)} val rows")
+    sets = evaluation_rows(frame, args)
+    last = path(args.output_dir, CHECKPOINT_LAST)
+    resumed = training_state(read_checkpoint(last), last) if args.resume else None
+    if resumed and resumed["epoch"] > args.epochs:
+        raise InputError(f"--epochs {args.epochs}: {args.output_dir} has already trained {resumed['epoch']} epochs; "
+                         f"give more to continue it")
+    model = checkpoint_model(resumed, last) if resumed else new_model(args)  # a resumed run is the same model
+    if args.load_model and not args.resume:
+        init = read_checkpoint(args.load_model)
+        if init["model_args"]["name"] != args.model:
+            raise InputError(f"{args.load_model} holds a {init['model_args']['name']} model, not {args.model}")
+        load_weights(model, init["model"], args.load_model)
+    begin(args, new_run=not args.resume)
+
+    image_size = model.input_size
+    model.to(device, memory_format=torch.channels_last)
+    if dist.is_dist():
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    if args.compile:
+        model = torch.compile(model)
+    # fused on CUDA: one kernel for all parameters, and a GradScaler's inf check stays on the device
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
+                                 fused=device.type == "cuda" or None)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+                                                           patience=args.lr_patience)
+    scaler, loss_fn = grad_scaler(amp, device), LOSSES[args.loss]
+    run = TrainingRun(args, model, optimizer, scheduler, scaler, resumed)
+    cache_dir = None if args.cache_dir == "off" or args.cache_dir is None and args.cache else \
+        cache_folder(args.csv, args.cache_dir)
+    train_loader = loader(train_frame, args, image_size, train=True, cache_dir=cache_dir)
+    val_loader = loader(val_frame, args, image_size, cache_dir=cache_dir)
+    log.info("%s on %s x%d: %d train, %d val images, %d px, batch %d per process, loss %s, amp %s, %d workers%s%s",
+             dist.unwrap(model).model_args["name"], device.type, dist.world_size(), len(train_frame), len(val_frame),
+             image_size, args.batch_size, args.loss, amp_name(amp), args.workers,
+             f", cache {cache_dir}" if cache_dir else ", cache" if args.cache else "", ", compiled" if args.compile else "")
+    if args.batch_size < 256:
+        log.info("batch %d: CheXNet's recipe is batch 16 at lr 1e-3; a GPU trains several times faster at larger "
+                 "batches, e.g. --batch-size 256 --lr %.3g (the learning rate scaled linearly with the batch)",
+                 args.batch_size, args.lr * 256 / args.batch_size)
+    n_batches = min(len(train_loader), args.max_train_batches or len(train_loader))
+    any_rank = lambda requested: dist.all_reduce_sum(requested, device)  # noqa: E731
+
+    with stop.deferred():  # from here a stop signal ends the run at a step's end, with a checkpoint
+        for epoch in range(run.epoch, args.epochs):
+            if stop.agreed(any_rank):  # it came while the last checkpoint was written: that one holds the run
+                return stopped_line(stop, args, f"after epoch {epoch}")
+            progress, flips = run.start_epoch(epoch, train_loader)
+            progress = train_one_epoch(model, train_loader, optimizer, loss_fn, device, epoch + 1, scaler=scaler,
+                                       amp=amp, flip_generator=flips, max_batches=args.max_train_batches,
+                                       desc=f"epoch {epoch + 1}/{args.epochs}", bad=run.bad, progress=progress,
+                                       stop=stop, look_every=args.log_every)
+            val = None if progress.stopped else validate(model, val_loader, device, loss_fn, amp=amp, bad=run.bad,
+                                                         stop=stop)
+            if val is None:  # a stop signal, in training or validation
+                run.save_stopped(epoch, progress, flips)
+                return stopped_line(stop, args, f"in epoch {epoch + 1} after batch {progress.step} of {n_batches}")
+            run.end_epoch(epoch, progress, *val, n_val=len(val_frame))
+        if stop.agreed(any_rank):
+            return stopped_line(stop, args, f"after epoch {args.epochs}, before the test")
+
+    # Evaluate the best model, with thresholds chosen on validation by that same model.
+    best = read_checkpoint(run.best)
+    load_weights(dist.unwrap(model), best["model"], run.best)
+    if dist.is_main():
+        write_thresholds(best["thresholds"], args.output_dir)
+    if dist.is_main() and args.save_model:
+        with atomic_path(args.save_model) as tmp:
+            shutil.copyfile(run.best, tmp)
+    test(model, sets, args, device, amp, best["thresholds"], best.get("temperatures"), image_size, run.bad)
+
+
+def evaluate_only(args, device, amp):
+    """--test-only: the checkpoint on the test split of --csv, or on every row of a CSV it was not trained on."""
+    model, ckpt = load_checkpoint(args.load_model)
+    image_size = input_size(model.model_args["name"], args.image_size or model.input_size)
+    frame = run_rows(args)
+    sets = evaluation_rows(frame, args, whole=args.eval_split == "all")
+    thresholds, temperatures = ckpt.get("thresholds"), ckpt.get("temperatures")
+    val = split(frame, "val", args.limit) if thresholds is None or (args.calibrate and temperatures is None) else None
+    if val is not None and len(val) == 0:
+        raise InputError(f"{args.load_model} stores no {'temperatures' if thresholds else 'thresholds'} and "
+                         f"{args.csv} has no val rows to fit them on")
+    begin(args)
+    trained_on = (ckpt.get("config") or {}).get("csv")
+    if trained_on and os.path.abspath(trained_on) != os.path.abspath(args.csv) and args.eval_split == "test":
+        log.info("%s was trained on %s; evaluating the test split of %s (--eval-split all: every image of it)",
+                 args.load_model, trained_on, args.csv)
+    model.to(device, memory_format=torch.channels_last)
+    bad = [] if args.skip_bad_images else None
+    if val is not None:
+        _, out = evaluate(model, loader(val, args, image_size), device, LOSSES[args.loss], amp=amp, desc="validation",
+                          bad=bad)
+        thresholds, temperatures = fitted_thresholds(out.labels, out.probs, args.calibrate, choose_thresholds)
+    if dist.is_main():
+        write_thresholds(thresholds, args.output_dir)
+    test(model, sets, args, device, amp, thresholds, temperatures, image_size, bad)
+
+
+def predict_new(args, device, amp):
+    """--predict PATH: probabilities and labels for new studies, then heatmaps, boxes and the report. A file that does
+    not decode is a row of predict_errors.csv (path, error), and the others are predicted."""
+    frame = image_frame(args.predict)
+    model, ckpt = load_checkpoint(args.load_model)
+    thresholds = ckpt.get("thresholds") or [0.5] * NUM_CLASSES
+    image_size = input_size(model.model_args["name"], args.image_size or model.input_size)
+    begin(args)
+    model.to(device, memory_format=torch.channels_last)
+    bad = []
+    out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0, bad=bad)
+    # a calibrated model's thresholds apply to its calibrated probabilities
+    out = out._replace(probs=reported_probs(out.probs, ckpt.get("temperatures")))
+    errors_csv = path(args.output_dir, PREDICT_ERRORS_CSV)
+    if dist.is_main():
+        write_file_errors(bad, errors_csv)
+        with atomic_path(path(args.output_dir, PREDICTIONS_CSV)) as tmp:
+            predictions_frame(frame.iloc[out.indices], out.probs, thresholds).to_csv(tmp, index=False)
+    if len(out.indices) == 0:
+        raise InputError(f"none of the {len(frame)} files at {args.predict} decoded (see {errors_csv})")
+    if bad:
+        log.warning("%d of %d files did not decode (listed in %s; first: %s: %s)", len(bad), len(frame), errors_csv,
+                    *bad[0])
+    if dist.is_main():
+        log.info("predicted %d images -> %s", len(out.indices), path(args.output_dir, PREDICTIONS_CSV))
+        report_results(frame, out, args, thresholds, image_size)
 
 
 def test(model, sets, args, device, amp, thresholds, temperatures, image_size, bad):
@@ -302,352 +401,48 @@ def test(model, sets, args, device, amp, thresholds, temperatures, image_size, b
         out = out._replace(probs=reported_probs(out.probs, temperatures))
         mapped = mapped or (rows, out)
         log.info("%s loss %.4f (%d images)", name, loss, len(out.indices))
-    write_skipped(bad, args.output_dir)
+    skipped = sorted(dict(row for part in dist.all_gather(bad or []) for row in part).items())
+    if dist.is_main() and bad is not None:  # --skip-bad-images: the images it left out, from every rank
+        write_file_errors(skipped, path(args.output_dir, SKIPPED_IMAGES_CSV))
+        if skipped:
+            log.warning("skipped %d image%s that did not decode (listed in %s; first: %s: %s)", len(skipped),
+                        "s" if len(skipped) > 1 else "", path(args.output_dir, SKIPPED_IMAGES_CSV), *skipped[0])
     if dist.is_main():
         table = judge(args.output_dir, results, thresholds, temperatures, n_boot=args.bootstrap, seed=args.seed)
         log.info(summary_line(table))
         for name in results:
             if name != TEST:
                 log.info("%s: macro AUROC %s", name, headline(table, name) or "NA")
-        report_results(*mapped, args.output_dir, args, thresholds, image_size)
+        report_results(*mapped, args, thresholds, image_size)
 
 
-def write_skipped(bad, out_dir):
-    """skipped_images.csv (path, error) of the images --skip-bad-images left out so far, from every rank, and a log
-    line counting them; nothing without --skip-bad-images."""
-    if bad is None:
-        return
-    rows = dict(sorted(row for part in dist.all_gather(bad) for row in part))
-    if dist.is_main():
-        with atomic_path(os.path.join(out_dir, "skipped_images.csv")) as tmp:
-            pd.DataFrame(list(rows.items()), columns=["path", "error"]).to_csv(tmp, index=False)
-        if rows:
-            path, reason = next(iter(rows.items()))
-            log.warning("skipped %d image%s that did not decode (listed in %s; first: %s: %s)", len(rows),
-                        "s" if len(rows) > 1 else "", os.path.join(out_dir, "skipped_images.csv"), path, reason)
-
-
-def train(args, device, amp, stop):
-    """Train, then test the best model; a stop signal ends it early with a checkpoint, and the one line main() prints
-    is returned."""
-    frame = run_rows(args)
-    pool = frame[~frame["Source"].isin(args.test_sources)] if args.test_sources else frame  # held out in full
-    train_frame, val_frame = split(pool, "train", args.limit), split(pool, "val", args.limit)
-    if len(train_frame) == 0 or len(val_frame) == 0:
-        raise InputError(f"{args.csv} needs train and val rows (split column); it has {len(train_frame)} train and "
-                         f"{len(val_frame)} val rows")
-    sets = evaluation_rows(frame, args)
-    ckpt_last, ckpt_best = (os.path.join(args.output_dir, f"checkpoint_{k}.pt") for k in ("last", "best"))
-    resumed = training_state(read_checkpoint(ckpt_last), ckpt_last) if args.resume else None
-    if resumed and resumed["epoch"] > args.epochs:
-        raise InputError(f"--epochs {args.epochs}: {args.output_dir} has already trained {resumed['epoch']} epochs; "
-                         f"give more to continue it")
-    model = checkpoint_model(resumed, ckpt_last) if resumed else new_model(args)  # a resumed run is the same model
-    if args.load_model and not args.resume:
-        init = read_checkpoint(args.load_model)
-        if init["model_args"]["name"] != args.model:
-            raise InputError(f"{args.load_model} holds a {init['model_args']['name']} model, not {args.model}")
-        load_weights(model, init["model"], args.load_model)
-    image_size = model.input_size
-    model.to(device, memory_format=torch.channels_last)
-    if dist.is_dist():
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
-    if args.compile:
-        model = torch.compile(model)
-    # fused on CUDA: one kernel for all parameters, and a GradScaler's inf check stays on the device
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
-                                 fused=device.type == "cuda" or None)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
-                                                           patience=args.lr_patience)
-    scaler = grad_scaler(amp, device)
-    loss_fn = LOSSES[args.loss]
-    config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    bad = [] if args.skip_bad_images else None
-
-    start_epoch, best_auroc, history, cut = 0, -math.inf, [], None
-    if resumed:
-        restore_training(resumed, ckpt_last, model, optimizer, scheduler, scaler)
-        for group in optimizer.param_groups:  # given with --resume: they replace the restored optimizer's own
-            group.update({k: getattr(args, k) for k in ("lr", "weight_decay") if k in args.given})
-        if "lr_patience" in args.given:
-            scheduler.patience = args.lr_patience
-        start_epoch, best_auroc, history = resumed["epoch"], resumed["best_auroc"], list(resumed.get("history", []))
-        cut = resumed.get("progress")
-        if cut and (cut["batch_size"], cut["world_size"]) != (args.batch_size, dist.world_size()):
-            log.warning("epoch %d stopped after batch %d of batch size %d on %d processes; with batch size %d on %d "
-                        "it starts again from its first batch", start_epoch + 1, cut["step"], cut["batch_size"],
-                        cut["world_size"], args.batch_size, dist.world_size())
-            cut = None
-        if cut and bad is not None and dist.is_main():
-            bad += [tuple(row) for row in resumed.get("skipped") or []]
-        log.info("resuming %s after epoch %d%s (best validation mean AUROC %.4f)", args.output_dir, start_epoch,
-                 f", batch {cut['step']} of epoch {start_epoch + 1}" if cut else "", best_auroc)
-
-    cache_dir = cache_folder(args)
-    train_loader = loader(train_frame, args, image_size, train=True, cache_dir=cache_dir)
-    val_loader = loader(val_frame, args, image_size, cache_dir=cache_dir)
-    log.info("%s on %s x%d: %d train, %d val images, %d px, batch %d per process, loss %s, amp %s, %d workers%s%s",
-             dist.unwrap(model).model_args["name"],
-             device.type, dist.world_size(), len(train_frame), len(val_frame), image_size, args.batch_size, args.loss,
-             amp_name(amp), args.workers, f", cache {cache_dir}" if cache_dir else ", cache" if args.cache else "",
-             ", compiled" if args.compile else "")
-    if args.batch_size < 256:
-        log.info("batch %d: CheXNet's recipe is batch 16 at lr 1e-3; a GPU trains several times faster at larger "
-                 "batches, e.g. --batch-size 256 --lr %.3g (the learning rate scaled linearly with the batch)",
-                 args.batch_size, args.lr * 256 / args.batch_size)
-    mirror = RunMirror(args.sync_to) if args.sync_to and dist.is_main() else None
-    n_batches = len(train_loader) if args.max_train_batches is None else min(len(train_loader),
-                                                                              args.max_train_batches)
-    with stop.deferred():  # from here a stop signal ends the run at a step's end, with a checkpoint
-        for epoch in range(start_epoch, args.epochs):
-            if agreed(stop, device):  # it came while the last checkpoint was written: that one holds the run
-                return stopped_line(stop, args, f"after epoch {epoch}")
-            train_loader.sampler.set_epoch(epoch)
-            flips = torch.Generator().manual_seed(args.seed * 100003 + epoch)
-            progress = None
-            if cut:  # the epoch a stop signal cut short: the rest of its batches, with their flips
-                flips.set_state(cut["flips"])
-                progress, cut = Progress.of_rank(cut), None
-            t0 = time.perf_counter()
-            progress = train_one_epoch(model, train_loader, optimizer, loss_fn, device, epoch + 1, scaler=scaler,
-                                       amp=amp, flip_generator=flips, max_batches=args.max_train_batches,
-                                       desc=f"epoch {epoch + 1}/{args.epochs}", bad=bad, progress=progress,
-                                       stop=stop, look_every=args.log_every)
-            try:
-                if progress.stopped:
-                    raise Stopped(progress.stopped)
-                val_loss, val = evaluate(model, val_loader, device, loss_fn, amp=amp, desc="validation", bad=bad,
-                                         stop=stop)
-            except Stopped:
-                skipped = [row for part in dist.all_gather(bad or []) for row in part]
-                if dist.is_main():
-                    save_checkpoint(training_checkpoint(
-                        model, optimizer, scheduler, scaler, config=config, epoch=epoch, best_auroc=best_auroc,
-                        history=history, skipped=skipped, progress={
-                            **progress.as_dict(), "batch_size": args.batch_size, "world_size": dist.world_size(),
-                            "flips": flips.get_state()}), ckpt_last)
-                    sync(mirror, args.output_dir)
-                dist.barrier()
-                return stopped_line(stop, args, f"in epoch {epoch + 1} after batch {progress.step} of {n_batches}")
-            if len(val.indices) == 0:
-                raise InputError(f"none of the {len(val_frame)} validation images of {args.csv} decoded")
-            if not math.isfinite(val_loss):
-                raise NonFiniteLoss(f"validation loss is {val_loss} after epoch {epoch + 1}")
-            val_auroc = mean_auroc(val.labels, val.probs)
-            scheduler.step(val_loss)
-            improved = math.isnan(val_auroc) and best_auroc == -math.inf or val_auroc > best_auroc
-            if improved:
-                best_auroc = val_auroc if not math.isnan(val_auroc) else best_auroc
-            lr = optimizer.param_groups[0]["lr"]
-            history.append({"epoch": epoch + 1, "train_loss": progress.loss, "val_loss": val_loss,
-                            "val_auroc": val_auroc, "lr": lr, "images_per_s": progress.rate})
-            log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val mean AUROC %.4f%s  lr %.2g  %.1f img/s  %.0f s",
-                     epoch + 1, args.epochs, progress.loss, val_loss, val_auroc, " (best)" if improved else "", lr,
-                     progress.rate, time.perf_counter() - t0)
-            if dist.is_main():
-                if improved:  # the best checkpoint is a model only, with the thresholds chosen on validation
-                    thresholds, temperatures = fitted_thresholds(val.labels, val.probs, args.calibrate,
-                                                                 choose_thresholds)
-                    save_checkpoint(model_checkpoint(model, config=config, epoch=epoch + 1, val_auroc=val_auroc,
-                                                     thresholds=thresholds, temperatures=temperatures), ckpt_best)
-                save_checkpoint(training_checkpoint(model, optimizer, scheduler, scaler, config=config,
-                                                    epoch=epoch + 1, best_auroc=best_auroc, history=history),
-                                ckpt_last)
-                sync(mirror, args.output_dir)
-            dist.barrier()
-        if agreed(stop, device):
-            return stopped_line(stop, args, f"after epoch {args.epochs}, before the test")
-
-    # Evaluate the best model, with thresholds chosen on validation by that same model.
-    best = read_checkpoint(ckpt_best)
-    load_weights(dist.unwrap(model), best["model"], ckpt_best)
-    if dist.is_main():
-        write_thresholds(best["thresholds"], args.output_dir)
-    if dist.is_main() and args.save_model:
-        with atomic_path(args.save_model) as tmp:
-            shutil.copyfile(ckpt_best, tmp)
-    test(model, sets, args, device, amp, best["thresholds"], best.get("temperatures"), image_size, bad)
-
-
-def cache_folder(args):
-    """The persistent cache's folder (--cache-dir; by default cache/ beside --csv), or None: off, or --cache."""
-    if args.cache_dir == "off" or args.cache_dir is None and args.cache:
-        return None
-    return args.cache_dir or os.path.join(os.path.dirname(args.csv), "cache")
-
-
-def agreed(stop, device):
-    """Whether a stop signal has come, to any rank (one collective under DDP)."""
-    return bool(dist.all_reduce_sum(stop.requested, device))
-
-
-def sync(mirror, run_dir):
-    """Copy what changed in the run folder to --sync-to's bucket (rank 0; nothing without --sync-to)."""
-    if mirror is not None:
-        log.info("synced %d files to %s", mirror.push(run_dir), mirror.url)
-
-
-def stopped_line(stop, args, where):
-    """The one line of a run a stop signal ended, saying how to go on."""
-    return (f"traintest.py: stopped by {stop.name or 'a stop signal'} {where}; checkpoint_last.pt holds the run: "
-            f"continue with python traintest.py --resume {args.sync_to or args.output_dir}")
-
-
-def checked_image_size(args, model):
-    """--image-size, or the model's own; InputError when it is below what the network accepts."""
-    size = args.image_size or model.input_size
-    name = model.model_args["name"]
-    if size < MIN_INPUT_SIZE[name]:
-        raise InputError(f"--image-size {size} is below {name}'s minimum input of {MIN_INPUT_SIZE[name]} pixels")
-    return size
-
-
-def evaluate_only(args, device, amp):
-    """--test-only: the checkpoint on the test split of --csv, or on every row of a CSV it was not trained on."""
-    model, ckpt = load_checkpoint(args.load_model)
-    image_size = checked_image_size(args, model)
-    frame = run_rows(args)
-    sets = evaluation_rows(frame, args, whole=args.eval_split == "all")
-    trained_on = (ckpt.get("config") or {}).get("csv")
-    if trained_on and os.path.abspath(trained_on) != os.path.abspath(args.csv) and args.eval_split == "test":
-        log.info("%s was trained on %s; evaluating the test split of %s (--eval-split all: every image of it)",
-                 args.load_model, trained_on, args.csv)
-    model.to(device, memory_format=torch.channels_last)
-    thresholds, temperatures = ckpt.get("thresholds"), ckpt.get("temperatures")
-    bad = [] if args.skip_bad_images else None
-    if thresholds is None or (args.calibrate and temperatures is None):
-        val = split(frame, "val", args.limit)
-        if len(val) == 0:
-            raise InputError(f"{args.load_model} stores no {'temperatures' if thresholds else 'thresholds'} and "
-                             f"{args.csv} has no val rows to fit them on")
-        _, out = evaluate(model, loader(val, args, image_size), device, LOSSES[args.loss], amp=amp, desc="validation",
-                          bad=bad)
-        thresholds, temperatures = fitted_thresholds(out.labels, out.probs, args.calibrate, choose_thresholds)
-    if dist.is_main():
-        write_thresholds(thresholds, args.output_dir)
-    test(model, sets, args, device, amp, thresholds, temperatures, image_size, bad)
-
-
-def predict_new(args, device, amp):
-    """--predict PATH: probabilities and labels for new studies, then heatmaps, boxes and the report. A file that does
-    not decode is a row of predict_errors.csv (path, error), and the others are predicted."""
-    frame = image_frame(args.predict)
-    model, ckpt = load_checkpoint(args.load_model)
-    thresholds = ckpt.get("thresholds") or [0.5] * NUM_CLASSES
-    image_size = checked_image_size(args, model)
-    model.to(device, memory_format=torch.channels_last)
-    bad = []
-    out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0, bad=bad)
-    # a calibrated model's thresholds apply to its calibrated probabilities
-    out = out._replace(probs=reported_probs(out.probs, ckpt.get("temperatures")))
-    errors_csv = os.path.join(args.output_dir, "predict_errors.csv")
-    if dist.is_main():
-        with atomic_path(errors_csv) as tmp:  # written even when empty: an old run's list must not stay behind
-            pd.DataFrame(bad, columns=["path", "error"]).to_csv(tmp, index=False)
-    if dist.is_main():
-        predictions_frame(frame.iloc[out.indices], out.probs, thresholds).to_csv(
-            os.path.join(args.output_dir, "predictions.csv"), index=False)
-    if len(out.indices) == 0:
-        raise InputError(f"none of the {len(frame)} files at {args.predict} decoded (see {errors_csv})")
-    if bad:
-        log.warning("%d of %d files did not decode (listed in %s; first: %s: %s)", len(bad), len(frame), errors_csv,
-                    *bad[0])
-    if dist.is_main():
-        log.info("predicted %d images -> %s", len(out.indices), os.path.join(args.output_dir, "predictions.csv"))
-        report_results(frame, out, args.output_dir, args, thresholds, image_size)
-
-
-# What a training run writes into its folder besides args.json and train.log: --overwrite deletes them first.
-RUN_OUTPUTS = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "predictions.csv", "thresholds.csv",
-               "roc.png", "calibration.csv", "reliability.png", "boxes.csv", "localization.csv", "report.html", "skipped_images.csv", "predict_errors.csv",
-               "heatmaps")
-
-
-def check_args(args):
-    """Every flag and output location, before any work starts: InputError naming the first that is wrong."""
-    training = not (args.predict or args.test_only)
-    if args.predict and not (args.load_model and args.output_dir):
-        raise InputError("--predict needs --load-model CKPT and --output-dir DIR")
-    if args.test_only and not args.load_model:
-        raise InputError("--test-only needs --load-model CKPT")
-    if training and not args.resume and args.weights and not args.pretrained:
-        raise InputError(f"--weights {args.weights} is read only with --pretrained; add --pretrained or drop --weights")
-    if args.max_heatmaps == 0:
-        unused = [k for k in ("heatmap_classes", "box_thresholds", "boxes_csv") if k in args.given]
-        if unused:
-            raise InputError(f"--{unused[0].replace('_', '-')} does nothing with --max-heatmaps 0 (no heatmaps, boxes "
-                             f"or localization)")
-    if training and args.image_size and args.image_size < MIN_INPUT_SIZE[args.model]:
-        raise InputError(f"--image-size {args.image_size} is below {args.model}'s minimum input of "
-                         f"{MIN_INPUT_SIZE[args.model]} pixels")
-    if args.boxes_csv and args.max_heatmaps != 0:
-        read_box_csv(args.boxes_csv)  # a bad row is found now, not after training
-    if training and args.cache and args.cache_dir not in (None, "off"):
-        raise InputError(f"--cache keeps the images in memory, --cache-dir {args.cache_dir} on disk: give one of them")
-    if args.sync_to and not is_remote(args.sync_to):
-        raise InputError(f"--sync-to {args.sync_to}: expected a gs://BUCKET/runs/NAME URL")
-    if args.sync_to:
-        work_folder(args.sync_to)  # a URL that names a run folder
-    writable_folder(args.output_dir, "--output-dir")
-    if training and args.save_model:
-        writable_file(args.save_model, "--save-model")
-    last = os.path.join(args.output_dir, "checkpoint_last.pt")
-    if training and args.resume and not os.path.isfile(last):
-        raise InputError(f"cannot resume: {args.output_dir} has no checkpoint_last.pt (the run stopped before its "
-                         f"first epoch ended)")
-    if training and not args.resume and not args.overwrite and os.path.exists(last):
-        raise InputError(f"{args.output_dir} already holds a run (checkpoint_last.pt): continue it with --resume "
-                         f"{args.sync_to or args.output_dir}, or pass --overwrite to start over and replace it")
-    if args.sync_to and dist.is_main():
-        RunMirror(args.sync_to).check_writable()  # a missing role is found now, not after the first epoch
-
-
-def start_run(args):
-    """args.json of a new run; with --overwrite the old run's checkpoints and results are deleted first, so that an
-    interrupted new run can never be resumed from the old run's weights."""
-    if args.overwrite:
-        for name in RUN_OUTPUTS:
-            path = os.path.join(args.output_dir, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            elif os.path.lexists(path):
-                os.remove(path)
-    write_text_atomic(os.path.join(args.output_dir, "args.json"),
-                      json.dumps({k: v for k, v in vars(args).items() if k != "given"}, indent=1))
+def report_results(frame, predictions, args, thresholds, image_size):
+    """Step 5 from the forward pass that predicted `frame` (heatmaps, boxes, localization), then report.html."""
+    if args.max_heatmaps != 0:
+        localize(frame, predictions, args.output_dir, input_size=image_size, thresholds=thresholds,
+                 classes=args.heatmap_classes, box_thresholds=args.box_thresholds, boxes_csv=args.boxes_csv,
+                 max_images=args.max_heatmaps)
+    log.info("report: %s", write_report(args.output_dir))
 
 
 def run(args):
-    """The run main() asked for; the line to print when a stop signal ended it early (None otherwise)."""
+    """The run the command line asks for; the line to print when a stop signal ended it early (None otherwise)."""
     with StopSignals() as stop:
         device = dist.init_distributed(args.device)
         amp = use_amp(args.amp, device)
         if args.threads:
             torch.set_num_threads(args.threads)
-        if not args.predict:
-            args.output_dir = args.output_dir or "runs/run"
-        if is_remote(args.output_dir):  # a local work folder, mirrored to the bucket
-            if args.sync_to and args.sync_to.rstrip("/") != args.output_dir.rstrip("/"):
-                raise InputError(f"--output-dir {args.output_dir} and --sync-to {args.sync_to}: give one of them")
-            args.sync_to, args.output_dir = args.output_dir, work_folder(args.output_dir)
-        for key in ("csv", "weights", "boxes_csv", "load_model", "cache_dir"):  # args.json must work from any folder
-            if getattr(args, key) not in (None, "off"):
-                setattr(args, key, os.path.abspath(getattr(args, key)))
-        check_args(args)
-        setup_logging(args.output_dir)
+        setup_logging()
+        check_flags(locate(args))
+        check_locations(args, training=not (args.predict or args.test_only))
         seed_everything(args.seed + dist.rank(), args.deterministic)
         if args.predict:
             stopped = predict_new(args, device, amp)
         elif args.test_only:
             stopped = evaluate_only(args, device, amp)
         else:
-            if not args.resume:
-                if dist.is_main():
-                    start_run(args)
-                dist.barrier()
             stopped = train(args, device, amp, stop)
-        if args.sync_to and dist.is_main():
-            sync(RunMirror(args.sync_to), args.output_dir)
+        sync(mirror(args), args.output_dir)
         return stopped
 
 
@@ -659,7 +454,7 @@ def main(argv=None):
         stopped = run(args)
         if stopped and dist.is_main():
             print(stopped, file=sys.stderr)
-    except InputError as e:
+    except (InputError, EnvironmentFault) as e:
         print(f"traintest.py: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
@@ -668,22 +463,11 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM outside the training steps (set-up, cache build, test)
         print(f"\ntraintest.py: interrupted{interrupted_hint(args)}", file=sys.stderr)
-        return 128 + getattr(e, "signum", signal.SIGINT)
+        return 128 + getattr(e, "signum", 2)
     finally:
         close_logging()
         dist.cleanup()
     return 0
-
-
-def interrupted_hint(args):
-    """How to go on after an interruption: --resume when the run has a checkpoint to continue from."""
-    if args is None or args.predict or args.test_only or not args.output_dir or is_remote(args.output_dir):
-        return ""
-    last = os.path.join(args.output_dir, "checkpoint_last.pt")
-    if not os.path.isfile(last):
-        return " before the first epoch ended; nothing to resume"
-    return (f"; the last checkpoint is kept: continue with python traintest.py --resume "
-            f"{args.sync_to or args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,12 @@ class ImageCache:
         self.images = np.memmap(self.path, dtype=np.uint8, mode="r", shape=state["images"])
 
 
+def cache_folder(csv_path, setting=None):
+    """The persistent cache's folder for the images of `csv_path`: `setting` (a --cache-dir), else cache/ beside the
+    CSV, where every later run on that CSV (and the view classifier's thumbnails) finds it."""
+    return setting or os.path.join(os.path.dirname(os.path.abspath(csv_path)), "cache")
+
+
 def cache_name(paths, image_size):
     """(name, state): name identifies the CSV's image list and size, state also each file's size and mtime."""
     what = hashlib.sha256(f"v{CACHE_VERSION} {int(image_size)}\n".encode())

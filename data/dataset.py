@@ -20,6 +20,7 @@ from data.errors import ImageError, InputError
 from data.files import check_values, image_files, missing_files, read_table
 from data.labels.combine import SPLITS
 from data.transforms import SquareResize
+from data.views import parse_views, view_mask
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,37 @@ def read_combined(csv_path, classes, skip_missing=False):
         log.warning("dropping %d rows whose image is missing (first: %s)", len(gone), first)
         frame = frame[~frame["path"].isin(set(gone))]
     return frame.reset_index(drop=True)
+
+
+def selected_rows(frame, csv_path, views="frontal", train_sources=None, test_sources=None):
+    """The rows of a combined.csv frame a run uses: those of `views` (a --views value), and with `train_sources`
+    only those of the training and held-out sources (checked against the Source column); InputError naming the
+    flag and what matches nothing."""
+    named = [*(train_sources or []), *(test_sources or [])]
+    if named:
+        if "Source" not in frame.columns:
+            raise InputError(f"--train-sources and --test-sources need a Source column in {csv_path}")
+        present = sorted(frame["Source"].astype(str).unique())
+        for flag, names in (("--train-sources", train_sources), ("--test-sources", test_sources)):
+            unknown = [n for n in names or [] if n not in present]
+            if unknown:
+                raise InputError(f"{flag}: {', '.join(unknown)} not in {csv_path}'s Source column (it has "
+                                 f"{', '.join(present)})")
+        both = set(train_sources or []) & set(test_sources or [])
+        if both:
+            raise InputError(f"{', '.join(sorted(both))} is both a training and a held-out source")
+        if train_sources:
+            frame = frame[frame["Source"].isin(named)].reset_index(drop=True)
+    keep = view_mask(frame, parse_views(views))
+    if not keep.all():
+        left_out = frame.loc[~keep, "view"].fillna("").astype(str).replace("", "unknown").value_counts()
+        log.info("--views %s: %d of %d images kept; left out by view: %s", views, int(keep.sum()), len(frame),
+                 ", ".join(f"{v} {n}" for v, n in left_out.items()))
+        frame = frame[keep].reset_index(drop=True)
+    if not len(frame):
+        raise InputError(f"no image of {csv_path} has a view in --views (use --views all, or label unknown views "
+                         f"with python -m utils.view_classifier)")
+    return frame
 
 
 def split(frame, name, limit=None):

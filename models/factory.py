@@ -49,6 +49,15 @@ def model_options(name):
     return [p.name for p in inspect.signature(target).parameters.values() if p.kind == p.KEYWORD_ONLY]
 
 
+def checked_input_size(name, size):
+    """`size` when the network `name` accepts inputs of that side; ValueError saying its minimum otherwise. The one
+    check of an input size: build_model, and traintest.py for a checkpoint fed another --image-size."""
+    name = canonical_name(name)
+    if not isinstance(size, int) or size < MIN_INPUT_SIZE[name]:
+        raise ValueError(f"{size!r} is below {name}'s minimum input of {MIN_INPUT_SIZE[name]} pixels")
+    return size
+
+
 def build_model(name, num_classes, **options):
     """A classifier by name, randomly initialised, or with `backbone_state` (an ImageNet state dict of its backbone).
     Options it does not take are an error: model_options(name) lists them."""
@@ -56,7 +65,5 @@ def build_model(name, num_classes, **options):
     unknown = set(options) - set(model_options(name))
     if unknown:
         raise TypeError(f"{name} takes no {sorted(unknown)}; it takes {model_options(name)}")
-    size = options.get("input_size", MIN_INPUT_SIZE[name])
-    if not isinstance(size, int) or size < MIN_INPUT_SIZE[name]:
-        raise ValueError(f"{name} needs an input of at least {MIN_INPUT_SIZE[name]} pixels, not {size!r}")
+    checked_input_size(name, options.get("input_size", MIN_INPUT_SIZE[name]))
     return MODELS[name](num_classes, **options)

@@ -174,6 +174,40 @@ def test_an_interrupted_overwrite_cannot_be_resumed_from_the_old_run(tmp_path, c
     assert "has no checkpoint_last.pt" in line
 
 
+def tree_bytes(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("bad", ["missing image", "bad label", "unknown source", "other model"])
+def test_overwrite_with_a_bad_input_leaves_the_old_run_byte_identical(tmp_path, capsys, traintest, trained, bad):
+    # Inputs that are wrong only once read: the old run must still be whole when the new one is refused.
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    (run / "heatmaps").mkdir()
+    (run / "heatmaps" / "x__cardiomegaly.png").write_bytes(b"a picture of the old run")
+    before = tree_bytes(run)
+    frame = pd.read_csv(trained["csv"])
+    flags = []
+    if bad == "missing image":
+        frame.loc[3, "path"] = "images/gone.png"
+    elif bad == "bad label":
+        frame.loc[5, "cardiomegaly"] = 7
+    elif bad == "unknown source":
+        flags = ["--train-sources", "openi"]
+    else:
+        other = tmp_path / "chexnet.pt"
+        torch.save({"format": 2, "model": {}, "model_args": {"name": "chexnet", "num_classes": len(CLASSES)},
+                    "classes": CLASSES}, other)
+        flags = ["--load-model", other]
+    csv = os.path.join(os.path.dirname(trained["csv"]), f"bad-{bad.replace(' ', '-')}.csv")
+    frame.to_csv(csv, index=False)
+    line = one_line_error(capsys, traintest, "--csv", csv, "--output-dir", run, "--overwrite", *SMALL, *flags)
+    assert {"missing image": "gone.png", "bad label": "cardiomegaly is '7'", "unknown source": "openi",
+            "other model": "chexnet model"}[bad] in line
+    assert tree_bytes(run) == before
+
+
 # ---- 3. every flag and output location checked before any work ----
 
 def write_csv(trained, tmp_path, name, change):

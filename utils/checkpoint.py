@@ -33,9 +33,9 @@ import torch
 from data.classes import CLASSES
 from data.errors import InputError
 from data.files import atomic_path
-from utils.dist import unwrap
-from models import (BackboneStateError, StateDictError, backbone_arch, build_model, canonical_name, imagenet_url,
-                    input_normalization, load_state, model_options)
+from utils.dist import is_local_main, local_main_first, unwrap
+from models import (BackboneStateError, StateDictError, backbone_arch, build_model, canonical_name, checked_input_size,
+                    imagenet_url, input_normalization, load_state, model_options)
 from models.backbones import first_line
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,48 @@ def pretrained_model(name, num_classes, weights_file=None, progress=True, **opti
     except BackboneStateError as e:
         raise WeightsUnavailable(f"{weights_file or cached_weights_path(arch)} does not hold {arch} ImageNet "
                                  f"weights: {e}") from None
+
+
+def new_model(args, num_classes=len(CLASSES)):
+    """The model the command line asks for (--model and its options; --pretrained: ImageNet weights, one download
+    per machine into the cache its processes share); InputError for an --image-size the network does not accept."""
+    options = {"pooling": args.pooling, "lse_r": args.lse_r, "map_size": args.map_size,
+               "input_size": input_size(args.model, args.image_size or 224)}
+    options = {k: v for k, v in options.items() if k in model_options(args.model)}
+    if args.pretrained:
+        with local_main_first():
+            return pretrained_model(args.model, num_classes, args.weights, progress=is_local_main(), **options)
+    return build_model(args.model, num_classes, **options)
+
+
+def input_size(name, size):
+    """--image-size `size` when the network `name` takes it (models.checked_input_size); InputError otherwise."""
+    try:
+        return checked_input_size(name, size)
+    except ValueError as e:
+        raise InputError(f"--image-size {e}") from None
+
+
+def resume_training(ckpt, path, model, optimizer, scheduler, scaler, args, world_size=1):
+    """Restore a training checkpoint (`ckpt`, read from `path` by training_state) into model, optimizer, scheduler,
+    scaler and the RNGs; the flags given with --resume (--lr, --weight-decay, --lr-patience) replace the restored ones. Returns
+    (epochs done, best validation AUROC, history, the cut epoch's progress or None, the skipped images so far). A cut
+    epoch counted with another batch size or number of processes starts again from its first batch."""
+    restore_training(ckpt, path, model, optimizer, scheduler, scaler)
+    for group in optimizer.param_groups:
+        group.update({k: getattr(args, k) for k in ("lr", "weight_decay") if k in args.given})
+    if "lr_patience" in args.given:
+        scheduler.patience = args.lr_patience
+    epoch, cut = ckpt["epoch"], ckpt.get("progress")
+    if cut and (cut["batch_size"], cut["world_size"]) != (args.batch_size, world_size):
+        log.warning("epoch %d stopped after batch %d of batch size %d on %d processes; with batch size %d on %d it "
+                    "starts again from its first batch", epoch + 1, cut["step"], cut["batch_size"],
+                    cut["world_size"], args.batch_size, world_size)
+        cut = None
+    skipped = [tuple(row) for row in ckpt.get("skipped") or []] if cut else []
+    log.info("resuming %s after epoch %d%s (best validation mean AUROC %.4f)", os.path.dirname(path), epoch,
+             f", batch {cut['step']} of epoch {epoch + 1}" if cut else "", ckpt["best_auroc"])
+    return epoch, ckpt["best_auroc"], list(ckpt.get("history", [])), cut, skipped
 
 
 def rng_state():

@@ -1,7 +1,6 @@
 """The command line: argparse types that give one clear message, what --resume needs from argparse, and the checks
 that the output locations can be written before any work starts."""
 import argparse
-import json
 import math
 import os
 import tempfile
@@ -65,23 +64,6 @@ def given_flags(parser, argv):
     unset = object()  # argparse leaves a destination the namespace already holds alone unless a flag sets it
     preset = argparse.Namespace(**{k: unset for k in vars(parser.parse_args([]))})
     return sorted(k for k, v in vars(parser.parse_args(argv, namespace=preset)).items() if v is not unset)
-
-
-def stored_args(run_dir):
-    """The arguments a run was started with (run_dir/args.json); InputError naming the file when it is missing."""
-    path = os.path.join(run_dir, "args.json")
-    if not os.path.isfile(path):
-        raise InputError(f"cannot resume: {path} not found (is {run_dir} a run folder?)")
-    try:
-        with open(path) as f:
-            stored = json.load(f)
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot resume: {path} is not readable JSON ({e}); it should hold the run's flags as "
-                         f"written by traintest.py") from None
-    if not isinstance(stored, dict):
-        raise InputError(f"cannot resume: {path} holds a JSON {type(stored).__name__}, not the run's flags (an object)")
-    stored.setdefault("output_dir", stored.get("run_dir"))  # args.json of the first format
-    return stored
 
 
 def writable_folder(path, flag):

@@ -329,3 +329,11 @@ def evaluate(model, loader, device, loss_fn, *, amp=True, maps=False, desc="eval
     p = torch.from_numpy(out.probs).double().clamp(1e-7, 1 - 1e-7)
     logits = torch.log(p) - torch.log1p(-p)
     return float(loss_fn(logits, torch.from_numpy(out.labels))), out
+
+
+def validate(model, loader, device, loss_fn, *, amp=True, bad=None, stop=None):
+    """evaluate() of the validation split; None when a stop signal cut it short (the caller checkpoints the run)."""
+    try:
+        return evaluate(model, loader, device, loss_fn, amp=amp, desc="validation", bad=bad, stop=stop)
+    except Stopped:
+        return None

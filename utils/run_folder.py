@@ -1,8 +1,24 @@
-"""A traintest.py run folder: the name of every file a run writes there, in one place.
+"""A traintest.py run folder: the name of every file a run writes there, where it is (a local folder, or a gs://
+prefix trained in a local work folder), what --resume reads back from it (args.json), what --overwrite deletes and
+when, and the lines that tell a user how to go on after a stop.
 
 Every module that writes or reads a run's files takes its name from here, so that --overwrite, the report, the
 comparison of two runs and the sample world's score agree on what a run holds.
 """
+import json
+import logging
+import os
+import shutil
+
+import pandas as pd
+
+from data.errors import InputError
+from data.files import atomic_path, write_text_atomic
+from utils import dist
+from utils.cli import writable_file, writable_folder
+from utils.run_sync import RunMirror, is_remote, work_folder
+
+log = logging.getLogger(__name__)
 
 ARGS_JSON = "args.json"
 TRAIN_LOG = "train.log"
@@ -28,3 +44,137 @@ COMPARE_DIR = "compare"
 RUN_OUTPUTS = (CHECKPOINT_LAST, CHECKPOINT_BEST, METRICS_CSV, PREDICTIONS_CSV, THRESHOLDS_CSV, ROC_PNG, CALIBRATION_CSV,
                RELIABILITY_PNG, BOXES_CSV, LOCALIZATION_CSV, REPORT_HTML, SKIPPED_IMAGES_CSV, PREDICT_ERRORS_CSV,
                HEATMAPS_DIR, COMPARE_DIR)
+
+DEFAULT_RUN_DIR = os.path.join("runs", "run")
+# Flags naming files: made absolute, so that args.json (and --resume) work from any folder.
+PATH_FLAGS = ("csv", "weights", "boxes_csv", "load_model", "cache_dir")
+# What a resumed run's checkpoint fixes: its model (with its input) and where it started from.
+MODEL_FLAGS = ("model", "pretrained", "weights", "pooling", "lse_r", "map_size", "image_size", "load_model")
+
+
+def path(run_dir, name):
+    return os.path.join(run_dir, name)
+
+
+def stored_args(run_dir):
+    """The arguments a run was started with (run_dir/args.json); InputError naming the file when it is missing."""
+    where = path(run_dir, ARGS_JSON)
+    if not os.path.isfile(where):
+        raise InputError(f"cannot resume: {where} not found (is {run_dir} a run folder?)")
+    try:
+        with open(where) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot resume: {where} is not readable JSON ({e}); it should hold the run's flags as "
+                         f"written by traintest.py") from None
+    if not isinstance(stored, dict):
+        raise InputError(f"cannot resume: {where} holds a JSON {type(stored).__name__}, not the run's flags (an "
+                         f"object)")
+    stored.setdefault("output_dir", stored.get("run_dir"))  # args.json of the first format
+    return stored
+
+
+def resumed_args(parser, argv, given):
+    """The arguments of `--resume RUN`: the run's args.json as the defaults that the flags given replace, except the
+    flags that shape the model (InputError). A gs:// RUN is fetched into its local work folder first."""
+    args = parser.parse_args(argv)
+    refused = [k for k in given if k in MODEL_FLAGS]
+    if refused:
+        raise InputError(f"--resume continues {args.resume}'s own model; it cannot change "
+                         f"{', '.join('--' + k.replace('_', '-') for k in refused)} (start a new run with "
+                         f"--load-model {args.resume}/{CHECKPOINT_BEST} to fine-tune)")
+    url = args.resume if is_remote(args.resume) else None
+    folder = work_folder(url) if url else args.resume
+    if url:
+        RunMirror(url).pull(folder)
+    known = vars(parser.parse_args([]))
+    parser.set_defaults(**{k: v for k, v in stored_args(folder).items()
+                           if k in known and k not in ("resume", "overwrite")})
+    args = parser.parse_args(argv)
+    args.resume = args.output_dir = folder
+    args.sync_to = url or args.sync_to
+    return args
+
+
+def locate(args):
+    """Settle where the run lives: the default run folder when training; a gs:// --output-dir becomes --sync-to and
+    the local work folder it is trained in; the flags naming files absolute."""
+    if not args.predict:
+        args.output_dir = args.output_dir or DEFAULT_RUN_DIR
+    if args.output_dir and is_remote(args.output_dir):
+        if args.sync_to and args.sync_to.rstrip("/") != args.output_dir.rstrip("/"):
+            raise InputError(f"--output-dir {args.output_dir} and --sync-to {args.sync_to}: give one of them")
+        args.sync_to, args.output_dir = args.output_dir, work_folder(args.output_dir)
+    for key in PATH_FLAGS:
+        if getattr(args, key) not in (None, "off"):
+            setattr(args, key, os.path.abspath(getattr(args, key)))
+    return args
+
+
+def check_locations(args, training):
+    """The output locations, before any work: the run folder writable, --save-model's file, a run to resume (or none
+    to replace without --overwrite), write access to --sync-to's bucket; InputError naming the first that is wrong."""
+    if args.sync_to and not is_remote(args.sync_to):
+        raise InputError(f"--sync-to {args.sync_to}: expected a gs://BUCKET/runs/NAME URL")
+    if args.sync_to:
+        work_folder(args.sync_to)  # a URL that names a run folder
+    writable_folder(args.output_dir, "--output-dir")
+    if training and args.save_model:
+        writable_file(args.save_model, "--save-model")
+    last = path(args.output_dir, CHECKPOINT_LAST)
+    if training and args.resume and not os.path.isfile(last):
+        raise InputError(f"cannot resume: {args.output_dir} has no {CHECKPOINT_LAST} (the run stopped before its "
+                         f"first epoch ended)")
+    if training and not args.resume and not args.overwrite and os.path.exists(last):
+        raise InputError(f"{args.output_dir} already holds a run ({CHECKPOINT_LAST}): continue it with --resume "
+                         f"{args.sync_to or args.output_dir}, or pass --overwrite to start over and replace it")
+    if args.sync_to and dist.is_main():
+        RunMirror(args.sync_to).check_writable()  # a missing role is found now, not after the first epoch
+
+
+def start_run(args):
+    """args.json of a new run. With --overwrite the old run's checkpoints and results are deleted first, so that an
+    interrupted new run can never be resumed from the old run's weights: call it only once every input is checked."""
+    if args.overwrite:
+        for name in RUN_OUTPUTS:
+            where = path(args.output_dir, name)
+            if os.path.isdir(where) and not os.path.islink(where):
+                shutil.rmtree(where)
+            elif os.path.lexists(where):
+                os.remove(where)
+    write_text_atomic(path(args.output_dir, ARGS_JSON),
+                      json.dumps({k: v for k, v in vars(args).items() if k != "given"}, indent=1))
+
+
+def mirror(args):
+    """The bucket copy of the run (--sync-to) on rank 0, or None."""
+    return RunMirror(args.sync_to) if args.sync_to and dist.is_main() else None
+
+
+def sync(bucket, run_dir):
+    """Copy what changed in the run folder to the bucket (nothing without one)."""
+    if bucket is not None:
+        log.info("synced %d files to %s", bucket.push(run_dir), bucket.url)
+
+
+def write_file_errors(rows, where):
+    """A (path, error) CSV of the files that did not decode, written even when empty: an old run's list must not
+    stay behind."""
+    with atomic_path(where) as tmp:
+        pd.DataFrame(list(rows), columns=["path", "error"]).to_csv(tmp, index=False)
+
+
+def stopped_line(stop, args, where):
+    """The one line of a run a stop signal ended with a checkpoint, saying how to go on."""
+    return (f"traintest.py: stopped by {stop.name or 'a stop signal'} {where}; {CHECKPOINT_LAST} holds the run: "
+            f"continue with python traintest.py --resume {args.sync_to or args.output_dir}")
+
+
+def interrupted_hint(args):
+    """How to go on after an interruption outside the training steps: --resume when there is a checkpoint."""
+    if args is None or args.predict or args.test_only or not args.output_dir or is_remote(args.output_dir):
+        return ""
+    if not os.path.isfile(path(args.output_dir, CHECKPOINT_LAST)):
+        return " before the first epoch ended; nothing to resume"
+    return (f"; the last checkpoint is kept: continue with python traintest.py --resume "
+            f"{args.sync_to or args.output_dir}")

@@ -1,6 +1,7 @@
 """The process a run happens in: logging, seeds and determinism, mixed precision, stop signals."""
 import contextlib
 import logging
+import logging.handlers
 import os
 import random
 import signal
@@ -12,6 +13,7 @@ import torch
 
 from data.dataset import STOP_SIGNALS
 from utils import dist
+from utils.run_folder import TRAIN_LOG
 
 
 # The toolkit's loggers: the scripts' and those of its packages' modules (logging.getLogger(__name__)).
@@ -20,15 +22,14 @@ LOGGERS = ("traintest", "data", "models", "utils")
 
 def setup_logging(out_dir=None):
     """The toolkit's messages to stderr and, with out_dir, to out_dir/train.log, on the main process only (other
-    ranks stay silent). Other libraries' loggers are left alone."""
+    ranks stay silent). Without out_dir they are also kept in memory until log_to_file(out_dir): a run logs while it
+    checks its inputs, but writes nothing into its folder before every check has passed. Other libraries' loggers are
+    left alone."""
     handlers = [logging.NullHandler()]
     if dist.is_main():
-        handlers = [logging.StreamHandler(sys.stderr)]
+        handlers = [logging.StreamHandler(sys.stderr), logging.handlers.MemoryHandler(
+            capacity=10**6, flushLevel=logging.CRITICAL + 1, flushOnClose=False)]
         handlers[0].setFormatter(logging.Formatter("%(message)s"))
-        if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-            handlers.append(logging.FileHandler(os.path.join(out_dir, "train.log")))
-            handlers[-1].setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     close_logging()
     for name in LOGGERS:
         logger = logging.getLogger(name)
@@ -36,6 +37,25 @@ def setup_logging(out_dir=None):
             logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    if out_dir:
+        log_to_file(out_dir)
+
+
+def log_to_file(out_dir):
+    """From now on the messages go to out_dir/train.log too (appended), those kept since setup_logging first."""
+    logger = logging.getLogger(LOGGERS[0])
+    waiting = [h for h in logger.handlers if isinstance(h, logging.handlers.MemoryHandler)]
+    if not waiting:  # not the main process
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    to_file = logging.FileHandler(os.path.join(out_dir, TRAIN_LOG))
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    waiting[0].setTarget(to_file)
+    waiting[0].flush()
+    for name in LOGGERS:
+        logging.getLogger(name).removeHandler(waiting[0])
+        logging.getLogger(name).addHandler(to_file)
+    waiting[0].close()
 
 
 def close_logging():
@@ -153,6 +173,10 @@ class StopSignals:
             yield self
         finally:
             self._deferring -= 1
+
+    def agreed(self, total=None):
+        """Whether a stop signal has come: to this process, or with `total` (a sum over the ranks) to any rank."""
+        return bool(total(self.requested) if total else self.requested)
 
     @property
     def name(self):

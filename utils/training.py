@@ -1,0 +1,99 @@
+"""What a training run carries from one epoch to the next and into its checkpoints.
+
+torchvision's references/classification/train.py keeps this in its epoch loop; here a mid-epoch stop (a spot VM's
+preemption) that --resume continues from its batch, the ranks of a DDP run and a bucket copy of the run folder make
+it worth a home of its own, so that traintest.py's loop reads at a glance: start the epoch, train, validate, end it
+(or checkpoint a stop).
+"""
+import logging
+import math
+import time
+
+import torch
+
+from data.errors import InputError
+from utils import dist
+from utils.calibration import fitted_thresholds
+from utils.checkpoint import model_checkpoint, resume_training, save_checkpoint, training_checkpoint
+from utils.engine import NonFiniteLoss, Progress
+from utils.metrics import choose_thresholds, mean_auroc
+from utils.run_folder import CHECKPOINT_BEST, CHECKPOINT_LAST, mirror, path, sync
+
+log = logging.getLogger(__name__)
+
+
+class TrainingRun:
+    """The state of one training run beside its model and optimizer: epochs done, the best validation macro AUROC,
+    the per-epoch history, the cut epoch a mid-epoch checkpoint left (`cut`), the images --skip-bad-images left out
+    (`bad`, a list, or None without the flag), and where its checkpoints go. With `resumed` (a last checkpoint's
+    dict), everything is restored from it (utils.checkpoint.resume_training)."""
+
+    def __init__(self, args, model, optimizer, scheduler, scaler, resumed=None):
+        self.args, self.model, self.optimizer, self.scheduler, self.scaler = args, model, optimizer, scheduler, scaler
+        self.config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+        self.last, self.best = path(args.output_dir, CHECKPOINT_LAST), path(args.output_dir, CHECKPOINT_BEST)
+        self.bad = [] if args.skip_bad_images else None
+        self.epoch, self.best_auroc, self.history, self.cut = 0, -math.inf, [], None
+        if resumed is not None:
+            self.epoch, self.best_auroc, self.history, self.cut, skipped = resume_training(
+                resumed, self.last, model, optimizer, scheduler, scaler, args, dist.world_size())
+            if self.bad is not None and dist.is_main():
+                self.bad += skipped
+        self.bucket = mirror(args)
+        self.started = time.perf_counter()
+
+    def start_epoch(self, epoch, loader):
+        """(progress, flips) for `epoch`: None or the cut epoch's progress, and the generator of its flips (seeded by
+        the epoch, or where the cut epoch stopped); the loader's shuffle is the epoch's."""
+        loader.sampler.set_epoch(epoch)
+        flips = torch.Generator().manual_seed(self.args.seed * 100003 + epoch)
+        progress = None
+        if self.cut:  # the epoch a stop signal cut short: the rest of its batches, with their flips
+            flips.set_state(self.cut["flips"])
+            progress, self.cut = Progress.of_rank(self.cut), None
+        self.started = time.perf_counter()
+        return progress, flips
+
+    def save_stopped(self, epoch, progress, flips):
+        """The mid-epoch checkpoint of a run a stop signal ended during `epoch` (index from 0), synced."""
+        skipped = [row for part in dist.all_gather(self.bad or []) for row in part]
+        if dist.is_main():
+            save_checkpoint(training_checkpoint(
+                self.model, self.optimizer, self.scheduler, self.scaler, config=self.config, epoch=epoch,
+                best_auroc=self.best_auroc, history=self.history, skipped=skipped, progress={
+                    **progress.as_dict(), "batch_size": self.args.batch_size, "world_size": dist.world_size(),
+                    "flips": flips.get_state()}), self.last)
+            sync(self.bucket, self.args.output_dir)
+        dist.barrier()
+
+    def end_epoch(self, epoch, progress, val_loss, val, n_val):
+        """After `epoch`'s training (`progress`) and validation (loss, Predictions of its n_val images): the learning
+        rate schedule, the history and its log line, the best checkpoint (with the thresholds, and the temperatures
+        of --calibrate, fitted on this validation) when the macro AUROC improved, the last checkpoint, the sync."""
+        if len(val.indices) == 0:
+            raise InputError(f"none of the {n_val} validation images of {self.args.csv} decoded")
+        if not math.isfinite(val_loss):
+            raise NonFiniteLoss(f"validation loss is {val_loss} after epoch {epoch + 1}")
+        val_auroc = mean_auroc(val.labels, val.probs)
+        self.scheduler.step(val_loss)
+        improved = math.isnan(val_auroc) and self.best_auroc == -math.inf or val_auroc > self.best_auroc
+        if improved:
+            self.best_auroc = val_auroc if not math.isnan(val_auroc) else self.best_auroc
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.history.append({"epoch": epoch + 1, "train_loss": progress.loss, "val_loss": val_loss,
+                             "val_auroc": val_auroc, "lr": lr, "images_per_s": progress.rate})
+        log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val mean AUROC %.4f%s  lr %.2g  %.1f img/s  %.0f s",
+                 epoch + 1, self.args.epochs, progress.loss, val_loss, val_auroc, " (best)" if improved else "", lr,
+                 progress.rate, time.perf_counter() - self.started)
+        if dist.is_main():
+            if improved:  # the best checkpoint is a model only, with the thresholds chosen on validation
+                thresholds, temperatures = fitted_thresholds(val.labels, val.probs, self.args.calibrate,
+                                                             choose_thresholds)
+                save_checkpoint(model_checkpoint(self.model, config=self.config, epoch=epoch + 1,
+                                                 val_auroc=val_auroc, thresholds=thresholds,
+                                                 temperatures=temperatures), self.best)
+            save_checkpoint(training_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler,
+                                                config=self.config, epoch=epoch + 1, best_auroc=self.best_auroc,
+                                                history=self.history), self.last)
+            sync(self.bucket, self.args.output_dir)
+        dist.barrier()
