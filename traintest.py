@@ -18,12 +18,14 @@ intervals), predictions.csv, thresholds.csv, calibration.csv, reliability.png, r
 localization.csv (with --boxes-csv) and report.html; --predict adds
 predict_errors.csv (path, error: the files that did not decode), --skip-bad-images skipped_images.csv.
 Every flag, input file (combined.csv and its images included) and output location is checked before any work starts
-and before --overwrite deletes anything; bad input is one line on stderr and exit status 2. SIGTERM (a spot VM's preemption) or Ctrl-C while training: the current step ends, checkpoint_last.pt is written
-mid-epoch (and synced), one line says how to continue (--resume), exit status 0; outside training (set-up, the
-cache build, the test) one line and exit status 128 + the signal's number (130 for Ctrl-C).
+and before --overwrite deletes anything; bad input is one line on stderr and exit status 2. SIGTERM (a spot VM's
+preemption) or Ctrl-C while training: the current step ends, checkpoint_last.pt is written mid-epoch (and synced),
+one line says how to continue (--resume), exit status 0; outside training (set-up, the cache build, the test) one
+line and exit status 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
 The seed's spellings (--run-dir, --out, --load_model, --save_model, --batch_size, --is_training 0) still work.
 """
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -32,37 +34,27 @@ import torch
 
 from data.cache import cache_folder
 from data.classes import CLASSES, NUM_CLASSES
-from data.dataset import image_frame, read_combined, selected_rows, split
+from data.dataset import image_frame, read_combined, selected_rows, split, training_splits
 from data.errors import EnvironmentFault, InputError
 from data.files import atomic_path
 from data.views import parse_views
 from models import LOSSES, MIN_INPUT_SIZE, MODEL_NAMES, canonical_name
 from utils import dist
 from utils.calibration import fitted_thresholds, reported_probs
-from utils.checkpoint import (checkpoint_model, input_size, load_checkpoint, load_weights, new_model, read_checkpoint,
-                              training_state)
-from utils.cli import Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off
+from utils.checkpoint import input_size, load_checkpoint, load_weights, read_checkpoint, training_model
+from utils.cli import Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, parse_sources
 from utils.engine import LOOK_EVERY, NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch, validate
 from utils.evaluation import TEST, evaluation_sets, judge
 from utils.localization import localize, parse_levels, read_box_csv
 from utils.metrics import choose_thresholds, headline, parse_classes, predictions_frame, summary_line, write_thresholds
 from utils.report import write_report
-from utils.run_folder import (CHECKPOINT_LAST, PREDICT_ERRORS_CSV, PREDICTIONS_CSV, SKIPPED_IMAGES_CSV,
-                              check_locations, interrupted_hint, locate, mirror, path, resumed_args, start_run,
-                              stopped_line, sync, write_file_errors)
-from utils.runtime import StopSignals, amp_name, close_logging, grad_scaler, log_to_file, seed_everything, \
-    setup_logging, use_amp
+from utils.run_folder import (CHECKPOINT_LAST, PREDICT_ERRORS_CSV, PREDICTIONS_CSV, begin, check_locations,
+                              interrupted_hint, locate, mirror, path, resumed_args, stopped_line, sync, write_file_errors,
+                              write_skipped)
+from utils.runtime import StopSignals, amp_name, close_logging, grad_scaler, seed_everything, setup_logging, use_amp
 from utils.training import TrainingRun
 
-log = __import__("logging").getLogger("traintest")
-
-
-def parse_sources(text):
-    """A comma list of Source names."""
-    names = [n.strip() for n in str(text).split(",") if n.strip()]
-    if not names:
-        raise ValueError(f"{text!r} names no source")
-    return names
+log = logging.getLogger("traintest")
 
 
 def get_args_parser():
@@ -234,15 +226,6 @@ def evaluation_rows(frame, args, whole=False):
     return sets
 
 
-def begin(args, new_run=False):
-    """Every input is checked: from here on the run folder changes (a new run's args.json, --overwrite's deletions,
-    train.log with the messages of the checks)."""
-    if new_run and dist.is_main():
-        start_run(args)
-    dist.barrier()
-    log_to_file(args.output_dir)
-
-
 def loader(frame, args, image_size, train=False, cache_dir=None):
     return make_loader(frame, image_size, CLASSES, batch_size=args.batch_size, workers=args.workers, train=train,
                        seed=args.seed, cache=args.cache, cache_dir=cache_dir,
@@ -253,30 +236,13 @@ def train(args, device, amp, stop):
     """Train, then test the best model; a stop signal ends it early with a checkpoint, and the one line main() prints
     is returned."""
     frame = run_rows(args)
-    pool = frame[~frame["Source"].isin(args.test_sources)] if args.test_sources else frame  # held out in full
-    train_frame, val_frame = split(pool, "train", args.limit), split(pool, "val", args.limit)
-    if len(train_frame) == 0 or len(val_frame) == 0:
-        raise InputError(f"{args.csv} needs train and val rows (split column); it has {len(train_frame)} train and "
-                         f"{len(val_frame)} val rows")
+    train_frame, val_frame = training_splits(frame, args.csv, args.test_sources, args.limit)
     sets = evaluation_rows(frame, args)
-    last = path(args.output_dir, CHECKPOINT_LAST)
-    resumed = training_state(read_checkpoint(last), last) if args.resume else None
-    if resumed and resumed["epoch"] > args.epochs:
-        raise InputError(f"--epochs {args.epochs}: {args.output_dir} has already trained {resumed['epoch']} epochs; "
-                         f"give more to continue it")
-    model = checkpoint_model(resumed, last) if resumed else new_model(args)  # a resumed run is the same model
-    if args.load_model and not args.resume:
-        init = read_checkpoint(args.load_model)
-        if init["model_args"]["name"] != args.model:
-            raise InputError(f"{args.load_model} holds a {init['model_args']['name']} model, not {args.model}")
-        load_weights(model, init["model"], args.load_model)
+    model, resumed = training_model(args, path(args.output_dir, CHECKPOINT_LAST))
     begin(args, new_run=not args.resume)
 
     image_size = model.input_size
-    model.to(device, memory_format=torch.channels_last)
-    if dist.is_dist():
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
+    model = dist.wrap(model.to(device, memory_format=torch.channels_last), device)
     if args.compile:
         model = torch.compile(model)
     # fused on CUDA: one kernel for all parameters, and a GradScaler's inf check stays on the device
@@ -286,18 +252,10 @@ def train(args, device, amp, stop):
                                                            patience=args.lr_patience)
     scaler, loss_fn = grad_scaler(amp, device), LOSSES[args.loss]
     run = TrainingRun(args, model, optimizer, scheduler, scaler, resumed)
-    cache_dir = None if args.cache_dir == "off" or args.cache_dir is None and args.cache else \
-        cache_folder(args.csv, args.cache_dir)
+    cache_dir = cache_folder(args.csv, args.cache_dir, in_memory=args.cache)
     train_loader = loader(train_frame, args, image_size, train=True, cache_dir=cache_dir)
     val_loader = loader(val_frame, args, image_size, cache_dir=cache_dir)
-    log.info("%s on %s x%d: %d train, %d val images, %d px, batch %d per process, loss %s, amp %s, %d workers%s%s",
-             dist.unwrap(model).model_args["name"], device.type, dist.world_size(), len(train_frame), len(val_frame),
-             image_size, args.batch_size, args.loss, amp_name(amp), args.workers,
-             f", cache {cache_dir}" if cache_dir else ", cache" if args.cache else "", ", compiled" if args.compile else "")
-    if args.batch_size < 256:
-        log.info("batch %d: CheXNet's recipe is batch 16 at lr 1e-3; a GPU trains several times faster at larger "
-                 "batches, e.g. --batch-size 256 --lr %.3g (the learning rate scaled linearly with the batch)",
-                 args.batch_size, args.lr * 256 / args.batch_size)
+    run.log_start(device, amp_name(amp), len(train_frame), len(val_frame), cache_dir)
     n_batches = min(len(train_loader), args.max_train_batches or len(train_loader))
     any_rank = lambda requested: dist.all_reduce_sum(requested, device)  # noqa: E731
 
@@ -401,12 +359,7 @@ def test(model, sets, args, device, amp, thresholds, temperatures, image_size, b
         out = out._replace(probs=reported_probs(out.probs, temperatures))
         mapped = mapped or (rows, out)
         log.info("%s loss %.4f (%d images)", name, loss, len(out.indices))
-    skipped = sorted(dict(row for part in dist.all_gather(bad or []) for row in part).items())
-    if dist.is_main() and bad is not None:  # --skip-bad-images: the images it left out, from every rank
-        write_file_errors(skipped, path(args.output_dir, SKIPPED_IMAGES_CSV))
-        if skipped:
-            log.warning("skipped %d image%s that did not decode (listed in %s; first: %s: %s)", len(skipped),
-                        "s" if len(skipped) > 1 else "", path(args.output_dir, SKIPPED_IMAGES_CSV), *skipped[0])
+    write_skipped(bad, args.output_dir)
     if dist.is_main():
         table = judge(args.output_dir, results, thresholds, temperatures, n_boot=args.bootstrap, seed=args.seed)
         log.info(summary_line(table))

@@ -44,9 +44,12 @@ class ImageCache:
         self.images = np.memmap(self.path, dtype=np.uint8, mode="r", shape=state["images"])
 
 
-def cache_folder(csv_path, setting=None):
+def cache_folder(csv_path, setting=None, in_memory=False):
     """The persistent cache's folder for the images of `csv_path`: `setting` (a --cache-dir), else cache/ beside the
-    CSV, where every later run on that CSV (and the view classifier's thumbnails) finds it."""
+    CSV, where every later run on that CSV (and the view classifier's thumbnails) finds it; None for 'off', and by
+    default when the images are kept in memory instead (--cache)."""
+    if setting == "off" or setting is None and in_memory:
+        return None
     return setting or os.path.join(os.path.dirname(os.path.abspath(csv_path)), "cache")
 
 

@@ -197,6 +197,17 @@ def split(frame, name, limit=None):
     return part.head(limit) if limit else part
 
 
+def training_splits(frame, csv_path, held_out=None, limit=None):
+    """(train, val): the rows a model trains and validates on, all of the `held_out` sources left out (they are
+    evaluated in full); InputError when either split is empty."""
+    pool = frame[~frame["Source"].isin(held_out)] if held_out else frame
+    train, val = split(pool, "train", limit), split(pool, "val", limit)
+    if len(train) == 0 or len(val) == 0:
+        raise InputError(f"{csv_path} needs train and val rows (split column); it has {len(train)} train and "
+                         f"{len(val)} val rows")
+    return train, val
+
+
 def image_frame(path):
     """ImageID (the file stem) and path of every PNG, JPEG and DICOM file at `path` (a file or a folder)."""
     files = image_files(path)

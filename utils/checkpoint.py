@@ -258,6 +258,25 @@ def new_model(args, num_classes=len(CLASSES)):
     return build_model(args.model, num_classes, **options)
 
 
+def training_model(args, last):
+    """(model, resumed): the model a training run trains and, with --resume, its last checkpoint (`last`) to restore
+    the rest from; a new run's model is new_model's, with --load-model's weights when given. InputError for a
+    checkpoint that does not fit."""
+    resumed = training_state(read_checkpoint(last), last) if args.resume else None
+    if resumed and resumed["epoch"] > args.epochs:
+        raise InputError(f"--epochs {args.epochs}: {args.output_dir} has already trained {resumed['epoch']} epochs; "
+                         f"give more to continue it")
+    if resumed:
+        return checkpoint_model(resumed, last), resumed  # a resumed run is the same model
+    model = new_model(args)
+    if args.load_model:
+        init = read_checkpoint(args.load_model)
+        if init["model_args"]["name"] != args.model:
+            raise InputError(f"{args.load_model} holds a {init['model_args']['name']} model, not {args.model}")
+        load_weights(model, init["model"], args.load_model)
+    return model, None
+
+
 def input_size(name, size):
     """--image-size `size` when the network `name` takes it (models.checked_input_size); InputError otherwise."""
     try:

@@ -59,6 +59,14 @@ def cache_dir_setting(text):
     return "off" if str(text).strip().lower() in ("off", "none") else str(text)
 
 
+def parse_sources(text):
+    """A comma list of Source names."""
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"{text!r} names no source")
+    return names
+
+
 def given_flags(parser, argv):
     """The destinations the command line sets itself, whatever the spelling or abbreviation of their flags."""
     unset = object()  # argparse leaves a destination the namespace already holds alone unless a flag sets it

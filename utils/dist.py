@@ -115,6 +115,13 @@ def gather_rows(indices, rows, main_only=False):
     return indices[first], {k: np.asarray(v)[first] for k, v in rows.items()}
 
 
+def wrap(model, device):
+    """`model` in DistributedDataParallel when several processes train it (the model itself otherwise)."""
+    if not is_dist():
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def unwrap(model):
     """The model inside its DistributedDataParallel and torch.compile wrappers (the model itself otherwise)."""
     while True:

@@ -17,6 +17,7 @@ from data.files import atomic_path, write_text_atomic
 from utils import dist
 from utils.cli import writable_file, writable_folder
 from utils.run_sync import RunMirror, is_remote, work_folder
+from utils.runtime import log_to_file
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,15 @@ def start_run(args):
                       json.dumps({k: v for k, v in vars(args).items() if k != "given"}, indent=1))
 
 
+def begin(args, new_run=False):
+    """Every input is checked: from here on the run folder changes (a new run's args.json after --overwrite's
+    deletions, train.log with the messages of the checks first)."""
+    if new_run and dist.is_main():
+        start_run(args)
+    dist.barrier()
+    log_to_file(path(args.output_dir, TRAIN_LOG))
+
+
 def mirror(args):
     """The bucket copy of the run (--sync-to) on rank 0, or None."""
     return RunMirror(args.sync_to) if args.sync_to and dist.is_main() else None
@@ -162,6 +172,18 @@ def write_file_errors(rows, where):
     stay behind."""
     with atomic_path(where) as tmp:
         pd.DataFrame(list(rows), columns=["path", "error"]).to_csv(tmp, index=False)
+
+
+def write_skipped(bad, run_dir):
+    """--skip-bad-images (`bad` a list; None without it): skipped_images.csv of the images left out, from every rank,
+    and a warning counting them."""
+    rows = sorted(dict(row for part in dist.all_gather(bad or []) for row in part).items())
+    if bad is None or not dist.is_main():
+        return
+    write_file_errors(rows, path(run_dir, SKIPPED_IMAGES_CSV))
+    if rows:
+        log.warning("skipped %d image%s that did not decode (listed in %s; first: %s: %s)", len(rows),
+                    "s" if len(rows) > 1 else "", path(run_dir, SKIPPED_IMAGES_CSV), *rows[0])
 
 
 def stopped_line(stop, args, where):

@@ -13,18 +13,16 @@ import torch
 
 from data.dataset import STOP_SIGNALS
 from utils import dist
-from utils.run_folder import TRAIN_LOG
 
 
 # The toolkit's loggers: the scripts' and those of its packages' modules (logging.getLogger(__name__)).
 LOGGERS = ("traintest", "data", "models", "utils")
 
 
-def setup_logging(out_dir=None):
-    """The toolkit's messages to stderr and, with out_dir, to out_dir/train.log, on the main process only (other
-    ranks stay silent). Without out_dir they are also kept in memory until log_to_file(out_dir): a run logs while it
-    checks its inputs, but writes nothing into its folder before every check has passed. Other libraries' loggers are
-    left alone."""
+def setup_logging():
+    """The toolkit's messages to stderr, on the main process only (other ranks stay silent), and kept in memory until
+    log_to_file() names the run's log: a run logs while it checks its inputs, but writes nothing into its folder
+    before every check has passed. Other libraries' loggers are left alone."""
     handlers = [logging.NullHandler()]
     if dist.is_main():
         handlers = [logging.StreamHandler(sys.stderr), logging.handlers.MemoryHandler(
@@ -37,18 +35,16 @@ def setup_logging(out_dir=None):
             logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    if out_dir:
-        log_to_file(out_dir)
 
 
-def log_to_file(out_dir):
-    """From now on the messages go to out_dir/train.log too (appended), those kept since setup_logging first."""
+def log_to_file(log_path):
+    """From now on the messages go to the file `log_path` too (appended), those kept since setup_logging first."""
     logger = logging.getLogger(LOGGERS[0])
     waiting = [h for h in logger.handlers if isinstance(h, logging.handlers.MemoryHandler)]
     if not waiting:  # not the main process
         return
-    os.makedirs(out_dir, exist_ok=True)
-    to_file = logging.FileHandler(os.path.join(out_dir, TRAIN_LOG))
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    to_file = logging.FileHandler(log_path)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     waiting[0].setTarget(to_file)
     waiting[0].flush()

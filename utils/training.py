@@ -42,6 +42,18 @@ class TrainingRun:
         self.bucket = mirror(args)
         self.started = time.perf_counter()
 
+    def log_start(self, device, amp_name, n_train, n_val, cache_dir):
+        args, net = self.args, dist.unwrap(self.model)
+        log.info("%s on %s x%d: %d train, %d val images, %d px, batch %d per process, loss %s, amp %s, %d workers%s%s",
+                 net.model_args["name"], device.type, dist.world_size(), n_train, n_val, net.input_size,
+                 args.batch_size, args.loss, amp_name, args.workers,
+                 f", cache {cache_dir}" if cache_dir else ", cache" if args.cache else "",
+                 ", compiled" if args.compile else "")
+        if args.batch_size < 256:
+            log.info("batch %d: CheXNet's recipe is batch 16 at lr 1e-3; a GPU trains several times faster at larger "
+                     "batches, e.g. --batch-size 256 --lr %.3g (the learning rate scaled linearly with the batch)",
+                     args.batch_size, args.lr * 256 / args.batch_size)
+
     def start_epoch(self, epoch, loader):
         """(progress, flips) for `epoch`: None or the cut epoch's progress, and the generator of its flips (seeded by
         the epoch, or where the cut epoch stopped); the loader's shuffle is the epoch's."""
