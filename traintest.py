@@ -52,6 +52,7 @@ from utils.localization import localize, parse_levels, read_box_csv
 from utils.metrics import (choose_thresholds, headline, mean_auroc, parse_classes, predictions_frame, summary_line,
                            write_thresholds)
 from utils.report import write_report
+from utils.run_folder import PREDICT_ERRORS_CSV, PREDICTIONS_CSV, SKIPPED_IMAGES_CSV
 from utils.cli import (Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, stored_args,
                        writable_file, writable_folder)
 from utils.run_sync import RunMirror, is_remote, work_folder
@@ -296,15 +297,16 @@ def test(model, sets, args, device, amp, thresholds, temperatures, image_size, b
                              desc=name, bad=bad)
         if len(out.indices) == 0:
             raise InputError(f"none of the {len(rows)} {name} images of {args.csv} decoded")
-        # judge() gets the model's own probabilities (it shows calibration before and after); step 5 gets the
-        # reported (calibrated, rounded) ones
-        results[name] = (rows.iloc[out.indices].reset_index(drop=True), out.probs, out.labels)
-        out = out._replace(probs=reported_probs(out.probs, temperatures))
+        # the set's probabilities, once: judge() gets the model's and the reported ones (calibration.csv shows both),
+        # step 5 the reported (calibrated, rounded) ones
+        probs = reported_probs(out.probs, temperatures)
+        results[name] = (rows.iloc[out.indices].reset_index(drop=True), probs, out.labels)
+        out = out._replace(probs=probs.reported)
         mapped = mapped or (rows, out)
         log.info("%s loss %.4f (%d images)", name, loss, len(out.indices))
     write_skipped(bad, args.output_dir)
     if dist.is_main():
-        table = judge(args.output_dir, results, thresholds, temperatures, n_boot=args.bootstrap, seed=args.seed)
+        table = judge(args.output_dir, results, thresholds, n_boot=args.bootstrap, seed=args.seed)
         log.info(summary_line(table))
         for name in results:
             if name != TEST:
@@ -319,12 +321,12 @@ def write_skipped(bad, out_dir):
         return
     rows = dict(sorted(row for part in dist.all_gather(bad) for row in part))
     if dist.is_main():
-        with atomic_path(os.path.join(out_dir, "skipped_images.csv")) as tmp:
+        with atomic_path(os.path.join(out_dir, SKIPPED_IMAGES_CSV)) as tmp:
             pd.DataFrame(list(rows.items()), columns=["path", "error"]).to_csv(tmp, index=False)
         if rows:
             path, reason = next(iter(rows.items()))
             log.warning("skipped %d image%s that did not decode (listed in %s; first: %s: %s)", len(rows),
-                        "s" if len(rows) > 1 else "", os.path.join(out_dir, "skipped_images.csv"), path, reason)
+                        "s" if len(rows) > 1 else "", os.path.join(out_dir, SKIPPED_IMAGES_CSV), path, reason)
 
 
 def train(args, device, amp, stop):
@@ -540,21 +542,21 @@ def predict_new(args, device, amp):
     bad = []
     out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0, bad=bad)
     # a calibrated model's thresholds apply to its calibrated probabilities
-    out = out._replace(probs=reported_probs(out.probs, ckpt.get("temperatures")))
-    errors_csv = os.path.join(args.output_dir, "predict_errors.csv")
+    out = out._replace(probs=reported_probs(out.probs, ckpt.get("temperatures")).reported)
+    errors_csv = os.path.join(args.output_dir, PREDICT_ERRORS_CSV)
     if dist.is_main():
         with atomic_path(errors_csv) as tmp:  # written even when empty: an old run's list must not stay behind
             pd.DataFrame(bad, columns=["path", "error"]).to_csv(tmp, index=False)
     if dist.is_main():
-        predictions_frame(frame.iloc[out.indices], out.probs, thresholds).to_csv(
-            os.path.join(args.output_dir, "predictions.csv"), index=False)
+        write_text_atomic(os.path.join(args.output_dir, PREDICTIONS_CSV),
+                          predictions_frame(frame.iloc[out.indices], out.probs, thresholds).to_csv(index=False))
     if len(out.indices) == 0:
         raise InputError(f"none of the {len(frame)} files at {args.predict} decoded (see {errors_csv})")
     if bad:
         log.warning("%d of %d files did not decode (listed in %s; first: %s: %s)", len(bad), len(frame), errors_csv,
                     *bad[0])
     if dist.is_main():
-        log.info("predicted %d images -> %s", len(out.indices), os.path.join(args.output_dir, "predictions.csv"))
+        log.info("predicted %d images -> %s", len(out.indices), os.path.join(args.output_dir, PREDICTIONS_CSV))
         report_results(frame, out, args.output_dir, args, thresholds, image_size)
 
 

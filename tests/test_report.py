@@ -12,7 +12,7 @@ import pytest
 
 from data.classes import CLASSES
 from data.decode import read_image
-from utils.calibration import fitted_thresholds
+from utils.calibration import fitted_thresholds, reported_probs
 from utils.compare import main as compare_main
 from utils.evaluation import judge
 from utils.metrics import choose_thresholds
@@ -43,8 +43,8 @@ def run_dir(tmp_path_factory, bright_spot, localize_images):
     p = np.clip(0.4 * y + 0.6 * rng.random(y.shape), 0, 1)
     rows = pd.DataFrame({"ImageID": [f"i{i}" for i in range(40)], "PatientID": [f"p{i // 2}" for i in range(40)],
                          "Source": np.where(np.arange(40) < 25, "padchest", "openi"), "view": "PA"})
-    judge(run, {"test": (rows, p, y)}, [0.5] * len(CLASSES), fitted_thresholds(y, p, True, choose_thresholds)[1],
-          n_boot=20)
+    temperatures = fitted_thresholds(y, p, True, choose_thresholds)[1]
+    judge(run, {"test": (rows, reported_probs(p, temperatures), y)}, [0.5] * len(CLASSES), n_boot=20)
     return run
 
 
