@@ -327,7 +327,7 @@ def predict_new(args, device, amp):
     bad = []
     out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0, bad=bad)
     # a calibrated model's thresholds apply to its calibrated probabilities
-    out = out._replace(probs=reported_probs(out.probs, ckpt.get("temperatures")))
+    out = out._replace(probs=reported_probs(out.probs, ckpt.get("temperatures")).reported)
     errors_csv = path(args.output_dir, PREDICT_ERRORS_CSV)
     if dist.is_main():
         write_file_errors(bad, errors_csv)
@@ -353,15 +353,16 @@ def test(model, sets, args, device, amp, thresholds, temperatures, image_size, b
                              desc=name, bad=bad)
         if len(out.indices) == 0:
             raise InputError(f"none of the {len(rows)} {name} images of {args.csv} decoded")
-        # judge() gets the model's own probabilities (it shows calibration before and after); step 5 gets the
-        # reported (calibrated, rounded) ones
-        results[name] = (rows.iloc[out.indices].reset_index(drop=True), out.probs, out.labels)
-        out = out._replace(probs=reported_probs(out.probs, temperatures))
+        # the set's probabilities, once: judge() gets the model's and the reported ones (calibration.csv shows both),
+        # step 5 the reported (calibrated, rounded) ones
+        probs = reported_probs(out.probs, temperatures)
+        results[name] = (rows.iloc[out.indices].reset_index(drop=True), probs, out.labels)
+        out = out._replace(probs=probs.reported)
         mapped = mapped or (rows, out)
         log.info("%s loss %.4f (%d images)", name, loss, len(out.indices))
     write_skipped(bad, args.output_dir)
     if dist.is_main():
-        table = judge(args.output_dir, results, thresholds, temperatures, n_boot=args.bootstrap, seed=args.seed)
+        table = judge(args.output_dir, results, thresholds, n_boot=args.bootstrap, seed=args.seed)
         log.info(summary_line(table))
         for name in results:
             if name != TEST:

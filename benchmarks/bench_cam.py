@@ -18,7 +18,6 @@ import tempfile
 import time
 
 import cv2
-import numpy as np
 import pydicom.data
 import torch
 from torch import nn
@@ -29,7 +28,8 @@ from data.decode import read_image
 from data.transforms import Normalize, SquareResize
 from models import build_model
 from models.cam import class_activation_maps, upsample_maps
-from utils.localization import CELLS_TO_GRID, boxes_from_heatmaps, heatmaps_to_uint8, scale_boxes
+from utils.heatmaps import heatmaps_to_uint8, scale_boxes
+from utils.localization import CELLS_TO_GRID, boxes_from_heatmaps
 
 
 class FeatureMap(nn.Module):

@@ -24,6 +24,7 @@ import pandas as pd
 from data.classes import NUM_CLASSES
 from utils.engine import Predictions
 from utils.localization import WORKER_THREADS, localize
+from utils.run_folder import BOXES_CSV, HEATMAPS_DIR
 
 
 def drawn_predictions(folder, n, stored_size, cells=7, seed=0):
@@ -44,9 +45,9 @@ def drawn_predictions(folder, n, stored_size, cells=7, seed=0):
 
 def same_outputs(a, b):
     """Whether two run folders hold the same boxes.csv and heatmap files, byte for byte."""
-    heat_a, heat_b = os.path.join(a, "heatmaps"), os.path.join(b, "heatmaps")
+    heat_a, heat_b = os.path.join(a, HEATMAPS_DIR), os.path.join(b, HEATMAPS_DIR)
     names = sorted(os.listdir(heat_a))
-    return (filecmp.cmp(os.path.join(a, "boxes.csv"), os.path.join(b, "boxes.csv"), shallow=False)
+    return (filecmp.cmp(os.path.join(a, BOXES_CSV), os.path.join(b, BOXES_CSV), shallow=False)
             and names == sorted(os.listdir(heat_b))
             and filecmp.cmpfiles(heat_a, heat_b, names, shallow=False)[1:] == ([], []))
 

@@ -46,9 +46,10 @@ from data.transforms import Normalize
 from models import build_model
 from models.cam import class_activation_maps, upsample_maps
 from utils.engine import autocast, make_loader, predict
-from utils.localization import (BOX_COLUMNS, CELLS_TO_GRID, DEFAULT_BOX_THRESHOLDS, boxes_from_heatmaps,
-                                heatmaps_to_uint8, localize, scale_boxes)
+from utils.heatmaps import heatmaps_to_uint8, scale_boxes
+from utils.localization import BOX_COLUMNS, CELLS_TO_GRID, DEFAULT_BOX_THRESHOLDS, boxes_from_heatmaps, localize
 from utils.metrics import classes_to_map
+from utils.run_folder import BOXES_CSV
 from utils.runtime import use_amp
 
 
@@ -125,7 +126,7 @@ def old_way(model, frame, out_dir, *, size, batch_size, device, amp):
                 rows += [(frame.at[i, "ImageID"], CLASSES[k], *bx[:4], p[b, k] * bx[4])
                          for bx in scale_boxes(f, (grid, grid), sizes[i])]
     boxes = pd.DataFrame(rows, columns=BOX_COLUMNS).round({"x": 1, "y": 1, "w": 1, "h": 1, "score": 4})
-    boxes.to_csv(os.path.join(out_dir, "boxes.csv"), index=False)
+    boxes.to_csv(os.path.join(out_dir, BOXES_CSV), index=False)
     return probs, len(boxes)
 
 

@@ -16,6 +16,7 @@ from data.errors import InputError
 from data.files import read_table
 from sample_world import DRAWN_FINDINGS
 from utils.metrics import group_rows
+from utils.run_folder import LOCALIZATION_CSV, METRICS_CSV
 
 
 def score_run(run_dir):
@@ -24,14 +25,14 @@ def score_run(run_dir):
 
     The mean is taken over DRAWN_FINDINGS only: the world has no positives for the other classes, and 'normal'
     is not a finding."""
-    metrics_csv = os.path.join(run_dir, "metrics.csv")
+    metrics_csv = os.path.join(run_dir, METRICS_CSV)
     metrics = group_rows(read_table(metrics_csv, ["class", "auroc"], what="traintest.py's metrics.csv",
                                     error=InputError, na_values=["NA"])).set_index("class")
     missing = [f for f in DRAWN_FINDINGS if f not in metrics.index]
     if missing:
         raise InputError(f"{metrics_csv} has no row for {', '.join(missing)}; not traintest.py's metrics.csv")
     table = pd.DataFrame({"auroc": pd.to_numeric(metrics.loc[DRAWN_FINDINGS, "auroc"], errors="coerce")})
-    localization_csv = os.path.join(run_dir, "localization.csv")
+    localization_csv = os.path.join(run_dir, LOCALIZATION_CSV)
     if os.path.exists(localization_csv):
         loc = read_table(localization_csv, ["criterion", "T", "measure"], what="traintest.py's localization.csv",
                          error=InputError)

@@ -1,9 +1,11 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from data.classes import CLASSES
-from utils.calibration import fitted_thresholds
+from utils.calibration import fitted_thresholds, reported_probs
 from utils.evaluation import evaluation_sets, judge
 from utils.metrics import choose_thresholds
 
@@ -36,8 +38,9 @@ def test_judge_writes_the_tables(tmp_path):
     assert min(temperatures) > 1  # the probabilities are overconfident by construction
     sets = evaluation_sets(frame, ["openi"])
     index = {name: frame.index[frame["ImageID"].isin(rows["ImageID"])] for name, rows in sets.items()}
-    results = {name: (rows, probs[index[name]], labels[index[name]]) for name, rows in sets.items()}
-    table = judge(tmp_path, results, thresholds, temperatures, n_boot=20)
+    results = {name: (rows, reported_probs(probs[index[name]], temperatures), labels[index[name]])
+               for name, rows in sets.items()}
+    table = judge(tmp_path, results, thresholds, n_boot=20)
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert set(metrics["group"]) == {"all", "padchest", "view:AP", "view:PA", "external:openi",
                                      "external:openi:view:AP", "external:openi:view:PA"}
@@ -48,7 +51,9 @@ def test_judge_writes_the_tables(tmp_path):
     calibration = pd.read_csv(tmp_path / "calibration.csv")
     overall = calibration.set_index("class").loc["overall"]
     assert overall["ece_calibrated"] < overall["ece"] and overall["log_loss_calibrated"] < overall["log_loss"]
-    assert (tmp_path / "reliability.png").is_file() and (tmp_path / "roc.png").is_file()
+    # what a run folder holds, and nothing else: no temporary file, no .rows count
+    assert sorted(os.listdir(tmp_path)) == ["calibration.csv", "metrics.csv", "predictions.csv", "reliability.png",
+                                            "roc.png"]
     # the reported probabilities are the calibrated ones; AUROC is unchanged by the scaling
     row = metrics[(metrics["group"] == "all") & (metrics["class"] == "atelectasis")].iloc[0]
     from sklearn.metrics import roc_auc_score

@@ -1,4 +1,5 @@
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,27 @@ def test_table_per_class_macro_micro_and_na_for_a_class_without_positives(tmp_pa
     assert back["auroc"].isna().sum() == 1
     plot_roc(y, p, ["a", "b", "c"], tmp_path / "roc.png")
     assert (tmp_path / "roc.png").stat().st_size > 10000
+
+
+class Unwritable:
+    """A value whose text cannot be made: a write of a table holding it stops part way, as a killed run does."""
+
+    def __str__(self):
+        raise RuntimeError("the run was stopped while writing")
+
+
+def test_a_write_that_stops_part_way_leaves_the_previous_metrics_csv(tmp_path):
+    y, p = predictions()
+    table = metrics_table(y, p, ["a", "b", "c"], [0.5] * 3, n_boot=0)
+    path = tmp_path / "metrics.csv"
+    write_metrics(table, path)
+    before = path.read_bytes()
+    stopped = table.astype({"auroc": object})
+    stopped.at[len(table) - 1, "auroc"] = Unwritable()  # the last row: the rows before it would be written in place
+    with pytest.raises(RuntimeError):
+        write_metrics(stopped, path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["metrics.csv"]  # no temporary file left, and no .rows count
 
 
 def test_threshold_maximizes_f1():

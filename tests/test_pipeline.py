@@ -124,7 +124,7 @@ def test_external_validation_and_a_paired_comparison(pipeline, tmp_path):
     raw, calibrated = (pd.read_csv(d / "predictions.csv") for d in (tmp_path / "raw", runs[0]))
     columns = [f"prob_{c}" for c in CLASSES]
     assert (raw["ImageID"] == calibrated["ImageID"]).all()
-    assert np.abs(reported_probs(raw[columns], temperatures) - calibrated[columns].to_numpy()).max() < 1e-9
+    assert np.abs(reported_probs(raw[columns], temperatures).reported - calibrated[columns].to_numpy()).max() < 1e-9
     tested = (raw["set"] == "test").to_numpy()
     truth = raw.loc[tested, [f"true_{c}" for c in CLASSES]].to_numpy()
     findings = [CLASSES.index(c) for c in FINDINGS]

@@ -1,3 +1,4 @@
+import html
 import os
 import re
 import shutil
@@ -12,7 +13,7 @@ import pytest
 
 from data.classes import CLASSES
 from data.decode import read_image
-from utils.calibration import fitted_thresholds
+from utils.calibration import fitted_thresholds, reported_probs
 from utils.compare import main as compare_main
 from utils.evaluation import judge
 from utils.metrics import choose_thresholds
@@ -43,8 +44,8 @@ def run_dir(tmp_path_factory, bright_spot, localize_images):
     p = np.clip(0.4 * y + 0.6 * rng.random(y.shape), 0, 1)
     rows = pd.DataFrame({"ImageID": [f"i{i}" for i in range(40)], "PatientID": [f"p{i // 2}" for i in range(40)],
                          "Source": np.where(np.arange(40) < 25, "padchest", "openi"), "view": "PA"})
-    judge(run, {"test": (rows, p, y)}, [0.5] * len(CLASSES), fitted_thresholds(y, p, True, choose_thresholds)[1],
-          n_boot=20)
+    temperatures = fitted_thresholds(y, p, True, choose_thresholds)[1]
+    judge(run, {"test": (rows, reported_probs(p, temperatures), y)}, [0.5] * len(CLASSES), n_boot=20)
     return run
 
 
@@ -61,6 +62,38 @@ def test_report_shows_groups_calibration_and_comparisons(run_dir, tmp_path):
     assert "<h2>By group</h2>" in page and ">openi<" in page and ">padchest<" in page
     assert "<h2>Calibration</h2>" in page and 'src="reliability.png"' in page and "ece_calibrated" in page
     assert "<h2>Compared with" in page and "DeLong p" in page
+
+
+def page_tables(page):
+    """Every <table> of the page as a list of rows, each a list of its cells' text (tags dropped)."""
+    def cells(row):
+        return [html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row)]
+
+    return [[cells(row) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table)]
+            for table in re.findall(r"<table>(.*?)</table>", page)]
+
+
+def table_with(tables, heading):
+    """{first cell: {column: cell}} of the one table whose header row holds `heading`."""
+    (table,) = [t for t in tables if heading in t[0]]
+    return {row[0]: dict(zip(table[0], row)) for row in table[1:]}
+
+
+def test_report_shows_this_runs_numbers(run_dir):
+    tables = page_tables(open(write_report(str(run_dir)), encoding="utf-8").read())
+    metrics = pd.read_csv(run_dir / "metrics.csv").query("group == 'all'").set_index("class")
+    shown = table_with(tables, "auroc 95% CI")  # the classification metrics of group 'all'
+    for name in ("macro", "pleural effusion", "micro"):
+        assert shown[name]["auroc"] == f"{metrics.at[name, 'auroc']:.3f}", name
+    macro = metrics.loc["macro"]
+    assert shown["macro"]["auroc 95% CI"] == f"{macro['auroc_low']:.3f}-{macro['auroc_high']:.3f}"
+    assert shown["pleural effusion"]["AP"] == f"{metrics.at['pleural effusion', 'average_precision']:.3f}"
+    assert table_with(tables, "macro AUROC")["all"]["macro AUROC"] == f"{macro['auroc']:.3f}"
+    localization = pd.read_csv(run_dir / "localization.csv")
+    at = localization[(localization["criterion"] == "IoBB") & (localization["T"] == 0.5)].set_index("measure")[
+        "cardiomegaly"]
+    assert table_with(tables, "cardiomegaly")["T(IoBB)=0.5"]["cardiomegaly"] == \
+        f"{at['acc']:.3f} ({at['chance_acc']:.3f}) / {at['afp']:.2f}"
 
 
 def test_report_references_every_result_relatively(run_dir):

@@ -7,6 +7,8 @@ one positive number fitted on validation; it never reorders a class's scores, so
 thresholds move. Labels of -1 are left out everywhere, as in the metrics.
 """
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
 from sklearn.metrics import log_loss
 
-from utils.metrics import known, rounded_probs
+from utils.metrics import known, rounded_probs, save_figure
 
 N_BINS = 15
 # Stored probabilities have 6 decimals: 0 and 1 occur, and their logits must stay finite.
@@ -82,11 +84,21 @@ def apply_temperatures(y_prob, temperatures):
     return expit(z / np.asarray(temperatures, dtype=np.float64)[None, :])
 
 
+class ReportedProbs(NamedTuple):
+    """The probabilities [N, C] of one evaluated set, as the run's files hold them."""
+    model: np.ndarray  # the model's own, rounded as predictions.csv stores them: calibration.csv's 'before'
+    reported: np.ndarray  # what every output reads and predictions.csv holds: `model` itself without temperatures
+    temperatures: Sequence[float] | None  # --calibrate's, one per class, that scaled `model` into `reported`
+
+
 def reported_probs(probs, temperatures=None):
-    """The probabilities that every output reads and predictions.csv holds: the model's, rounded as that file
-    stores them, and with temperatures (from --calibrate) scaled from those and rounded again."""
-    raw = rounded_probs(probs)
-    return raw if temperatures is None else rounded_probs(apply_temperatures(raw, temperatures))
+    """The ReportedProbs of the model's probabilities [N, C]: rounded, and with temperatures (from --calibrate)
+    scaled from the rounded ones and rounded again. Called once per evaluated set; every output takes the result, so
+    nothing downstream scales (a second scaling once reported twice-scaled probabilities)."""
+    model = rounded_probs(probs)
+    if temperatures is None:
+        return ReportedProbs(model, model, None)
+    return ReportedProbs(model, rounded_probs(apply_temperatures(model, temperatures)), temperatures)
 
 
 def calibration_table(y_true, y_prob, classes, pooled_columns, calibrated=None, temperatures=None):
@@ -130,9 +142,7 @@ def plot_reliability(y_true, y_prob, columns, path, calibrated=None, title="Reli
                    color=colour)
     ax.set(xlabel="mean predicted probability", ylabel="fraction positive", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def fitted_thresholds(y_true, y_prob, calibrate, choose):
@@ -142,4 +152,4 @@ def fitted_thresholds(y_true, y_prob, calibrate, choose):
         return choose(y_true, y_prob), None
     temperatures = fit_temperatures(y_true, y_prob)
     # plain floats: a checkpoint holds tensors and Python numbers only, which the weights-only loader accepts
-    return choose(y_true, reported_probs(y_prob, temperatures)), [float(t) for t in temperatures]
+    return choose(y_true, reported_probs(y_prob, temperatures).reported), [float(t) for t in temperatures]

@@ -20,16 +20,15 @@ from data.classes import CLASSES, FINDINGS
 from data.errors import InputError
 from data.files import atomic_path, read_table
 from utils.metrics import auroc
+from utils.run_folder import COMPARE_DIR, PREDICTIONS_CSV
 from utils.stats import bootstrap_aurocs, delong_test, macro_samples, percentile_interval
-
-COMPARE_DIR = "compare"
 
 
 def run_predictions(run):
     """(path, frame) of a run folder's predictions.csv (or of a predictions CSV given directly)."""
-    path = os.path.join(run, "predictions.csv") if os.path.isdir(run) else run
+    path = os.path.join(run, PREDICTIONS_CSV) if os.path.isdir(run) else run
     if not os.path.isfile(path):
-        raise InputError(f"{run}: no predictions.csv (a traintest.py run folder with a test split holds one)")
+        raise InputError(f"{run}: no {PREDICTIONS_CSV} (a traintest.py run folder with a test split holds one)")
     frame = read_table(path, ["ImageID", *(f"prob_{c}" for c in CLASSES)], what="a predictions.csv",
                        dtype={"ImageID": str, "PatientID": str})
     if not all(f"true_{c}" in frame.columns for c in CLASSES):

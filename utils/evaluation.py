@@ -13,12 +13,13 @@ and the model's predictions on them, writes to the run folder:
 """
 import os
 
-import numpy as np
 import pandas as pd
 
 from data.classes import CLASSES, FINDINGS
-from utils.calibration import calibration_table, plot_reliability, reported_probs
+from data.files import write_text_atomic
+from utils.calibration import calibration_table, plot_reliability
 from utils.metrics import grouped_metrics, image_groups, plot_roc, predictions_frame, write_metrics
+from utils.run_folder import CALIBRATION_CSV, METRICS_CSV, PREDICTIONS_CSV, RELIABILITY_PNG, ROC_PNG
 
 TEST = "test"
 EXTERNAL = "external"
@@ -49,35 +50,33 @@ def set_groups(name, rows):
             if group != rows["Source"].iloc[0]}  # an external set is one source: its source group repeats 'all'
 
 
-def judge(run_dir, results, thresholds, temperatures=None, n_boot=1000, seed=0):
+def judge(run_dir, results, thresholds, n_boot=1000, seed=0):
     """Write metrics.csv, predictions.csv, calibration.csv, reliability.png and roc.png for the evaluated sets.
 
-    results: {set name: (rows, probs [N, C], labels [N, C])} in the rows' order. With temperatures (from
-    --calibrate), the calibrated probabilities are the ones reported and thresholded; calibration.csv shows both.
-    Returns the metrics table."""
-    tables, predictions, scored = [], [], {}
+    results: {set name: (rows, probs, labels [N, C])} in the rows' order, probs a utils.calibration.ReportedProbs:
+    its reported probabilities are the ones written and thresholded (and every metric is computed from them, so that
+    a reader, or utils.compare, recomputing one from predictions.csv gets metrics.csv's value); calibration.csv shows
+    the model's own beside them when they were calibrated. Returns the metrics table."""
+    tables, predictions = [], []
     for name, (rows, probs, labels) in results.items():
-        # Every number is computed from the probabilities as predictions.csv holds them, so that a reader (or
-        # utils.compare) recomputing a metric from that file gets metrics.csv's value.
-        raw, probs = reported_probs(probs), reported_probs(probs, temperatures)
-        tables.append(grouped_metrics(rows, labels, probs, thresholds, n_boot, seed, set_groups(name, rows)))
-        predictions.append(predictions_frame(rows, probs, thresholds, labels).assign(set=name))
-        scored[name] = (labels, raw, probs)
+        tables.append(grouped_metrics(rows, labels, probs.reported, thresholds, n_boot, seed, set_groups(name, rows)))
+        predictions.append(predictions_frame(rows, probs.reported, thresholds, labels).assign(set=name))
         if name == TEST:
-            plot_roc(labels, probs, CLASSES, os.path.join(run_dir, "roc.png"))
+            plot_roc(labels, probs.reported, CLASSES, os.path.join(run_dir, ROC_PNG))
     table = pd.concat(tables, ignore_index=True)
-    write_metrics(table, os.path.join(run_dir, "metrics.csv"))
+    write_metrics(table, os.path.join(run_dir, METRICS_CSV))
     frame = pd.concat(predictions, ignore_index=True)
     columns = [c for c in ("ImageID", "PatientID", "Source", "view", "set") if c in frame.columns]
-    frame[[*columns, *[c for c in frame.columns if c not in columns]]].to_csv(
-        os.path.join(run_dir, "predictions.csv"), index=False)
+    write_text_atomic(os.path.join(run_dir, PREDICTIONS_CSV),
+                      frame[[*columns, *[c for c in frame.columns if c not in columns]]].to_csv(index=False))
     # Calibration is judged where the thresholds are applied in earnest: the test split (else the first set).
-    name = TEST if TEST in scored else next(iter(scored))
-    labels, raw, probs = scored[name]
+    name = TEST if TEST in results else next(iter(results))
+    _, probs, labels = results[name]
     findings = [CLASSES.index(c) for c in FINDINGS]
-    calibrated = probs if temperatures is not None else None
-    calibration_table(labels, raw, CLASSES, findings, calibrated, temperatures).to_csv(
-        os.path.join(run_dir, "calibration.csv"), index=False, na_rep="NA", float_format="%.6g")
-    plot_reliability(labels, raw, findings, os.path.join(run_dir, "reliability.png"), calibrated=calibrated,
+    calibrated = probs.reported if probs.temperatures is not None else None
+    write_text_atomic(os.path.join(run_dir, CALIBRATION_CSV),
+                      calibration_table(labels, probs.model, CLASSES, findings, calibrated, probs.temperatures)
+                      .to_csv(index=False, na_rep="NA", float_format="%.6g"))
+    plot_reliability(labels, probs.model, findings, os.path.join(run_dir, RELIABILITY_PNG), calibrated=calibrated,
                      title=f"Reliability over the findings, {name} images")
     return table

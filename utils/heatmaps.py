@@ -1,17 +1,44 @@
 """Heatmap pictures: a radiograph under one class activation map in the jet colormap, with predicted and true boxes.
 
-Pure rendering: utils.localization decides what to draw and where; this module reads the radiograph for display and
-draws it.
+The whole rendering: what each picture of one image shows, reading the radiograph for display, drawing, and writing
+the PNGs. utils.localization decides which classes of which images are drawn and where their boxes are, and calls
+render_image.
 """
+import os
+
 import cv2
 import numpy as np
 
+from data.classes import CLASSES
 from data.dataset import read_gray
 from data.decode import resize_longest
+from data.files import atomic_path
+from models import upsample_maps
 
 DISPLAY_SIZE = 512  # longest side of a heatmap PNG
 PRED_COLOUR = (255, 255, 255)  # BGR: predicted boxes white
 TRUE_COLOUR = (255, 0, 255)  # true boxes magenta: a colour the jet colormap never takes
+
+
+def heatmaps_to_uint8(maps):
+    """Each map of [..., h, w] scaled on its own to 0..255 (its minimum to 0, its maximum to 255), as uint8."""
+    maps = np.asarray(maps, dtype=np.float32)
+    low = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - low
+    # A flat map has no region to find: it scales to all zeros rather than dividing by zero.
+    scaled = np.where(span > 0, (maps - low) / np.where(span > 0, span, 1) * 255, 0)
+    return np.rint(scaled).astype(np.uint8)
+
+
+def scale_boxes(boxes, from_size, to_size):
+    """Boxes [k, >=4] (x, y, w, h first) from an image of from_size (width, height) to one of to_size (width, height)."""
+    boxes = np.array(boxes, dtype=np.float64, copy=True)
+    if boxes.size == 0:
+        return boxes.reshape(0, max(boxes.shape[-1] if boxes.ndim == 2 else 4, 4))
+    boxes = boxes.reshape(-1, boxes.shape[-1])
+    boxes[:, [0, 2]] *= to_size[0] / from_size[0]
+    boxes[:, [1, 3]] *= to_size[1] / from_size[1]
+    return boxes
 
 
 def heatmap_filename(image_id, cls):
@@ -42,3 +69,33 @@ def overlay_heatmap(gray, heat, pred_boxes=(), true_boxes=(), title="", alpha=0.
         cv2.putText(out, title, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3 * thick, cv2.LINE_AA)
         cv2.putText(out, title, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return out
+
+
+def write_png(path, picture):
+    """`picture` (uint8, gray or BGR) as the PNG at `path`, written atomically: a run killed while drawing leaves no
+    half picture for the report. The bytes are cv2.imwrite's."""
+    ok, png = cv2.imencode(".png", picture)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode the picture as PNG")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(png.tobytes())
+
+
+def render_image(path, image_id, size, maps, wanted, probs, boxes, truths, heat_dir):
+    """One heatmap PNG per class index in `wanted` for one image (read again, for display); returns `wanted`.
+
+    maps: the image's maps [C, h, w] at feature resolution; probs: its reported probabilities [C] (shown in the
+    title); boxes: {class index: [k, 5] predicted, original pixels}; truths: {class index: [k, 4] ground truth,
+    original pixels}; size: the original (width, height).
+    """
+    gray = display_image(path)
+    dh, dw = gray.shape
+    # Upsampled straight from the feature cells to the display size: the model's input is the image stretched to a
+    # square, so a map cell covers the same fraction of the image along each axis whatever the aspect ratio.
+    heat = heatmaps_to_uint8(upsample_maps(maps[wanted][None], (dh, dw))[0].numpy())
+    for j, k in enumerate(wanted):
+        picture = overlay_heatmap(gray, heat[j], scale_boxes(boxes[k], size, (dw, dh))[:, :4],
+                                  scale_boxes(truths[k], size, (dw, dh)), f"{CLASSES[k]}  p={probs[k]:.2f}")
+        write_png(os.path.join(heat_dir, heatmap_filename(image_id, CLASSES[k])), picture)
+    return wanted

@@ -24,37 +24,29 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from skimage.measure import label
 
 from data.classes import CLASSES
-from data.labels.boxes import read_box_csv
+from data.files import write_text_atomic
+from data.labels.boxes import BOX_COLUMNS as TRUE_BOX_COLUMNS, read_box_csv
 from data.labels.nih import finding_class
 from models import upsample_maps
-from utils.heatmaps import display_image, heatmap_filename, overlay_heatmap
-from utils.metrics import classes_to_map, rounded_probs
+from utils.heatmaps import heatmap_filename, heatmaps_to_uint8, render_image, scale_boxes
+from utils.metrics import classes_to_map
+from utils.run_folder import BOXES_CSV, HEATMAP_INDEX_CSV, HEATMAPS_DIR, LOCALIZATION_CSV
 
 log = logging.getLogger(__name__)
 
-BOX_COLUMNS = ["ImageID", "class", "x", "y", "w", "h", "score"]
+# boxes.csv: the true boxes' columns, and the score of each predicted box
+BOX_COLUMNS = [*TRUE_BOX_COLUMNS, "score"]
 CELLS_TO_GRID = 8  # boxes are found on the map upsampled to 8 pixels per feature cell (capped at the input size)
 CHUNK = 64  # images whose maps are upsampled at once
 WORKER_THREADS = min(8, os.cpu_count() or 1)  # step 5's threads: box finding and heatmap pictures
 
 DEFAULT_BOX_THRESHOLDS = (60, 180)
-
-
-def heatmaps_to_uint8(maps):
-    """Each map of [..., h, w] scaled on its own to 0..255 (its minimum to 0, its maximum to 255), as uint8."""
-    maps = np.asarray(maps, dtype=np.float32)
-    low = maps.min(axis=(-2, -1), keepdims=True)
-    span = maps.max(axis=(-2, -1), keepdims=True) - low
-    # A flat map has no region to find: it scales to all zeros rather than dividing by zero.
-    scaled = np.where(span > 0, (maps - low) / np.where(span > 0, span, 1) * 255, 0)
-    return np.rint(scaled).astype(np.uint8)
 
 
 def boxes_from_heatmaps(heat, thresholds=DEFAULT_BOX_THRESHOLDS):
@@ -100,17 +92,6 @@ def as_boxes(boxes):
     if boxes.size == 0:
         return np.zeros((0, 4))
     return boxes.reshape(-1, boxes.shape[-1])[:, :4]
-
-
-def scale_boxes(boxes, from_size, to_size):
-    """Boxes [k, >=4] (x, y, w, h first) from an image of from_size (width, height) to one of to_size (width, height)."""
-    boxes = np.array(boxes, dtype=np.float64, copy=True)
-    if boxes.size == 0:
-        return boxes.reshape(0, max(boxes.shape[-1] if boxes.ndim == 2 else 4, 4))
-    boxes = boxes.reshape(-1, boxes.shape[-1])
-    boxes[:, [0, 2]] *= to_size[0] / from_size[0]
-    boxes[:, [1, 3]] *= to_size[1] / from_size[1]
-    return boxes
 
 
 def box_overlaps(detected, truth, paired=False):
@@ -339,24 +320,26 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     """Boxes, heatmap PNGs and (with boxes_csv) localization scores from evaluation's forward pass.
 
     frame: ImageID, path (and width, height) of the images predicted; predictions: utils.engine.Predictions with
-    maps; input_size: the model's input side. Writes run_dir/boxes.csv (ImageID, class, x, y, w, h, score; original
-    pixels; score = class probability x mean normalized heat in the region), run_dir/heatmaps/<ImageID>__<class>.png
-    for at most max_images images (those with ground-truth boxes first) with heatmaps/index.csv, and with boxes_csv
-    run_dir/localization.csv. Images listed in boxes_csv are mapped for their true classes whatever the prediction,
+    maps, its probs the reported ones (utils.calibration.reported_probs(...).reported, what predictions.csv holds:
+    they choose the classes mapped and score the boxes, as given); input_size: the model's input side. Writes
+    run_dir/boxes.csv (ImageID, class, x, y, w, h, score; original pixels; score = class probability x mean
+    normalized heat in the region), run_dir/heatmaps/<ImageID>__<class>.png for at most max_images images (those with
+    ground-truth boxes first) with heatmaps/index.csv, and with boxes_csv run_dir/localization.csv, each written
+    atomically. Images listed in boxes_csv are mapped for their true classes whatever the prediction,
     as in the paper. Returns {"images", "heatmaps", "boxes", "iobb_0.5" ({class: accuracy at T(IoBB) = 0.5}),
     "iobb_0.5_chance" ({class: the chance baseline's}), "box_counts" ({BOX_COUNTS measure: total})}; the last three
     are empty without boxes_csv. threads: how many threads find boxes and draw pictures (the output is the same for
     any number).
     """
     frame = frame.iloc[predictions.indices].reset_index(drop=True)
-    heat_dir = os.path.join(run_dir, "heatmaps")
+    heat_dir = os.path.join(run_dir, HEATMAPS_DIR)
     os.makedirs(heat_dir, exist_ok=True)
     sizes = original_sizes(frame, predictions.sizes)
     truth, counts, true_boxes = ground_truth(boxes_csv, dict(zip(frame["ImageID"], sizes)))
     true_classes = {}  # ImageID -> set of classes with ground-truth boxes
     for image_id, c in true_boxes:
         true_classes.setdefault(image_id, set()).add(c)
-    probs = rounded_probs(predictions.probs)  # the probabilities predictions.csv holds
+    probs = predictions.probs
     chosen = classes_to_map(probs, thresholds, classes)
     positive = classes_to_map(probs, thresholds)
     # Images with true boxes first, so the heatmap gallery (capped by max_images) shows what can be checked.
@@ -399,15 +382,16 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
         gallery = [(heatmap_filename(frame.at[i, "ImageID"], CLASSES[k]), frame.at[i, "ImageID"], CLASSES[k],
                     probs[i, k], int(positive[i, k]), len(boxes[k]), len(truths[k]))
                    for job, i, boxes, truths in rendered for k in job.result()]
-    pd.DataFrame(gallery, columns=GALLERY_COLUMNS).to_csv(os.path.join(heat_dir, "index.csv"), index=False)
+    write_text_atomic(os.path.join(heat_dir, HEATMAP_INDEX_CSV),
+                      pd.DataFrame(gallery, columns=GALLERY_COLUMNS).to_csv(index=False))
     boxes_frame = pd.DataFrame(pred_rows, columns=BOX_COLUMNS).round({"x": 1, "y": 1, "w": 1, "h": 1, "score": 4})
-    boxes_frame.to_csv(os.path.join(run_dir, "boxes.csv"), index=False)
+    write_text_atomic(os.path.join(run_dir, BOXES_CSV), boxes_frame.to_csv(index=False))
 
     acc, chance = {}, {}
     if truth is not None and not truth.empty:
         table = localization_table(pd.DataFrame(eval_rows, columns=BOX_COLUMNS), truth,
                                    dict(zip(frame["ImageID"], sizes)), counts=counts)
-        table.to_csv(os.path.join(run_dir, "localization.csv"), index=False, float_format="%.4f")
+        write_text_atomic(os.path.join(run_dir, LOCALIZATION_CSV), table.to_csv(index=False, float_format="%.4f"))
         log.info(format_table(table))
         at = table[(table["criterion"] == "IoBB") & (table["T"] == 0.5)].set_index("measure")
         acc = {c: float(at.at["acc", c]) for c in at.columns if c in CLASSES}
@@ -416,20 +400,3 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     return {"images": len(frame), "heatmaps": len(gallery), "boxes": len(boxes_frame), "iobb_0.5": acc,
             "iobb_0.5_chance": chance, "box_counts": {k: sum(v.values()) for k, v in counts.items()}}
 
-
-def render_image(path, image_id, size, maps, wanted, probs, boxes, truths, heat_dir):
-    """One heatmap PNG per class index in `wanted` for one image (read again, for display); returns `wanted`.
-
-    maps: the image's maps [C, h, w] at feature resolution; boxes: {class index: [k, 5] predicted, original pixels};
-    truths: {class index: [k, 4] ground truth, original pixels}; size: the original (width, height).
-    """
-    gray = display_image(path)
-    dh, dw = gray.shape
-    # Upsampled straight from the feature cells to the display size: the model's input is the image stretched to a
-    # square, so a map cell covers the same fraction of the image along each axis whatever the aspect ratio.
-    heat = heatmaps_to_uint8(upsample_maps(maps[wanted][None], (dh, dw))[0].numpy())
-    for j, k in enumerate(wanted):
-        picture = overlay_heatmap(gray, heat[j], scale_boxes(boxes[k], size, (dw, dh))[:, :4],
-                                  scale_boxes(truths[k], size, (dw, dh)), f"{CLASSES[k]}  p={probs[k]:.2f}")
-        cv2.imwrite(os.path.join(heat_dir, heatmap_filename(image_id, CLASSES[k])), picture)
-    return wanted

@@ -14,6 +14,8 @@ from sklearn.metrics import average_precision_score, confusion_matrix, f1_score,
 
 from data.classes import CLASSES, FINDINGS, SUMMARY_ROWS
 from data.errors import InputError
+from data.files import atomic_path, write_text_atomic
+from utils.run_folder import THRESHOLDS_CSV
 from utils.stats import bootstrap_aurocs, macro_samples, percentile_interval
 
 # predictions.csv holds probabilities to this many decimals; labels, heatmap choices and box scores are computed
@@ -157,7 +159,7 @@ def grouped_metrics(frame, y_true, y_prob, thresholds, n_boot=1000, seed=0, grou
 
 def write_metrics(table, path):
     """metrics.csv with NA for undefined values (a class without positives in the split)."""
-    table.to_csv(path, index=False, na_rep="NA", float_format="%.6g")
+    write_text_atomic(path, table.to_csv(index=False, na_rep="NA", float_format="%.6g"))
 
 
 def plot_roc(y_true, y_prob, classes, path):
@@ -175,8 +177,17 @@ def plot_roc(y_true, y_prob, classes, path):
     ax.plot([0, 1], [0, 1], "k--", lw=0.5)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1), title="ROC, test split")
     ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    """A matplotlib figure as the PNG at `path` (written atomically, so a reader never finds half a picture), then
+    closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -209,16 +220,15 @@ def classes_to_map(probs, thresholds=None, classes=None):
 
 def write_thresholds(thresholds, out_dir):
     """out_dir/thresholds.csv: class, threshold (full precision, so labels recomputed from the files agree)."""
-    pd.DataFrame({"class": CLASSES, "threshold": thresholds}).to_csv(os.path.join(out_dir, "thresholds.csv"),
-                                                                     index=False)
+    write_text_atomic(os.path.join(out_dir, THRESHOLDS_CSV),
+                      pd.DataFrame({"class": CLASSES, "threshold": thresholds}).to_csv(index=False))
 
 
 def predictions_frame(frame, probs, thresholds, labels=None):
     """predictions.csv: ImageID (with PatientID, Source and view where the frame has them), the probabilities
-    (prob_<class>, PROB_DECIMALS decimals), the labels those written probabilities get at the validation thresholds
-    (label_<class>) and, given the true labels, true_<class> (1, 0, -1 = left out of the metrics), so that any metric
-    or a comparison of two runs (utils.compare) can be recomputed from this file alone."""
-    probs = rounded_probs(probs)
+    (prob_<class>: `probs`, the reported ones of utils.calibration.reported_probs, as given), the labels they get at
+    the validation thresholds (label_<class>) and, given the true labels, true_<class> (1, 0, -1 = left out of the
+    metrics), so that any metric or a comparison of two runs (utils.compare) can be recomputed from this file alone."""
     ids = frame[[c for c in ("ImageID", "PatientID", "Source", "view") if c in frame.columns]].reset_index(drop=True)
     parts = [ids, pd.DataFrame(probs, columns=[f"prob_{c}" for c in CLASSES]),
              pd.DataFrame(classes_to_map(probs, thresholds).astype(int), columns=[f"label_{c}" for c in CLASSES])]

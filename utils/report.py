@@ -16,6 +16,8 @@ import pandas as pd
 
 from data.errors import InputError
 from data.files import read_table, write_text_atomic
+from utils.run_folder import (BOXES_CSV, CALIBRATION_CSV, COMPARE_CSV, COMPARE_DIR, HEATMAP_INDEX_CSV, HEATMAPS_DIR,
+                              LOCALIZATION_CSV, METRICS_CSV, PREDICTIONS_CSV, RELIABILITY_PNG, REPORT_HTML, ROC_PNG)
 
 MAX_GALLERY = 60
 
@@ -98,15 +100,15 @@ def group_summary(metrics):
 
 def calibration_html(run_dir):
     """The calibration section: calibration.csv's pooled row and per-class ECE beside reliability.png."""
-    csv, png = os.path.join(run_dir, "calibration.csv"), os.path.join(run_dir, "reliability.png")
+    csv, png = os.path.join(run_dir, CALIBRATION_CSV), os.path.join(run_dir, RELIABILITY_PNG)
     if not os.path.isfile(csv):
         return []
     table = read_result(csv, ["class", "ece"])
     table = pd.concat([table[table["class"] == "overall"], table[table["class"] != "overall"]])
     columns = [c for c in ("class", "labelled", "ece", "ece_calibrated", "log_loss", "log_loss_calibrated",
                            "temperature") if c in table.columns]
-    image = ('<div><a href="reliability.png"><img class="roc" src="reliability.png" alt="reliability diagram"></a>'
-             "</div>" if os.path.isfile(png) else "")
+    image = (f'<div><a href="{RELIABILITY_PNG}"><img class="roc" src="{RELIABILITY_PNG}" alt="reliability diagram">'
+             "</a></div>" if os.path.isfile(png) else "")
     note = ('<div class="muted">expected calibration error (15 equal-width bins) and log-loss on the test split; '
             "'overall' pools the findings; with --calibrate, after one temperature per class fitted on validation</div>")
     return [f'<h2>Calibration</h2>{note}<div class="row"><div>{table_html(table[columns])}</div>{image}</div>']
@@ -114,12 +116,12 @@ def calibration_html(run_dir):
 
 def comparison_html(run_dir):
     """A section per comparison written by `python -m utils.compare OTHER RUN` into RUN/compare/<name>/."""
-    folder = os.path.join(run_dir, "compare")
+    folder = os.path.join(run_dir, COMPARE_DIR)
     if not os.path.isdir(folder):
         return []
     parts = []
     for name in sorted(os.listdir(folder)):
-        csv = os.path.join(folder, name, "compare.csv")
+        csv = os.path.join(folder, name, COMPARE_CSV)
         if not os.path.isfile(csv):
             continue
         table = read_result(csv, ["class", "auroc_a", "auroc_b", "difference"])
@@ -167,8 +169,8 @@ def read_result(path, columns=(), **read_csv_kwargs):
 def gallery_items(run_dir, limit=MAX_GALLERY):
     """[(file, caption)] for the gallery: from heatmaps/index.csv (written by utils.localization.localize) when present,
     images with true boxes first; otherwise every PNG in heatmaps/, sorted by name."""
-    heat_dir = os.path.join(run_dir, "heatmaps")
-    index = os.path.join(heat_dir, "index.csv")
+    heat_dir = os.path.join(run_dir, HEATMAPS_DIR)
+    index = os.path.join(heat_dir, HEATMAP_INDEX_CSV)
     if os.path.isfile(index):
         frame = read_result(index, ["file", "ImageID", "class", "probability", "predicted", "boxes", "true_boxes"],
                             dtype={"ImageID": str, "file": str})
@@ -201,24 +203,25 @@ def write_report(run_dir):
              f'<div class="muted">run folder: {html.escape(run_dir)}</div>']
 
     summary = []
-    if os.path.isfile(path("predictions.csv")):
-        summary.append(f"{len(read_result(path('predictions.csv'), ['ImageID'])):,} images predicted")
-    if os.path.isfile(path("boxes.csv")):
-        boxes = read_result(path("boxes.csv"), ["ImageID"])
+    if os.path.isfile(path(PREDICTIONS_CSV)):
+        summary.append(f"{len(read_result(path(PREDICTIONS_CSV), ['ImageID'])):,} images predicted")
+    if os.path.isfile(path(BOXES_CSV)):
+        boxes = read_result(path(BOXES_CSV), ["ImageID"])
         summary.append(f"{len(boxes):,} boxes on {boxes['ImageID'].nunique():,} images")
     if summary:
         parts.append(f"<p>{' &middot; '.join(summary)}</p>")
 
     left, right, groups = "", "", None
-    if os.path.isfile(path("metrics.csv")):
-        metrics = read_result(path("metrics.csv"), ["class"])
+    if os.path.isfile(path(METRICS_CSV)):
+        metrics = read_result(path(METRICS_CSV), ["class"])
         if "group" in metrics.columns:
             groups = metrics
             metrics = metrics[metrics["group"] == metrics["group"].iloc[0]].drop(columns=["group", "images"])
         left = (f"<div><h2>Classification metrics (test split)</h2>{HEADLINE_NOTE}"
                 f"{table_html(compact_metrics(metrics))}</div>")
-    if os.path.isfile(path("roc.png")):
-        right = '<div><h2>ROC curves</h2><a href="roc.png"><img class="roc" src="roc.png" alt="ROC curves"></a></div>'
+    if os.path.isfile(path(ROC_PNG)):
+        right = (f'<div><h2>ROC curves</h2><a href="{ROC_PNG}"><img class="roc" src="{ROC_PNG}" alt="ROC curves">'
+                 "</a></div>")
     if left or right:
         parts.append(f'<div class="row">{left}{right}</div>')
     if groups is not None and groups["group"].nunique() > 1:
@@ -226,8 +229,8 @@ def write_report(run_dir):
     parts.extend(calibration_html(run_dir))
     parts.extend(comparison_html(run_dir))
 
-    if os.path.isfile(path("localization.csv")):
-        table = read_result(path("localization.csv"), ["criterion", "T", "measure"])
+    if os.path.isfile(path(LOCALIZATION_CSV)):
+        table = read_result(path(LOCALIZATION_CSV), ["criterion", "T", "measure"])
         parts.append("<h2>Localization (ChestX-ray8 protocol)</h2>"
                      '<div class="muted">accuracy <span class="chance">(chance: a box of the true box\'s size at a '
                      "random position)</span> / average false positives per image; a true box counts as found when "
@@ -236,7 +239,7 @@ def write_report(run_dir):
     items = gallery_items(run_dir)
     if items:
         figures = "".join(
-            f'<figure><a href="heatmaps/{quote(f)}"><img src="heatmaps/{quote(f)}" alt="{html.escape(f)}" '
+            f'<figure><a href="{HEATMAPS_DIR}/{quote(f)}"><img src="{HEATMAPS_DIR}/{quote(f)}" alt="{html.escape(f)}" '
             f'loading="eager"></a><figcaption>{caption}</figcaption></figure>' for f, caption in items)
         parts.append('<h2>Heatmaps</h2><div class="muted legend">'
                      '<span style="background:#fff;border:1px solid #999"></span>predicted boxes'
@@ -247,7 +250,7 @@ def write_report(run_dir):
 
     page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Run report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
-    out = path("report.html")
+    out = path(REPORT_HTML)
     write_text_atomic(out, page)
     return out
 

@@ -39,6 +39,7 @@ REPORT_HTML = "report.html"
 SKIPPED_IMAGES_CSV = "skipped_images.csv"
 PREDICT_ERRORS_CSV = "predict_errors.csv"
 COMPARE_DIR = "compare"
+COMPARE_CSV = "compare.csv"  # inside COMPARE_DIR/<name of the run compared with>
 
 # What a run writes besides args.json and train.log: --overwrite deletes these before the new run starts, so that
 # nothing of the old run can be resumed or mixed with the new one.
