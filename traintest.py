@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from data.classes import CLASSES, NUM_CLASSES
+from data.commands import Parser, StopSignals
 from data.dataset import image_frame, read_combined, split
 from data.views import parse_views, view_mask
 from data.errors import InputError
@@ -52,11 +53,10 @@ from utils.localization import localize, parse_levels, read_box_csv
 from utils.metrics import (choose_thresholds, headline, mean_auroc, parse_classes, predictions_frame, summary_line,
                            write_thresholds)
 from utils.report import write_report
-from utils.cli import (Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, stored_args,
+from utils.cli import (amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, stored_args,
                        writable_file, writable_folder)
 from utils.run_sync import RunMirror, is_remote, work_folder
-from utils.runtime import (StopSignals, amp_name, close_logging, grad_scaler, seed_everything, setup_logging,
-                           use_amp)
+from utils.runtime import amp_name, close_logging, grad_scaler, seed_everything, setup_logging, use_amp
 
 log = logging.getLogger("traintest")
 
