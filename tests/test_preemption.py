@@ -90,7 +90,7 @@ def test_a_stop_never_saves_a_run_whose_loss_went_non_finite(tmp_path, make_data
     from data.dataset import read_combined
     from models import build_model
     from utils.engine import NonFiniteLoss, make_loader, train_one_epoch
-    from utils.runtime import StopSignals
+    from data.commands import StopSignals
 
     frame = read_combined(make_dataset(tmp_path / "data", n_train=16, n_val=2, n_test=2, size=32), CLASSES)
     loader = make_loader(frame[frame["split"] == "train"], 32, CLASSES, batch_size=4, workers=0, train=True)

@@ -315,7 +315,8 @@ def test_prevalence_zero_is_refused_not_an_endless_loop(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sample_world", "--out", str(tmp_path / "w"), "--prevalence",
                            "0", "--quiet"], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.startswith("python -m sample_world: error: --prevalence must be above 0"), proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("python -m sample_world: error: --prevalence must be above 0"), proc.stderr
     with pytest.raises(ValueError, match="--prevalence"):
         sw.generate(str(tmp_path / "w"), prevalence=0, **SMALL)
 
