@@ -30,18 +30,19 @@ with its row count beside it (combined.csv.rows) so that a reader notices a file
 """
 
 import argparse
-import signal
 import sys
 import time
 
-from data.errors import InputError
+from data.commands import Parser, run_main
 from data.files import output_file, write_csv
 from data.labels.combine import check_fractions, combine, missing_shards, positives_table
 from data.labels.nih import read_test_list
 
+PROG = "combinelabels.py"
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--labels", required=True, help="folder with padchest_labels.csv, openi_labels.csv and/or "
                                                    "nih_labels.csv (parselabelfile.py's --out)")
     p.add_argument("--manifest", required=True, action="append",
@@ -73,10 +74,6 @@ def box_images(path):
     return read_box_csv(path)["ImageID"].tolist()
 
 
-def stop_on_sigterm(*_):
-    raise KeyboardInterrupt  # so the atomic write cleans up its temporary file
-
-
 def forced_lines(stats):
     lines = []
     if "nih_test_list" in stats:
@@ -97,25 +94,14 @@ def _first(s):
     return f" (first not in the manifest: {', '.join(s['first_not_in_manifest'])})" if s["not_in_manifest"] else ""
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args):
     start = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
-    try:
-        check_fractions(args.val_frac, args.test_frac)
-        output_file(args.out)
-        test_list = read_test_list(args.nih_test_list) if args.nih_test_list else None
-        frame, stats = combine(args.labels, args.manifest, args.uncertain, args.val_frac, args.test_frac, args.seed,
-                               nih_test_images=test_list, test_images=box_images(args.test_boxes))
-        write_csv(frame, args.out, index=False)
-    except InputError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: {args.out} was left as it was before this run", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    check_fractions(args.val_frac, args.test_frac)
+    output_file(args.out)
+    test_list = read_test_list(args.nih_test_list) if args.nih_test_list else None
+    frame, stats = combine(args.labels, args.manifest, args.uncertain, args.val_frac, args.test_frac, args.seed,
+                           nih_test_images=test_list, test_images=box_images(args.test_boxes))
+    write_csv(frame, args.out, index=False)
     if len(stats["manifests"]) > 1:
         print(f"manifests: {len(stats['manifests'])} ({', '.join(stats['manifests'][:3])}"
               f"{', ...' if len(stats['manifests']) > 3 else ''})")
@@ -149,7 +135,11 @@ def main(argv=None):
     splits = frame["split"].value_counts().to_dict()
     print(f"done: {len(frame)} images of {stats['patients']} patients, split {splits}, "
           f"uncertain -> {args.uncertain}, in {time.perf_counter() - start:.1f} s -> {args.out}")
-    return 0
+
+
+def main(argv=None):
+    return run_main(PROG, parse_args, run, argv,
+                    interrupted=lambda args: f"{args.out} was left as it was before this run")
 
 
 if __name__ == "__main__":

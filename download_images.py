@@ -9,16 +9,18 @@ gs://BUCKET/PREFIX (data/ingest/shards.py).
 """
 import argparse
 import os
-import signal
 import sys
 
 from google.api_core.exceptions import GoogleAPIError
 
-from data.errors import EnvironmentFault, InputError
+from data.commands import EXIT_FAILED, SIGNALLED, Parser, run_main
+from data.errors import EnvironmentFault
 from data.ingest.gcs import FETCH_THREADS, is_gcs_url
 from data.ingest.pipeline import ingest, summary_line
 from data.ingest.shards import GcsOut, check_gcs_out, default_work_dir, shard_from_environment, shard_out
 from utils.run_sync import RunMirror
+
+PROG = "download_images.py"
 
 DESCRIPTION = """\
 Ingest chest radiographs from archives into 8-bit grayscale PNGs.
@@ -79,17 +81,6 @@ resume).
 """
 
 
-class Interrupted(BaseException):
-    """SIGTERM, raised in the main thread so that the run unwinds (workers ended, nothing half-written marked).
-    Not an Exception, like KeyboardInterrupt: no handler of bad input may take it for a bad member."""
-
-
-def _raise_interrupted(signum, frame):
-    for s in (signal.SIGINT, signal.SIGTERM):  # the clean-up that follows runs once, not cut short by a second signal
-        signal.signal(s, signal.SIG_IGN)
-    raise Interrupted(signum)
-
-
 def parse_shard(text):
     if text == "auto":
         return text
@@ -103,7 +94,7 @@ def parse_shard(text):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="gs://BUCKET[/PREFIX], a local folder, or one archive file")
     p.add_argument("--out", required=True, help="output folder (images/, manifest.csv, errors.csv; .parts/ records finished "
                         "archives for resuming). One run at a time per folder: a second "
@@ -164,41 +155,31 @@ def resolve_out(args):
     return shard, args.work_dir or default_work_dir(out), GcsOut(out, threads=args.fetch_threads)
 
 
-def main(argv=None):
-    args = get_args(argv)
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
-    out = args.out
-    try:
-        shard, out, publish = resolve_out(args)
-        summary = ingest(args.source, out, size=args.size, workers=args.workers, shard=shard,
-                         keep_archives=args.keep_archives, download_dir=args.download_dir,
-                         progress=not args.quiet, billing_project=args.billing_project,
-                         fetch_threads=args.fetch_threads, publish=publish)
-    except EnvironmentFault as e:
-        print(f"error: {e}; what it stopped is not marked done: fix this and rerun", file=sys.stderr)
-        return 2
-    except (InputError, OSError, GoogleAPIError) as e:  # bad input, a full or unwritable disk, bucket access
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, Interrupted) as e:
-        signum = e.args[0] if isinstance(e, Interrupted) else signal.SIGINT
-        print(f"interrupted by {signal.Signals(signum).name}: finished archives are kept in "
-              f"{os.path.join(out, '.parts')}; rerun the same command to resume", file=sys.stderr)
-        return 128 + signum
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+def run(args):
+    # from here OUT is the local folder it is built in, whose .parts an interrupted run's line names
+    shard, args.out, publish = resolve_out(args)
+    summary = ingest(args.source, args.out, size=args.size, workers=args.workers, shard=shard,
+                     keep_archives=args.keep_archives, download_dir=args.download_dir, progress=not args.quiet,
+                     billing_project=args.billing_project, fetch_threads=args.fetch_threads, publish=publish)
     print(summary_line(summary))
     if args.strict and summary["error_rows"]:
-        print(f"error: --strict and {summary['error_rows']} rows in {os.path.join(out, 'errors.csv')}",
+        print(f"{PROG}: error: --strict and {summary['error_rows']} rows in {os.path.join(args.out, 'errors.csv')}",
               file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+
+
+def main(argv=None):
+    return run_main(PROG, get_args, run, argv,
+                    errors={EnvironmentFault: "; what it stopped is not marked done: fix this and rerun",
+                            # goes when data/ingest/gcs.py raises only InputError and EnvironmentFault
+                            GoogleAPIError: ""},
+                    interrupted=lambda args: f"finished archives are kept in {os.path.join(args.out, '.parts')}; "
+                                             f"rerun the same command to resume")
 
 
 if __name__ == "__main__":
     status = main()
-    if status >= 128:
+    if status > SIGNALLED:
         # A GCS download still running in a thread must not hold the exit of an interrupted run.
         sys.stdout.flush()
         sys.stderr.flush()

@@ -26,33 +26,29 @@ the label source marks unlabeled) are dropped and counted, or kept as all -1 wit
 import argparse
 import logging
 import os
-import signal
 import sys
 
 from data.classes import CLASSES
+from data.commands import Parser, run_main
 from data.errors import InputError
 from data.files import output_folder, write_csv
 from data.labels.openi import openi_labels, report_text
 from data.labels.nih import google_labels, nih_labels
-from data.labels.padchest import PROJECTIONS, TAXONOMY, VIEWS, padchest_labels
+from data.labels.padchest import PROJECTIONS, TAXONOMY, padchest_labels
 from data.labels.rules import UNLABELED_POLICIES, finish
+from data.views import DEFAULT_VIEWS, parse_views
+from utils.cli import checked
+
+PROG = "parselabelfile.py"
 
 
-def view_list(text):
-    """--views: 'all' (None) or PadChest Projection names, matched without regard to case."""
-    if text.strip().lower() == "all":
-        return None
-    known = {p.lower(): p for p in PROJECTIONS}
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in names if v.lower() not in known]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'nothing'} is not a PadChest projection; give "
-                                         f"some of {', '.join(PROJECTIONS)} or 'all'")
-    return [known[v.lower()] for v in names]
+def padchest_views(text):
+    """--views: PadChest Projection names (in any case), frontal, lateral, or 'all' (None)."""
+    return parse_views(text, PROJECTIONS, "a PadChest projection")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--padchest-csv", help="PadChest label CSV (PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv, "
                                           "plain or .gz); leave out to skip PadChest")
     p.add_argument("--openi-reports", help="OpenI reports: the ecgen-radiology folder of XML files or "
@@ -71,10 +67,10 @@ def parse_args(argv=None):
                         "text = the built-in report labeler, chexpert = a CheXpert labeler output CSV")
     p.add_argument("--chexpert-csv", help="CheXpert labeler output for openi_reports.csv "
                                           "(needed with --openi-labels chexpert)")
-    p.add_argument("--views", type=view_list, default=list(VIEWS),
-                   help=f"PadChest projections to keep, comma-separated, from {', '.join(PROJECTIONS)} (default: "
-                        f"the frontal views {','.join(VIEWS)}; 'all' keeps every projection); the images of other "
-                        f"projections are dropped and counted")
+    p.add_argument("--views", type=checked(padchest_views), default="frontal",
+                   help=f"PadChest projections to keep, comma-separated, from {', '.join(PROJECTIONS)}, or frontal "
+                        f"or lateral for those of the kind (default: frontal, the views {','.join(DEFAULT_VIEWS)}; "
+                        f"'all' keeps every projection); the images of other projections are dropped and counted")
     p.add_argument("--unlabeled", choices=UNLABELED_POLICIES, default="drop",
                    help="studies without a usable label (PadChest 'unchanged' or 'suboptimal study' alone, OpenI "
                         "reports marked unlabeled): drop them (default; counted), or keep-uncertain: keep them with "
@@ -189,36 +185,25 @@ def check_inputs(args):
             raise InputError(f"{flag} {path}: is a folder, not a file")
 
 
-def stop_on_sigterm(*_):
-    raise KeyboardInterrupt  # so the atomic writes clean up their temporary files
+def run(args):
+    logging.basicConfig(format="%(message)s")  # the label modules' warnings (a malformed report) on stderr
+    check_inputs(args)
+    output_folder(args.out)
+    summary = []
+    if args.padchest_csv:
+        summary.append(parse_padchest(args))
+    if args.openi_reports:
+        summary.append(parse_openi(args))
+    if args.nih_csv:
+        summary.append(parse_nih(args))
+    if args.nih_google_labels:
+        summary.append(parse_google(args))
+    print("done: " + "; ".join(summary))
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    logging.basicConfig(format="%(message)s")  # the label modules' warnings (a malformed report) on stderr
-    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
-    summary = []
-    try:
-        check_inputs(args)
-        output_folder(args.out)
-        if args.padchest_csv:
-            summary.append(parse_padchest(args))
-        if args.openi_reports:
-            summary.append(parse_openi(args))
-        if args.nih_csv:
-            summary.append(parse_nih(args))
-        if args.nih_google_labels:
-            summary.append(parse_google(args))
-    except InputError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the CSV being written was left as it was before this run", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    print("done: " + "; ".join(summary))
-    return 0
+    return run_main(PROG, parse_args, run, argv,
+                    interrupted=lambda args: "the CSV being written was left as it was before this run")
 
 
 if __name__ == "__main__":

@@ -34,15 +34,16 @@ import torch
 
 from data.cache import cache_folder
 from data.classes import CLASSES, NUM_CLASSES
+from data.commands import Parser, StopSignals, run_main
 from data.dataset import image_frame, read_combined, selected_rows, split, training_splits
-from data.errors import EnvironmentFault, InputError
+from data.errors import InputError
 from data.files import atomic_path
 from data.views import parse_views
 from models import LOSSES, MIN_INPUT_SIZE, MODEL_NAMES, canonical_name
 from utils import dist
 from utils.calibration import fitted_thresholds, reported_probs
 from utils.checkpoint import input_size, load_checkpoint, load_weights, read_checkpoint, training_model
-from utils.cli import Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, parse_sources
+from utils.cli import amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, parse_sources
 from utils.engine import LOOK_EVERY, NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch, validate
 from utils.evaluation import TEST, evaluation_sets, judge
 from utils.localization import localize, parse_levels, read_box_csv
@@ -51,7 +52,7 @@ from utils.report import write_report
 from utils.run_folder import (CHECKPOINT_LAST, PREDICT_ERRORS_CSV, PREDICTIONS_CSV, begin, check_locations,
                               interrupted_hint, locate, mirror, path, resumed_args, stopped_line, sync, write_file_errors,
                               write_skipped)
-from utils.runtime import StopSignals, amp_name, close_logging, grad_scaler, seed_everything, setup_logging, use_amp
+from utils.runtime import amp_name, close_logging, grad_scaler, seed_everything, setup_logging, use_amp
 from utils.training import TrainingRun
 
 log = logging.getLogger("traintest")
@@ -401,27 +402,13 @@ def run(args):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    args = None
-    try:
-        args = parse_args(argv)
+    def flow(args):
         stopped = run(args)
         if stopped and dist.is_main():
             print(stopped, file=sys.stderr)
-    except (InputError, EnvironmentFault) as e:
-        print(f"traintest.py: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as e:
-        print(f"traintest.py: error: {e}; stopped, the last good checkpoint is kept (try a lower --lr or --amp off)",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM outside the training steps (set-up, cache build, test)
-        print(f"\ntraintest.py: interrupted{interrupted_hint(args)}", file=sys.stderr)
-        return 128 + getattr(e, "signum", 2)
-    finally:
-        close_logging()
-        dist.cleanup()
-    return 0
+    return run_main("traintest.py", parse_args, flow, argv, interrupted=interrupted_hint,
+                    cleanup=(close_logging, dist.cleanup), errors={NonFiniteLoss: "; stopped, the last good checkpoint "
+                                                                   "is kept (try a lower --lr or --amp off)"})
 
 
 if __name__ == "__main__":

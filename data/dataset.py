@@ -4,9 +4,7 @@ Flips and normalization happen on whole batches (data.transforms).
 """
 import logging
 import os
-import signal
 import stat
-import threading
 
 import cv2
 import numpy as np
@@ -15,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.cache import image_cache
+from data.commands import helper_process_signals
 from data.decode import read_image
 from data.errors import ImageError, InputError
 from data.files import check_values, image_files, missing_files, read_table
@@ -29,26 +28,14 @@ log = logging.getLogger(__name__)
 cv2.setNumThreads(1)
 
 FAST_SUFFIXES = (".png", ".jpg", ".jpeg")
-# What asks a run to stop: Ctrl-C, and the SIGTERM of a spot VM's preemption or of systemd.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def worker_process_init(_=None):
     """A helper process's set-up (a loader worker, a cache builder): one torch thread, since the processes are the
-    parallelism. The stop signals are the main process's to act on: it finishes its step with the batches the
-    workers deliver, so SIGINT (Ctrl-C, sent to the whole process group) is ignored, and so is a SIGTERM from anyone
-    but the parent (a VM's shutdown signals every process); the parent's own SIGTERM (the loader's or
-    multiprocessing's shutdown) still ends the worker, as torch's worker handler does."""
+    parallelism, and the stop signals left to the main process (data.commands.helper_process_signals): it finishes
+    its step with the batches the workers deliver."""
     torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below, whoever sends it
-    threading.Thread(target=_end_on_parents_sigterm, name="sigterm", daemon=True).start()
-
-
-def _end_on_parents_sigterm():
-    while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
-            os._exit(0)
+    helper_process_signals()
 
 
 def read_gray(path):

@@ -7,9 +7,11 @@ view classifier's answer for an image whose header says nothing).
 """
 import re
 
-FRONTAL = ("PA", "AP", "AP_horizontal", "frontal")
-LATERAL = ("L", "LL", "RL", "LATERAL", "LARGE LATERAL", "lateral")
+# The frontal views, as the DICOM headers and PadChest's Projection name them: what every step keeps by default.
 DEFAULT_VIEWS = ("PA", "AP", "AP_horizontal")
+FRONTAL = (*DEFAULT_VIEWS, "frontal")
+LATERAL = ("L", "LL", "RL", "LATERAL", "LARGE LATERAL", "lateral")
+_KINDS = {"frontal": FRONTAL, "lateral": LATERAL}  # the --views words that stand for a kind's views
 # Words of free-text descriptions (series, protocol, processing) that name the view, checked in this order.
 _TEXT_VIEWS = [(re.compile(r"(?:^|[^a-z])lat(?:eral)?(?:[^a-z]|$)|chestlat"), "lateral"),
                (re.compile(r"(?:^|[^a-z])p\.?a\.?(?:[^a-z]|$)|postero-?anterior"), "PA"),
@@ -50,17 +52,33 @@ def header_view(header):
     return ""
 
 
-def parse_views(text):
-    """A --views value -> the set of views kept, or None for 'all'. 'frontal' and 'lateral' stand for their views."""
+def parse_views(text, known=None, what="a known view"):
+    """A --views value -> the set of views kept, or None for 'all'. 'frontal' and 'lateral' stand for their views.
+
+    Without `known`, any view value is taken as written. With `known` (the names a source uses, as PadChest's
+    Projection values), only those, matched without regard to case and returned as `known` spells them, and
+    'frontal' and 'lateral' stand for the known names of that kind; ValueError naming every other item as not
+    `what`."""
     text = str(text).strip()
     if text.lower() == "all":
         return None
-    views = set()
-    for item in (v.strip() for v in text.split(",") if v.strip()):
-        views |= set(FRONTAL if item.lower() == "frontal" else LATERAL if item.lower() == "lateral" else (item,))
-    if not views:
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    if not items:
         raise ValueError(f"--views {text!r} names no view (a comma list such as PA,AP,AP_horizontal, or 'all')")
-    return views
+    if known is None:
+        return set().union(*(_KINDS.get(item.lower(), (item,)) for item in items))
+    unknown = [item for item in items if not known_views(item, known)]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} is not {what}; give some of {', '.join(known)}, frontal, lateral or "
+                         f"'all'")
+    return set().union(*(known_views(item, known) for item in items))
+
+
+def known_views(item, known):
+    """The names of `known` that one --views item stands for: the one it names (in any case), or those of its kind
+    for 'frontal' and 'lateral'."""
+    item = item.lower()
+    return {name for name in known if name.lower() == item or item in _KINDS and view_kind(name) == item}
 
 
 def keeps(views, value):

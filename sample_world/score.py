@@ -6,12 +6,12 @@ prints the table (auroc, and with RUN_DIR/localization.csv the accuracy at T(IoB
 "mean AUROC over the N drawn findings: X".
 """
 
-import argparse
 import os
 import sys
 
 import pandas as pd
 
+from data.commands import Parser, run_main
 from data.errors import InputError
 from data.files import read_table
 from sample_world import DRAWN_FINDINGS
@@ -45,24 +45,22 @@ def score_run(run_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m sample_world.score",
         description="Print a traintest.py run's test AUROC and localization accuracy for the findings the sample "
                     "world draws, and their mean.")
     parser.add_argument("run_dir", help="run folder (holds metrics.csv, and localization.csv with --boxes-csv)")
-    args = parser.parse_args(argv)
+    return run_main(parser.prog, parser.parse_args, print_score, argv)
+
+
+def print_score(args):
+    """The score table of run folder args.run_dir, printed."""
     if not os.path.isfile(os.path.join(args.run_dir, "metrics.csv")):
-        print(f"error: {args.run_dir} has no metrics.csv (is it a finished traintest.py run folder?)", file=sys.stderr)
-        return 2
-    try:
-        table = score_run(args.run_dir)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise InputError(f"{args.run_dir} has no metrics.csv (is it a finished traintest.py run folder?)")
+    table = score_run(args.run_dir)
     print(f"test split, findings drawn by the sample world (run {args.run_dir}):")
     print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="NA"))
     print(f"mean AUROC over the {len(DRAWN_FINDINGS)} drawn findings: {table.loc['mean', 'auroc']:.3f}")
-    return 0
 
 
 if __name__ == "__main__":

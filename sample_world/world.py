@@ -1,10 +1,8 @@
 """The whole sample world: generate() writes the three datasets and the box lists, montage() draws a preview, main()
 is the command line (python -m sample_world)."""
 
-import argparse
 import os
 import shutil
-import sys
 import tarfile
 import time
 import zipfile
@@ -14,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 
+from data.commands import Parser, run_main
+from data.errors import EnvironmentFault, InputError
 from sample_world.findings import DRAWN_FINDINGS
 from sample_world.nih import BOX_LIST, NIH_DIR, write_nih
 from sample_world.openi import write_openi
@@ -161,7 +161,7 @@ def check_montage_path(path):
 
 def main(argv=None):
     """python -m sample_world --out WORLD [options]: write a world and print its summary."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m sample_world",
         description="Generate a small synthetic PadChest + OpenI + NIH world shaped like the real inputs.")
     parser.add_argument("--out", required=True, help="output folder (created; files of an earlier world are replaced)")
@@ -190,7 +190,11 @@ def main(argv=None):
     parser.add_argument("--montage", default=None,
                         help="also write a PNG grid of 12 images with their boxes to this path")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    return run_main(parser.prog, parser.parse_args, write_world, argv)
+
+
+def write_world(args):
+    """The world of the command's flags written to --out (and --montage), and its summary printed."""
     try:
         check_settings(args.padchest_images, args.openi_reports, args.images_per_zip, args.exclude_rows,
                        args.openi_without_image, args.normal_fraction, args.prevalence, args.jpeg2000_fraction,
@@ -203,9 +207,8 @@ def main(argv=None):
             raise ValueError(f"--out {args.out} cannot be created ({e.strerror or e})") from None
         if args.montage:
             check_montage_path(args.montage)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except ValueError as e:  # the checks of the flags say which is wrong and why
+        raise InputError(str(e)) from None
     summary = generate(args.out, args.seed, args.padchest_images, args.openi_reports, args.images_per_zip,
                        args.exclude_rows, args.openi_without_image, args.normal_fraction, args.prevalence,
                        args.jpeg2000_fraction, args.lateral_fraction, args.openi_no_view_fraction, args.nih_images,
@@ -214,8 +217,7 @@ def main(argv=None):
         try:
             montage(args.out, args.montage)
         except OSError as e:
-            print(f"error: --montage {args.montage} cannot be written ({e.strerror or e})", file=sys.stderr)
-            sys.exit(2)
+            raise EnvironmentFault(f"--montage {args.montage} cannot be written ({e.strerror or e})") from None
     prevalence = ", ".join(f"{k} {v:.2f}" for k, v in summary["prevalence"].items())
     nih = summary["nih"]
     nih_part = (f"{nih['images']} NIH PNGs of {nih['patients']} patients with {nih['boxes']} boxes on "

@@ -289,8 +289,8 @@ def test_an_image_in_two_manifests_names_both(tmp_path, capsys):
                 "--out", str(tmp_path / "c.csv")]
     assert combinelabels.main(err_args) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: ImageID 'i3.png' is in {out / 'shard-0' / 'manifest.csv'} and in {tmp_path / 'extra.csv'} "
-                   f"(2 ImageIDs are in more than one manifest): shards must not overlap; give each image's manifest "
+    assert err == (f"combinelabels.py: error: ImageID 'i3.png' is in {out / 'shard-0' / 'manifest.csv'} and in "
+                   f"{tmp_path / 'extra.csv'} (2 ImageIDs are in more than one manifest): shards must not overlap; give each image's manifest "
                    f"once")
     # an image that failed in one shard's run and was written by another is not an overlap
     overlap.assign(status="error").to_csv(tmp_path / "extra.csv", index=False)

@@ -346,8 +346,8 @@ def test_a_signal_ends_every_process_with_one_line_and_resume_is_byte_identical(
         raise
     assert proc.returncode == 128 + signum
     assert err.strip().splitlines() == [
-        f"interrupted by {signum.name}: finished archives are kept in {out / '.parts'}; rerun the same command to "
-        f"resume"], err
+        f"download_images.py: interrupted by {signum.name}; finished archives are kept in {out / '.parts'}; rerun the "
+        f"same command to resume"], err
     deadline = time.monotonic() + 10  # a process whose pipes closed may still be exiting
     while session_processes(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -412,7 +412,7 @@ def test_a_broken_part_marker_is_named_and_its_archive_ingested_again(tmp_path, 
 def one_line_error(capsys, argv):
     assert download_images.main(list(map(str, argv))) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert len(err) == 1 and err[0].startswith("download_images.py: error: "), err
     return err[0]
 
 

@@ -43,7 +43,7 @@ def user_error(capsys, main, *args):
     """main(args) must exit 2 with one line on stderr: that line."""
     assert main([str(a) for a in args]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert len(err.splitlines()) == 1 and err.startswith(f"{main.__module__}.py: error: "), err
     return err
 
 
@@ -171,8 +171,10 @@ def test_sigterm_while_writing_leaves_the_previous_csv(tmp_path):
             break
         time.sleep(0.002)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, f"the run was not stopped while writing ({proc.returncode}): {err[-2000:]}"
-    assert "Traceback" not in err and "interrupted" in err
+    assert proc.returncode == 128 + signal.SIGTERM, f"the run was not stopped while writing ({proc.returncode}): " \
+                                                    f"{err[-2000:]}"
+    assert "Traceback" not in err and err.rstrip().splitlines()[-1] == (
+        "parselabelfile.py: interrupted by SIGTERM; the CSV being written was left as it was before this run")
     assert (target.read_bytes(), (out / "padchest_labels.csv.rows").read_bytes()) == before
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
 

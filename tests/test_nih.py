@@ -129,7 +129,7 @@ def test_parselabelfile_bad_nih_csv_is_one_line(tmp_path, capsys, change, messag
     path.write_text(change(head))
     assert parselabelfile.main(["--nih-csv", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}") and message in err, err
+    assert len(err.splitlines()) == 1 and err.startswith(f"parselabelfile.py: error: {path}") and message in err, err
     assert not (tmp_path / "out" / "nih_labels.csv").exists()
     assert parselabelfile.main(["--nih-csv", str(tmp_path / "none.csv"), "--out", str(tmp_path / "out")]) == 2
     assert f"--nih-csv {tmp_path / 'none.csv'}: no such file" in capsys.readouterr().err

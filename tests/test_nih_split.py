@@ -171,8 +171,8 @@ def test_test_list_that_names_no_nih_image(world, tmp_path, capsys):
     (tmp_path / "list.txt").write_text("Image Index,Finding Labels\n00000001_000.png,Cardiomegaly\n")
     assert combinelabels.main(base + ["--nih-test-list", str(tmp_path / "list.txt")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {tmp_path / 'list.txt'}, row 1: 'Image Index,Finding Labels' is not one image name (the " \
-                  f"file lists one image name a line, as NIH's test_list.txt does)"
+    assert err == f"combinelabels.py: error: {tmp_path / 'list.txt'}, row 1: 'Image Index,Finding Labels' is not " \
+                  f"one image name (the file lists one image name a line, as NIH's test_list.txt does)"
     assert combinelabels.main(base + ["--test-boxes", str(tmp_path / "list.txt")]) == 2
     assert f"{tmp_path / 'list.txt'}: missing columns ['Finding Label']" in capsys.readouterr().err
     assert not (tmp_path / "c.csv").exists()

@@ -69,7 +69,8 @@ def test_a_signal_during_the_cache_build_is_one_line_and_the_cache_is_rebuilt(tm
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert err.rstrip().splitlines()[-1] == "traintest.py: interrupted before the first epoch ended; nothing to resume"
+    assert err.rstrip().splitlines()[-1] == ("traintest.py: interrupted by SIGTERM; the first epoch had not ended: "
+                                             "nothing to resume")
     assert "Traceback" not in err
     assert not any(f.endswith((".u8", ".json")) for f in os.listdir(cache))  # nothing that could pass for a cache
 
@@ -90,7 +91,7 @@ def test_a_stop_never_saves_a_run_whose_loss_went_non_finite(tmp_path, make_data
     from data.dataset import read_combined
     from models import build_model
     from utils.engine import NonFiniteLoss, make_loader, train_one_epoch
-    from utils.runtime import StopSignals
+    from data.commands import StopSignals
 
     frame = read_combined(make_dataset(tmp_path / "data", n_train=16, n_val=2, n_test=2, size=32), CLASSES)
     loader = make_loader(frame[frame["split"] == "train"], 32, CLASSES, batch_size=4, workers=0, train=True)

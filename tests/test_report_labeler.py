@@ -142,5 +142,5 @@ def test_cli_unwritable_out_is_one_line_exit_2(tmp_path, capsys, where):
         code, _ = run_cli(tmp_path, [["Mild cardiomegaly."]], out=out)
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith(f"error: {out}: ") and err.count("\n") == 1, err
+    assert err.startswith(f"python -m data.labels.report_labeler: error: {out}: ") and err.count("\n") == 1, err
     assert not os.path.exists(f"{out}.tmp") and not os.path.isfile(out)

@@ -58,7 +58,8 @@ def test_shard_auto_outside_a_task_is_one_line_and_exit_2(tmp_path):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "error: --shard auto: no task index in the environment (Cloud Batch's BATCH_TASK_INDEX and BATCH_TASK_COUNT, "
+        "download_images.py: error: --shard auto: no task index in the environment (Cloud Batch's BATCH_TASK_INDEX "
+        "and BATCH_TASK_COUNT, "
         "or a Kubernetes indexed Job's JOB_COMPLETION_INDEX); outside those, give --shard K/N"], result.stderr
     assert not (tmp_path / "out").exists()
 

@@ -8,7 +8,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from data.views import header_view, keeps, parse_views, view_kind
+from data.views import DEFAULT_VIEWS, header_view, keeps, parse_views, view_kind
 
 METADATA = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
                         "nlmcxr_dicom_metadata.csv.gz")
@@ -66,3 +66,23 @@ def test_parse_views():
     assert not keeps(views, "") and keeps(None, "")
     with pytest.raises(ValueError, match="names no view"):
         parse_views(" , ")
+
+
+def test_parse_views_of_padchest_projections():
+    """parselabelfile.py's --views: PadChest's own names in any case, the kinds as the projections of that kind."""
+    from data.labels.padchest import PROJECTIONS
+    assert parse_views("pa,Ap_Horizontal", PROJECTIONS) == {"PA", "AP_horizontal"}
+    assert parse_views("frontal", PROJECTIONS) == set(DEFAULT_VIEWS) == {"PA", "AP", "AP_horizontal"}
+    assert parse_views("lateral,costal", PROJECTIONS) == {"L", "COSTAL"}
+    assert parse_views("ALL", PROJECTIONS) is None
+    with pytest.raises(ValueError, match=r"^LL, XX is not a PadChest projection; give some of PA, AP, "):
+        parse_views("LL,pa,XX", PROJECTIONS, "a PadChest projection")  # a DICOM name is not PadChest's
+
+
+
+def test_both_views_flags_default_to_the_same_frontal_views():
+    import parselabelfile
+    import traintest
+    step2 = parselabelfile.parse_args(["--padchest-csv", "p.csv", "--out", "o"]).views
+    step4 = parse_views(traintest.parse_args(["--csv", "c.csv"]).views)
+    assert step2 == set(DEFAULT_VIEWS) and step4 == step2 | {"frontal"}  # step 4 also keeps the classifier's 'frontal'

@@ -8,14 +8,6 @@ import tempfile
 from data.errors import InputError
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line, "PROG: error: MESSAGE (see --help)", with exit status 2, like every other
-    bad input (its usage block would bury the one line that matters)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def checked(parse):
     """An argparse type from a parser that raises ValueError: its message, not argparse's "invalid value"."""
     def convert(text):

@@ -8,7 +8,6 @@ with a paired patient-bootstrap 95% interval (both runs scored on the same resam
 together) and DeLong's p-value (fast DeLong of Sun and Xu 2014); then the macro AUROC over the findings, with its paired
 interval. DIR defaults to RUN_B/compare/<name of RUN_A>; report.html of RUN_B shows it as a section.
 """
-import argparse
 import math
 import os
 import sys
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from data.classes import CLASSES, FINDINGS
+from data.commands import Parser, run_main
 from data.errors import InputError
 from data.files import atomic_path, read_table
 from utils.metrics import auroc
@@ -97,35 +97,34 @@ def summary(table, n_findings):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Exit status 2 on bad input (one line on stderr).")
+    parser = Parser(prog="python -m utils.compare", description=__doc__.split("\n\n")[0],
+                    epilog="Exit status 2 on bad input (one line on stderr).")
     parser.add_argument("run_a", help="run folder A (or its predictions.csv): the reference")
     parser.add_argument("run_b", help="run folder B (or its predictions.csv): the run compared with A")
     parser.add_argument("--out", help="folder for compare.csv (default: RUN_B/compare/<name of RUN_A>)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the resampling (default %(default)s)")
-    args = parser.parse_args(argv)
+    return run_main(parser.prog, parser.parse_args, compare_runs, argv)
+
+
+def compare_runs(args):
+    """compare.csv of runs args.run_a and args.run_b written, and its summary printed."""
+    a, b = paired_frames(args.run_a, args.run_b)
+    table, unit, n_findings = compare_table(a, b, args.bootstrap, args.seed)
+    default = os.path.join(args.run_b if os.path.isdir(args.run_b) else os.path.dirname(args.run_b) or ".",
+                           COMPARE_DIR, os.path.basename(os.path.normpath(args.run_a)) or "a")
+    out = args.out or default
     try:
-        a, b = paired_frames(args.run_a, args.run_b)
-        table, unit, n_findings = compare_table(a, b, args.bootstrap, args.seed)
-        default = os.path.join(args.run_b if os.path.isdir(args.run_b) else os.path.dirname(args.run_b) or ".",
-                               COMPARE_DIR, os.path.basename(os.path.normpath(args.run_a)) or "a")
-        out = args.out or default
-        try:
-            os.makedirs(out, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"--out {out}: cannot create it ({e.strerror})") from None
-        with atomic_path(os.path.join(out, "compare.csv")) as tmp:
-            table.assign(run_a=os.path.abspath(args.run_a), run_b=os.path.abspath(args.run_b), resampled=unit) \
-                .to_csv(tmp, index=False, na_rep="NA", float_format="%.6g")
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create it ({e.strerror})") from None
+    with atomic_path(os.path.join(out, "compare.csv")) as tmp:
+        table.assign(run_a=os.path.abspath(args.run_a), run_b=os.path.abspath(args.run_b), resampled=unit) \
+            .to_csv(tmp, index=False, na_rep="NA", float_format="%.6g")
     if unit != "patients":
         print(f"warning: resampling {unit}", file=sys.stderr)
     print(summary(table, n_findings))
     print(f"wrote {os.path.join(out, 'compare.csv')} ({len(a):,} test images, intervals by resampling {unit.split()[0]})")
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Stopped(Exception):
-    """A stop signal (utils.runtime.StopSignals) ended a loop that cannot be resumed in its middle (validation)."""
+    """A stop signal (data.commands.StopSignals) ended a loop that cannot be resumed in its middle (validation)."""
 
     def __init__(self, signum):
         super().__init__(signum)
@@ -177,7 +177,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
     rank at once, so that no rank hangs in a collective), at the look after it: the steps in between are lost, and
     so is nothing else, since only an epoch's end or a stop writes a checkpoint, and both look first.
 
-    `stop` (utils.runtime.StopSignals): after the step in which a stop signal arrived (under DDP: at the next look,
+    `stop` (data.commands.StopSignals): after the step in which a stop signal arrived (under DDP: at the next look,
     when every rank has heard of it), the epoch ends early with Progress.stopped set; the caller writes the
     mid-epoch checkpoint.
 
@@ -269,7 +269,7 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
     maps=True also keeps the class activation maps of all classes from the same forward pass (models.cam), at the
     feature map's resolution, so probabilities and maps can never disagree. An image that does not decode raises
     InputError naming it; with `bad` (a list) its row is left out instead (Predictions.indices says which rows are
-    there) and (path, reason) appended to `bad`, in row order. `stop` (utils.runtime.StopSignals): a stop signal
+    there) and (path, reason) appended to `bad`, in row order. `stop` (data.commands.StopSignals): a stop signal
     raises Stopped after the batch it arrived in (under DDP at the next of every `look_every` batches, on every
     rank together)."""
     model.eval()

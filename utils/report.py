@@ -4,7 +4,6 @@ Built from whatever of metrics.csv, roc.png, localization.csv, boxes.csv, predic
 holds. Images are referenced by relative paths, so the page opens from disk (file://) without a server, and the run
 folder can be copied or zipped whole.
 """
-import argparse
 import html
 import math
 import os
@@ -14,7 +13,8 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from data.errors import InputError
+from data.commands import Parser, run_main
+from data.errors import EnvironmentFault, InputError
 from data.files import read_table, write_text_atomic
 from utils.run_folder import (BOXES_CSV, CALIBRATION_CSV, COMPARE_CSV, COMPARE_DIR, HEATMAP_INDEX_CSV, HEATMAPS_DIR,
                               LOCALIZATION_CSV, METRICS_CSV, PREDICTIONS_CSV, RELIABILITY_PNG, REPORT_HTML, ROC_PNG)
@@ -256,22 +256,22 @@ def write_report(run_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write RUN/report.html from the files of a traintest.py run folder.")
+    parser = Parser(prog="python -m utils.report",
+                    description="Write RUN/report.html from the files of a traintest.py run folder.")
     parser.add_argument("run_dir", help="run folder (holds metrics.csv, roc.png, localization.csv, heatmaps/, ...)")
-    args = parser.parse_args(argv)
+    return run_main(parser.prog, parser.parse_args, report_run, argv)
+
+
+def report_run(args):
+    """RUN/report.html of run folder args.run_dir written, and its path printed."""
     if not os.path.isdir(args.run_dir):
         what = "is not a folder" if os.path.exists(args.run_dir) else "does not exist"
-        print(f"error: run folder {args.run_dir} {what}", file=sys.stderr)
-        return 2
+        raise InputError(f"run folder {args.run_dir} {what}")
     try:
         print(f"wrote {write_report(args.run_dir)}")
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:
-        print(f"error: cannot write {os.path.join(args.run_dir, 'report.html')}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    return 0
+        raise EnvironmentFault(f"cannot write {os.path.join(args.run_dir, 'report.html')}: {e.strerror or e}") \
+            from None
 
 
 if __name__ == "__main__":

@@ -198,6 +198,5 @@ def interrupted_hint(args):
     if args is None or args.predict or args.test_only or not args.output_dir or is_remote(args.output_dir):
         return ""
     if not os.path.isfile(path(args.output_dir, CHECKPOINT_LAST)):
-        return " before the first epoch ended; nothing to resume"
-    return (f"; the last checkpoint is kept: continue with python traintest.py --resume "
-            f"{args.sync_to or args.output_dir}")
+        return "the first epoch had not ended: nothing to resume"
+    return f"the last checkpoint is kept: continue with python traintest.py --resume {args.sync_to or args.output_dir}"

@@ -1,17 +1,14 @@
-"""The process a run happens in: logging, seeds and determinism, mixed precision, stop signals."""
-import contextlib
+"""The process a run happens in: logging, seeds and determinism, mixed precision (its stop signals:
+data.commands)."""
 import logging
 import logging.handlers
 import os
 import random
-import signal
 import sys
-import threading
 
 import numpy as np
 import torch
 
-from data.dataset import STOP_SIGNALS
 from utils import dist
 
 
@@ -110,71 +107,3 @@ def grad_scaler(dtype, device):
 def amp_name(dtype):
     """How the log and the benchmarks name a precision."""
     return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM where the run cannot stop at a step's end (setting up, building the cache, testing)."""
-
-    def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class StopSignals:
-    """SIGTERM (a spot VM's preemption notice, systemd's stop) and SIGINT (Ctrl-C) as a request to stop cleanly.
-
-    Inside deferred(), a signal is only recorded (`requested`, its number): the training loop looks at it after each
-    step and stops there, so that a mid-epoch checkpoint is written from a consistent state. Elsewhere it raises
-    Interrupted at once, as Ctrl-C raises KeyboardInterrupt. The first signal decides: later ones (a second Ctrl-C,
-    the SIGTERM a VM sends every process again) are ignored, so that nothing interrupts the checkpoint being written
-    or a clean-up under way, and after a stop they stay ignored until the process ends. Handlers are installed only
-    in the main thread (Python delivers signals there alone)."""
-
-    SIGNALS = STOP_SIGNALS
-
-    def __init__(self):
-        self.requested, self._deferring, self._previous = 0, 0, {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        if not self.requested:
-            self.release()
-            return
-        # after a stop the process is ending: later signals are ignored to its last line. SIG_IGN, since Python puts
-        # back the default action (death) of every signal it handles when the interpreter shuts down
-        for s in self._previous:
-            signal.signal(s, signal.SIG_IGN)
-
-    def release(self):
-        """The handlers there were before."""
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            return
-        self.requested = signum
-        if not self._deferring:
-            raise Interrupted(signum)
-
-    @contextlib.contextmanager
-    def deferred(self):
-        self._deferring += 1
-        try:
-            yield self
-        finally:
-            self._deferring -= 1
-
-    def agreed(self, total=None):
-        """Whether a stop signal has come: to this process, or with `total` (a sum over the ranks) to any rank."""
-        return bool(total(self.requested) if total else self.requested)
-
-    @property
-    def name(self):
-        return signal.Signals(self.requested).name if self.requested else ""
-

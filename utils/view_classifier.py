@@ -10,7 +10,6 @@ Projection, DICOM headers) in the train and val splits, its accuracy is measured
 patient-level held-out set), and it labels the unknown ones 'frontal' or 'lateral', with view_source 'predicted' and
 the probability in view_p_lateral so that nobody mistakes a guess for a header.
 """
-import argparse
 import os
 import sys
 
@@ -20,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
 from data.cache import image_cache
+from data.commands import Parser, run_main
 from data.dataset import decode_square, worker_process_init
 from data.errors import InputError
 from data.files import atomic_path, read_table
@@ -88,32 +88,31 @@ def classify_views(frame, cache_dir, size=THUMBNAIL, progress=True):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Exit status 2 on bad input (one line on stderr).")
+    parser = Parser(prog="python -m utils.view_classifier", description=__doc__.split("\n\n")[0],
+                    epilog="Exit status 2 on bad input (one line on stderr).")
     parser.add_argument("--csv", required=True, help="combinelabels.py's CSV (path, split, view columns)")
     parser.add_argument("--out", help="CSV to write (default: --csv itself, replaced atomically)")
     parser.add_argument("--cache-dir", help="where the 32-px thumbnails are cached (default: CSV_FOLDER/cache)")
     parser.add_argument("--size", type=int, default=THUMBNAIL, help="thumbnail side in pixels (default %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        frame = read_table(args.csv, ["ImageID", "path", "split"], what="combinelabels.py's CSV", error=InputError,
-                           dtype={"ImageID": str, "PatientID": str, "view": str}, keep_default_na=False)
-        root = os.path.dirname(os.path.abspath(args.csv))
-        absolute = frame.assign(path=[p if os.path.isabs(p) else os.path.join(root, p) for p in frame["path"]])
-        result, stats = classify_views(absolute, args.cache_dir or os.path.join(root, "cache"))
-        result["path"] = frame["path"]
-        out = args.out or args.csv
-        with atomic_path(out) as tmp:
-            result.to_csv(tmp, index=False)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_main(parser.prog, parser.parse_args, classify_csv, argv)
+
+
+def classify_csv(args):
+    """The unknown views of --csv predicted and written to --out, and what was done printed."""
+    frame = read_table(args.csv, ["ImageID", "path", "split"], what="combinelabels.py's CSV", error=InputError,
+                       dtype={"ImageID": str, "PatientID": str, "view": str}, keep_default_na=False)
+    root = os.path.dirname(os.path.abspath(args.csv))
+    absolute = frame.assign(path=[p if os.path.isabs(p) else os.path.join(root, p) for p in frame["path"]])
+    result, stats = classify_views(absolute, args.cache_dir or os.path.join(root, "cache"))
+    result["path"] = frame["path"]
+    out = args.out or args.csv
+    with atomic_path(out) as tmp:
+        result.to_csv(tmp, index=False)
     accuracy = ", ".join(f"{k[len('accuracy_'):]} {v:.3f}" for k, v in stats.items() if k.startswith("accuracy_"))
     held_out = (f"held-out accuracy {stats['accuracy']:.3f} on {stats['test']} test images of known view"
                 + (f" ({accuracy})" if accuracy else "")) if "accuracy" in stats else "no test images of known view"
     print(f"view classifier: trained on {stats['train']} images; {held_out}; {stats['predicted']} unknown views "
           f"predicted ({stats.get('predicted_lateral', 0)} lateral) -> {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import cv2
 
+from data.commands import helper_process_signals
 from data.decode import ImageError, decode_image_bytes, resize_longest
 from data.errors import EnvironmentFault, InputError
 from data.ingest.archives import MAX_NAME_BYTES, file_key, iter_members, output_name, read_job_bytes
@@ -27,8 +28,8 @@ PR_SET_PDEATHSIG = 1
 
 def _init_worker():
     cv2.setNumThreads(1)  # one core per worker process; the pool provides the parallelism
-    # Ctrl-C reaches the whole process group: the main process ends the workers, they print no traceback of their own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the stop signals are the main process's: it ends the workers, which print no traceback of their own
+    helper_process_signals()
     try:  # Linux: die with the fork server, which dies with the main process, even when that one is SIGKILLed
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):

@@ -13,7 +13,6 @@ PatientID and StudyID: every image of a report lands in the same split. Projecti
 is left empty.
 """
 
-import argparse
 import logging
 import os
 import re
@@ -28,7 +27,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.classes import CLASSES
-from data.errors import InputError, LabelFileError
+from data.commands import Parser, run_main
+from data.errors import LabelFileError
 from data.files import read_table
 from data.labels.report_labeler import NAMED, evaluate, format_table, has_words, label_reports
 
@@ -353,19 +353,19 @@ def evaluate_labeler(reports_source, labeler=label_reports):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Score the built-in report labeler (data/labels/report_labeler.py) "
-                                     "against OpenI's MeSH <major> codes: precision, recall and F1 per class.")
+    parser = Parser(prog="python -m data.labels.openi",
+                    description="Score the built-in report labeler (data/labels/report_labeler.py) against OpenI's "
+                                "MeSH <major> codes: precision, recall and F1 per class.")
     parser.add_argument("--evaluate-labeler", metavar="DIR_OR_TGZ", required=True,
                         help="OpenI reports: the ecgen-radiology folder or NLMCXR_reports.tgz")
-    args = parser.parse_args(argv)
-    try:
-        rows, rate = evaluate_labeler(args.evaluate_labeler)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_main(parser.prog, parser.parse_args, print_labeler_scores, argv)
+
+
+def print_labeler_scores(args):
+    """The built-in labeler's scores on --evaluate-labeler's reports, printed."""
+    rows, rate = evaluate_labeler(args.evaluate_labeler)
     print(format_table(rows))
     print(f"labeled at {rate:,.0f} reports/s")
-    return 0
 
 
 if __name__ == "__main__":

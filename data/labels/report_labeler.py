@@ -30,7 +30,8 @@ import time
 import numpy as np
 
 from data.classes import CLASSES
-from data.errors import InputError
+from data.commands import Parser, run_main
+from data.errors import EnvironmentFault, InputError
 from data.files import atomic_path
 
 # Mention phrases per class: lower-case regexes matched on word boundaries; where two start at the same
@@ -444,15 +445,20 @@ def write_labeled_csv(f, texts, values):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m data.labels.report_labeler", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", required=True,
                         help="CSV with one report per row and no header (CheXpert labeler input)")
     parser.add_argument("--out", required=True,
                         help="output CSV: Reports, then the 22 classes (1, 0, -1, blank = not mentioned)")
-    args = parser.parse_args(argv)
+    return run_main(parser.prog, parser.parse_args, label_file, argv)
+
+
+def label_file(args):
+    """The reports of --reports labelled into --out, and the speed printed."""
+    check_out_path(args.out)
+    texts = read_report_csv(args.reports)
     try:
-        check_out_path(args.out)
-        texts = read_report_csv(args.reports)
         # written to a temporary file beside --out, renamed when complete; opened first, so that a folder it may
         # not write to stops the run before the labeling
         with atomic_path(args.out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -460,14 +466,9 @@ def main(argv=None):
             values = [label_report(x) for x in texts]
             dt = time.perf_counter() - t
             write_labeled_csv(f, texts, values)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:
-        print(f"error: {args.out}: cannot write: {e.strerror or e}", file=sys.stderr)
-        return 2
+        raise EnvironmentFault(f"{args.out}: cannot write: {e.strerror or e}") from None
     print(f"labeled {len(texts)} reports in {dt:.2f} s ({len(texts) / max(dt, 1e-9):,.0f} reports/s) -> {args.out}")
-    return 0
 
 
 if __name__ == "__main__":
