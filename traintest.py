@@ -27,7 +27,6 @@ The seed's spellings (--run-dir, --out, --load_model, --save_model, --batch_size
 import argparse
 import logging
 import os
-import shutil
 import sys
 
 import torch
@@ -37,7 +36,7 @@ from data.classes import CLASSES, NUM_CLASSES
 from data.commands import Parser, StopSignals, run_main
 from data.dataset import image_frame, read_combined, selected_rows, split, training_splits
 from data.errors import InputError
-from data.files import atomic_path
+from data.files import copy_file
 from data.views import parse_views
 from models import LOSSES, MIN_INPUT_SIZE, MODEL_NAMES, canonical_name
 from utils import dist
@@ -45,13 +44,12 @@ from utils.calibration import fitted_thresholds, reported_probs
 from utils.checkpoint import input_size, load_checkpoint, load_weights, read_checkpoint, training_model
 from utils.cli import amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, parse_sources
 from utils.engine import LOOK_EVERY, NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch, validate
-from utils.evaluation import TEST, evaluation_sets, judge
+from utils.evaluation import TEST, evaluation_sets, judge, write_predictions
 from utils.localization import localize, parse_levels, read_box_csv
 from utils.metrics import choose_thresholds, headline, parse_classes, predictions_frame, summary_line, write_thresholds
 from utils.report import write_report
-from utils.run_folder import (CHECKPOINT_LAST, PREDICT_ERRORS_CSV, PREDICTIONS_CSV, begin, check_locations,
-                              interrupted_hint, locate, mirror, path, resumed_args, stopped_line, sync, write_file_errors,
-                              write_skipped)
+from utils.run_folder import (CHECKPOINT_LAST, begin, check_locations, interrupted_hint, locate, mirror, path,
+                              resumed_args, stopped_line, sync, write_skipped)
 from utils.runtime import amp_name, close_logging, grad_scaler, seed_everything, setup_logging, use_amp
 from utils.training import TrainingRun
 
@@ -90,8 +88,8 @@ def get_args_parser():
                     "mixed with the new one (without it such a folder is refused: continue it with --resume)")
 
     m = p.add_argument_group("model")
-    m.add_argument("--model", default="chexnet", type=checked(canonical_name), help=f"{', '.join(MODEL_NAMES)} (the seed's "
-                   "densenet, resnet, vgg are aliases)")
+    m.add_argument("--model", default="chexnet", type=checked(canonical_name),
+                   help=f"{', '.join(MODEL_NAMES)} (the seed's densenet, resnet, vgg are aliases)")
     m.add_argument("--pretrained", nargs="?", const=True, default=False, type=on_off, metavar="on|off",
                    help="start from torchvision's ImageNet weights: --weights FILE, or torch.hub's cache, into which "
                    "torchvision downloads them when they are absent (offline: the message names the file to put "
@@ -99,7 +97,8 @@ def get_args_parser():
     m.add_argument("--weights", metavar="FILE", help="ImageNet weights file of the backbone for --pretrained")
     m.add_argument("--pooling", default="lse", choices=["lse", "max", "avg"],
                    help="global pooling of the Unified DCNN (CheXNet always averages)")
-    m.add_argument("--lse-r", type=at_least(0.0, float, above=True), default=10.0, help="sharpness r of LSE pooling (the paper's best: 10)")
+    m.add_argument("--lse-r", type=at_least(0.0, float, above=True), default=10.0,
+                   help="sharpness r of LSE pooling (the paper's best: 10)")
     m.add_argument("--map-size", type=at_least(1), help="resize the Unified DCNN's transition map to S x S (8, 16, 32)")
     m.add_argument("--image-size", type=at_least(1), help="input side in pixels (default 224; a checkpoint's own size "
                    "when evaluating or predicting); at least " + ", ".join(f"{v} for {k}" for k, v in
@@ -140,18 +139,19 @@ def get_args_parser():
     t.add_argument("--seed", type=int, default=0, help="random seed (shuffling, flips, initialization)")
     t.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels: a killed and resumed run ends with the same metrics")
-    t.add_argument("--threads", type=at_least(1), help="torch intra-op threads per process (default: torch's choice, one "
-                   "per core; 1 is faster on a CPU shared with other busy processes)")
+    t.add_argument("--threads", type=at_least(1), help="torch intra-op threads per process (default: torch's choice, "
+                   "one per core; 1 is faster on a CPU shared with other busy processes)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
-    t.add_argument("--max-train-batches", type=at_least(1), help="stop each epoch after this many batches (smoke tests)")
+    t.add_argument("--max-train-batches", type=at_least(1),
+                   help="stop each epoch after this many batches (smoke tests)")
     t.add_argument("--limit", type=at_least(1), help="use only the first N rows of each split (smoke tests)")
 
     e = p.add_argument_group("which images, and how results are judged")
     e.add_argument("--views", default="frontal", type=checked(lambda text: parse_views(text) and text or text),
-                   help="views trained and evaluated on: a comma list of view values (PA, AP, AP_horizontal, LL, ...) "
-                   "or 'frontal' / 'lateral' for all of a kind, or 'all' (default: frontal, as CheXNet and ChestX-ray8; "
-                   "images of unknown view are counted and left out unless 'all': label them with python -m "
-                   "utils.view_classifier)")
+                   help="views trained and evaluated on: a comma list of view values (PA, AP, AP_horizontal, LL, "
+                   "...) or 'frontal' / 'lateral' for all of a kind, or 'all' (default: frontal, as CheXNet and "
+                   "ChestX-ray8; images of unknown view are counted and left out unless 'all': label them with "
+                   "python -m utils.view_classifier)")
     e.add_argument("--train-sources", type=checked(parse_sources), metavar="NAMES",
                    help="train and validate only on these sources (names of the Source column, comma-separated)")
     e.add_argument("--test-sources", type=checked(parse_sources), metavar="NAMES",
@@ -169,24 +169,22 @@ def get_args_parser():
                    help="bootstrap resamples for the 95%% intervals (resampling patients, all their images together)")
 
     h = p.add_argument_group("localization")
-    h.add_argument("--heatmap-classes", type=checked(parse_classes), help="comma-separated classes to map for every image "
-                   "(default: the classes predicted positive at the validation thresholds)")
+    h.add_argument("--heatmap-classes", type=checked(parse_classes), help="comma-separated classes to map for every "
+                   "image (default: the classes predicted positive at the validation thresholds)")
     h.add_argument("--box-thresholds", default="60,180", type=checked(parse_levels),
                    help="heatmap levels (0-255) at which boxes are drawn")
     h.add_argument("--boxes-csv", metavar="FILE", help="ground-truth boxes (NIH BBox_List_2017 layout) to score "
                    "localization against")
-    h.add_argument("--max-heatmaps", type=at_least(0), default=50, help="at most this many images get heatmap PNGs; boxes "
-                   "are found on every image (0: skip heatmaps, boxes and localization)")
+    h.add_argument("--max-heatmaps", type=at_least(0), default=50, help="at most this many images get heatmap PNGs; "
+                   "boxes are found on every image (0: skip heatmaps, boxes and localization)")
     return p
 
 
 def parse_args(argv):
     """The command line; with --resume, the run's stored arguments are the defaults the flags given replace."""
     parser = get_args_parser()
-    args = parser.parse_args(argv)
     given = given_flags(parser, argv)
-    if args.resume:
-        args = resumed_args(parser, argv, given)
+    args = resumed_args(parser, argv, given) if "resume" in given else parser.parse_args(argv)
     args.given, args.test_only = given, args.test_only or args.is_training == 0
     return args
 
@@ -218,15 +216,6 @@ def run_rows(args):
     return selected_rows(frame, args.csv, args.views, args.train_sources, args.test_sources)
 
 
-def evaluation_rows(frame, args, whole=False):
-    """{set: rows} to evaluate on (the test split, held-out sources, or the whole CSV); InputError when empty."""
-    sets = evaluation_sets(frame, args.test_sources, whole, lambda f, name: split(f, name, args.limit))
-    if not sets:
-        raise InputError(f"{args.csv} has no test rows (split == 'test') to evaluate on (--eval-split all evaluates "
-                         f"every image of a CSV the model never saw)")
-    return sets
-
-
 def loader(frame, args, image_size, train=False, cache_dir=None):
     return make_loader(frame, image_size, CLASSES, batch_size=args.batch_size, workers=args.workers, train=train,
                        seed=args.seed, cache=args.cache, cache_dir=cache_dir,
@@ -238,7 +227,7 @@ def train(args, device, amp, stop):
     is returned."""
     frame = run_rows(args)
     train_frame, val_frame = training_splits(frame, args.csv, args.test_sources, args.limit)
-    sets = evaluation_rows(frame, args)
+    sets = evaluation_sets(frame, args.test_sources, limit=args.limit, csv_path=args.csv)
     model, resumed = training_model(args, path(args.output_dir, CHECKPOINT_LAST))
     begin(args, new_run=not args.resume)
 
@@ -284,8 +273,7 @@ def train(args, device, amp, stop):
     if dist.is_main():
         write_thresholds(best["thresholds"], args.output_dir)
     if dist.is_main() and args.save_model:
-        with atomic_path(args.save_model) as tmp:
-            shutil.copyfile(run.best, tmp)
+        copy_file(run.best, args.save_model)
     test(model, sets, args, device, amp, best["thresholds"], best.get("temperatures"), image_size, run.bad)
 
 
@@ -294,7 +282,7 @@ def evaluate_only(args, device, amp):
     model, ckpt = load_checkpoint(args.load_model)
     image_size = input_size(model.model_args["name"], args.image_size or model.input_size)
     frame = run_rows(args)
-    sets = evaluation_rows(frame, args, whole=args.eval_split == "all")
+    sets = evaluation_sets(frame, args.test_sources, args.eval_split == "all", args.limit, args.csv)
     thresholds, temperatures = ckpt.get("thresholds"), ckpt.get("temperatures")
     val = split(frame, "val", args.limit) if thresholds is None or (args.calibrate and temperatures is None) else None
     if val is not None and len(val) == 0:
@@ -329,18 +317,8 @@ def predict_new(args, device, amp):
     out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0, bad=bad)
     # a calibrated model's thresholds apply to its calibrated probabilities
     out = out._replace(probs=reported_probs(out.probs, ckpt.get("temperatures")).reported)
-    errors_csv = path(args.output_dir, PREDICT_ERRORS_CSV)
+    write_predictions(args.output_dir, frame, out, thresholds, bad, args.predict)
     if dist.is_main():
-        write_file_errors(bad, errors_csv)
-        with atomic_path(path(args.output_dir, PREDICTIONS_CSV)) as tmp:
-            predictions_frame(frame.iloc[out.indices], out.probs, thresholds).to_csv(tmp, index=False)
-    if len(out.indices) == 0:
-        raise InputError(f"none of the {len(frame)} files at {args.predict} decoded (see {errors_csv})")
-    if bad:
-        log.warning("%d of %d files did not decode (listed in %s; first: %s: %s)", len(bad), len(frame), errors_csv,
-                    *bad[0])
-    if dist.is_main():
-        log.info("predicted %d images -> %s", len(out.indices), path(args.output_dir, PREDICTIONS_CSV))
         report_results(frame, out, args, thresholds, image_size)
 
 

@@ -11,6 +11,7 @@ import contextlib
 import lzma
 import os
 import secrets
+import shutil
 import tempfile
 import zlib
 
@@ -138,6 +139,12 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def copy_file(source, path):
+    """A copy of the file `source` at `path`, whole or not at all."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def write_text_atomic(path, text, rows=None):

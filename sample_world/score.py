@@ -55,7 +55,7 @@ def main(argv=None):
 
 def print_score(args):
     """The score table of run folder args.run_dir, printed."""
-    if not os.path.isfile(os.path.join(args.run_dir, "metrics.csv")):
+    if not os.path.isfile(os.path.join(args.run_dir, METRICS_CSV)):
         raise InputError(f"{args.run_dir} has no metrics.csv (is it a finished traintest.py run folder?)")
     table = score_run(args.run_dir)
     print(f"test split, findings drawn by the sample world (run {args.run_dir}):")

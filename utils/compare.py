@@ -20,7 +20,7 @@ from data.commands import Parser, run_main
 from data.errors import InputError
 from data.files import atomic_path, read_table
 from utils.metrics import auroc
-from utils.run_folder import COMPARE_DIR, PREDICTIONS_CSV
+from utils.run_folder import COMPARE_CSV, COMPARE_DIR, PREDICTIONS_CSV
 from utils.stats import bootstrap_aurocs, delong_test, macro_samples, percentile_interval
 
 
@@ -118,13 +118,13 @@ def compare_runs(args):
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise InputError(f"--out {out}: cannot create it ({e.strerror})") from None
-    with atomic_path(os.path.join(out, "compare.csv")) as tmp:
+    with atomic_path(os.path.join(out, COMPARE_CSV)) as tmp:
         table.assign(run_a=os.path.abspath(args.run_a), run_b=os.path.abspath(args.run_b), resampled=unit) \
             .to_csv(tmp, index=False, na_rep="NA", float_format="%.6g")
     if unit != "patients":
         print(f"warning: resampling {unit}", file=sys.stderr)
     print(summary(table, n_findings))
-    print(f"wrote {os.path.join(out, 'compare.csv')} ({len(a):,} test images, intervals by resampling {unit.split()[0]})")
+    print(f"wrote {os.path.join(out, COMPARE_CSV)} ({len(a):,} test images, intervals by resampling {unit.split()[0]})")
 
 
 if __name__ == "__main__":

@@ -11,34 +11,62 @@ and the model's predictions on them, writes to the run folder:
   pooled over the findings, before and (with --calibrate) after temperature scaling;
 - roc.png of the test split.
 """
+import logging
 import os
 
 import pandas as pd
 
 from data.classes import CLASSES, FINDINGS
+from data.dataset import split
+from data.errors import InputError
 from data.files import write_text_atomic
 from utils.calibration import calibration_table, plot_reliability
 from utils.metrics import grouped_metrics, image_groups, plot_roc, predictions_frame, write_metrics
-from utils.run_folder import CALIBRATION_CSV, METRICS_CSV, PREDICTIONS_CSV, RELIABILITY_PNG, ROC_PNG
+from utils import dist
+from utils.run_folder import (CALIBRATION_CSV, METRICS_CSV, PREDICT_ERRORS_CSV, PREDICTIONS_CSV, RELIABILITY_PNG,
+                              ROC_PNG, write_file_errors)
+
+log = logging.getLogger(__name__)
 
 TEST = "test"
 EXTERNAL = "external"
 
 
-def evaluation_sets(frame, test_sources=None, whole=False, split_rows=None):
-    """{set name: rows} of the CSV to evaluate on: 'test' (the test split, or every row with whole=True, for a CSV
-    the model never saw) and 'external:<source>' (every row of each held-out source). split_rows(frame, name) picks
-    a split (traintest passes data.dataset.split with its --limit)."""
+def evaluation_sets(frame, test_sources=None, whole=False, limit=None, csv_path="the CSV"):
+    """{set name: rows} of the CSV to evaluate on: 'test' (the test split, at most `limit` rows, or every row with
+    whole=True, for a CSV the model never saw) and 'external:<source>' (every row of each held-out source);
+    InputError naming `csv_path` when there is nothing to evaluate."""
     sets = {}
     held_out = frame["Source"].isin(test_sources) if test_sources else pd.Series(False, index=frame.index)
     rest = frame[~held_out].reset_index(drop=True)
     if whole:
         sets[TEST] = rest
     elif len(rest):
-        sets[TEST] = split_rows(rest, "test") if split_rows else rest[rest["split"] == "test"].reset_index(drop=True)
+        sets[TEST] = split(rest, TEST, limit)
     for source in test_sources or []:
         sets[f"{EXTERNAL}:{source}"] = frame[frame["Source"] == source].reset_index(drop=True)
-    return {name: rows for name, rows in sets.items() if len(rows)}
+    sets = {name: rows for name, rows in sets.items() if len(rows)}
+    if not sets:
+        raise InputError(f"{csv_path} has no test rows (split == 'test') to evaluate on (--eval-split all evaluates "
+                         f"every image of a CSV the model never saw)")
+    return sets
+
+
+def write_predictions(run_dir, frame, predictions, thresholds, bad, source):
+    """--predict's files: predictions.csv of the images of `frame` that decoded (no truth to judge them by: the
+    probabilities and the labels at the thresholds) and predict_errors.csv of the files in `bad` that did not, written
+    even when empty so that an old list never stays behind (rank 0); InputError when nothing from `source` decoded."""
+    errors_csv = os.path.join(run_dir, PREDICT_ERRORS_CSV)
+    if dist.is_main():
+        write_file_errors(bad, errors_csv)
+        write_text_atomic(os.path.join(run_dir, PREDICTIONS_CSV), predictions_frame(
+            frame.iloc[predictions.indices], predictions.probs, thresholds).to_csv(index=False))
+    if len(predictions.indices) == 0:
+        raise InputError(f"none of the {len(frame)} files at {source} decoded (see {errors_csv})")
+    if bad:
+        log.warning("%d of %d files did not decode (listed in %s; first: %s: %s)", len(bad), len(frame), errors_csv,
+                    *bad[0])
+    log.info("predicted %d images -> %s", len(predictions.indices), os.path.join(run_dir, PREDICTIONS_CSV))
 
 
 def set_groups(name, rows):

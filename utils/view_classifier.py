@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
-from data.cache import image_cache
+from data.cache import cache_folder, image_cache
 from data.commands import Parser, run_main
 from data.dataset import decode_square, worker_process_init
 from data.errors import InputError
@@ -103,7 +103,7 @@ def classify_csv(args):
                        dtype={"ImageID": str, "PatientID": str, "view": str}, keep_default_na=False)
     root = os.path.dirname(os.path.abspath(args.csv))
     absolute = frame.assign(path=[p if os.path.isabs(p) else os.path.join(root, p) for p in frame["path"]])
-    result, stats = classify_views(absolute, args.cache_dir or os.path.join(root, "cache"))
+    result, stats = classify_views(absolute, cache_folder(args.csv, args.cache_dir), size=args.size)
     result["path"] = frame["path"]
     out = args.out or args.csv
     with atomic_path(out) as tmp:

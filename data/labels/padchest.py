@@ -18,13 +18,12 @@ from tqdm import tqdm
 from data.classes import CLASSES
 from data.errors import LabelFileError
 from data.files import read_table
+from data.views import DEFAULT_VIEWS
 
 TAXONOMY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "padchest_tree.csv")
 CSV_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 # the Projection values of the PadChest CSV: frontal, lateral, costal (rib) views, and two review outcomes
 PROJECTIONS = ("PA", "AP", "AP_horizontal", "L", "COSTAL", "EXCLUDE", "UNK")
-FRONTAL = ("PA", "AP", "AP_horizontal")
-VIEWS = FRONTAL  # the default: the views CheXNet and ChestX-ray8 were trained and localized on
 REQUIRED_COLUMNS = ("ImageID", "StudyID", "PatientID", "Projection", "Labels")
 OPTIONAL_COLUMNS = ("MethodLabel",)  # 'Physician' or 'RNN_model': who labelled the image
 # Labels outside the tree. 'unchanged' is in the tree but says only "same as the previous study",
@@ -123,7 +122,7 @@ def read_padchest_csv(path):
     return frame
 
 
-def padchest_labels(path, taxonomy=TAXONOMY, views=VIEWS):
+def padchest_labels(path, taxonomy=TAXONOMY, views=DEFAULT_VIEWS):
     """PadChest label CSV -> (labels DataFrame in the per-source layout with a boolean Unlabeled column, stats).
 
     Drops and counts, in this order: projections not in `views` (None keeps every one), images labeled 'exclude',
