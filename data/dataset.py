@@ -18,7 +18,7 @@ from data.cache import image_cache
 from data.decode import read_image
 from data.errors import ImageError, InputError
 from data.files import check_values, image_files, missing_files, read_table
-from data.labels.combine import SPLITS
+from data.formats import SPLITS
 from data.transforms import SquareResize
 
 log = logging.getLogger(__name__)
