@@ -15,10 +15,9 @@ import sys
 from google.api_core.exceptions import GoogleAPIError
 
 from data.errors import EnvironmentFault, InputError
-from data.ingest.gcs import FETCH_THREADS, is_gcs_url
+from data.gcs import FETCH_THREADS, BucketFolder, is_gcs_url
 from data.ingest.pipeline import ingest, summary_line
 from data.ingest.shards import GcsOut, check_gcs_out, default_work_dir, shard_from_environment, shard_out
-from utils.run_sync import RunMirror
 
 DESCRIPTION = """\
 Ingest chest radiographs from archives into 8-bit grayscale PNGs.
@@ -160,8 +159,9 @@ def resolve_out(args):
     if not is_gcs_url(out):
         return shard, out, None
     check_gcs_out(args.source, out)
-    RunMirror(out).check_writable()  # a missing role is one line now, not after the first unit
-    return shard, args.work_dir or default_work_dir(out), GcsOut(out, threads=args.fetch_threads)
+    folder = BucketFolder(out, threads=args.fetch_threads)
+    folder.check_writable()  # a missing role is one line now, not after the first unit
+    return shard, args.work_dir or default_work_dir(out), GcsOut(folder)
 
 
 def main(argv=None):

@@ -40,7 +40,8 @@ from data.classes import CLASSES, NUM_CLASSES
 from data.dataset import image_frame, read_combined, split
 from data.views import parse_views, view_mask
 from data.errors import InputError
-from data.files import atomic_path, write_text_atomic
+from data.files import atomic_path, output_file, output_folder, write_text_atomic
+from data.gcs import BucketFolder, is_gcs_url
 from models import LOSSES, MIN_INPUT_SIZE, MODEL_NAMES, build_model, canonical_name, model_options
 from utils import dist
 from utils.checkpoint import (checkpoint_model, load_checkpoint, load_weights, model_checkpoint, pretrained_model,
@@ -52,9 +53,8 @@ from utils.localization import localize, parse_levels, read_box_csv
 from utils.metrics import (choose_thresholds, headline, mean_auroc, parse_classes, predictions_frame, summary_line,
                            write_thresholds)
 from utils.report import write_report
-from utils.cli import (Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, stored_args,
-                       writable_file, writable_folder)
-from utils.run_sync import RunMirror, is_remote, work_folder
+from utils.cli import Parser, amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, stored_args
+from utils.run_sync import pull_run, work_folder
 from utils.runtime import (StopSignals, amp_name, close_logging, grad_scaler, seed_everything, setup_logging,
                            use_amp)
 
@@ -207,10 +207,10 @@ def parse_args(argv):
             raise InputError(f"--resume continues {args.resume}'s own model; it cannot change "
                              f"{', '.join('--' + k.replace('_', '-') for k in refused)} (start a new run with "
                              f"--load-model {args.resume}/checkpoint_best.pt to fine-tune)")
-        url = args.resume if is_remote(args.resume) else None
+        url = args.resume if is_gcs_url(args.resume) else None
         folder = work_folder(url) if url else args.resume
         if url:
-            RunMirror(url).pull(folder)
+            pull_run(url, folder)
         known = vars(parser.parse_args([]))
         parser.set_defaults(**{k: v for k, v in stored_args(folder).items()
                                if k in known and k not in ("resume", "overwrite")})
@@ -396,7 +396,7 @@ def train(args, device, amp, stop):
         log.info("batch %d: CheXNet's recipe is batch 16 at lr 1e-3; a GPU trains several times faster at larger "
                  "batches, e.g. --batch-size 256 --lr %.3g (the learning rate scaled linearly with the batch)",
                  args.batch_size, args.lr * 256 / args.batch_size)
-    mirror = RunMirror(args.sync_to) if args.sync_to and dist.is_main() else None
+    mirror = BucketFolder(args.sync_to) if args.sync_to and dist.is_main() else None
     n_batches = len(train_loader) if args.max_train_batches is None else min(len(train_loader),
                                                                               args.max_train_batches)
     with stop.deferred():  # from here a stop signal ends the run at a step's end, with a checkpoint
@@ -585,13 +585,13 @@ def check_args(args):
         read_box_csv(args.boxes_csv)  # a bad row is found now, not after training
     if training and args.cache and args.cache_dir not in (None, "off"):
         raise InputError(f"--cache keeps the images in memory, --cache-dir {args.cache_dir} on disk: give one of them")
-    if args.sync_to and not is_remote(args.sync_to):
+    if args.sync_to and not is_gcs_url(args.sync_to):
         raise InputError(f"--sync-to {args.sync_to}: expected a gs://BUCKET/runs/NAME URL")
     if args.sync_to:
         work_folder(args.sync_to)  # a URL that names a run folder
-    writable_folder(args.output_dir, "--output-dir")
+    output_folder(args.output_dir, "--output-dir")
     if training and args.save_model:
-        writable_file(args.save_model, "--save-model")
+        output_file(args.save_model, "--save-model")
     last = os.path.join(args.output_dir, "checkpoint_last.pt")
     if training and args.resume and not os.path.isfile(last):
         raise InputError(f"cannot resume: {args.output_dir} has no checkpoint_last.pt (the run stopped before its "
@@ -600,7 +600,7 @@ def check_args(args):
         raise InputError(f"{args.output_dir} already holds a run (checkpoint_last.pt): continue it with --resume "
                          f"{args.sync_to or args.output_dir}, or pass --overwrite to start over and replace it")
     if args.sync_to and dist.is_main():
-        RunMirror(args.sync_to).check_writable()  # a missing role is found now, not after the first epoch
+        BucketFolder(args.sync_to).check_writable()  # a missing role is found now, not after the first epoch
 
 
 def start_run(args):
@@ -626,7 +626,7 @@ def run(args):
             torch.set_num_threads(args.threads)
         if not args.predict:
             args.output_dir = args.output_dir or "runs/run"
-        if is_remote(args.output_dir):  # a local work folder, mirrored to the bucket
+        if is_gcs_url(args.output_dir):  # a local work folder, mirrored to the bucket
             if args.sync_to and args.sync_to.rstrip("/") != args.output_dir.rstrip("/"):
                 raise InputError(f"--output-dir {args.output_dir} and --sync-to {args.sync_to}: give one of them")
             args.sync_to, args.output_dir = args.output_dir, work_folder(args.output_dir)
@@ -647,7 +647,7 @@ def run(args):
                 dist.barrier()
             stopped = train(args, device, amp, stop)
         if args.sync_to and dist.is_main():
-            sync(RunMirror(args.sync_to), args.output_dir)
+            sync(BucketFolder(args.sync_to), args.output_dir)
         return stopped
 
 
@@ -677,7 +677,7 @@ def main(argv=None):
 
 def interrupted_hint(args):
     """How to go on after an interruption: --resume when the run has a checkpoint to continue from."""
-    if args is None or args.predict or args.test_only or not args.output_dir or is_remote(args.output_dir):
+    if args is None or args.predict or args.test_only or not args.output_dir or is_gcs_url(args.output_dir):
         return ""
     last = os.path.join(args.output_dir, "checkpoint_last.pt")
     if not os.path.isfile(last):

@@ -1,10 +1,9 @@
-"""The command line: argparse types that give one clear message, what --resume needs from argparse, and the checks
-that the output locations can be written before any work starts."""
+"""The command line: argparse types that give one clear message, and what --resume needs from argparse. (Whether the
+output locations can be written is data.files.output_folder's and output_file's.)"""
 import argparse
 import json
 import math
 import os
-import tempfile
 
 from data.errors import InputError
 
@@ -82,35 +81,3 @@ def stored_args(run_dir):
         raise InputError(f"cannot resume: {path} holds a JSON {type(stored).__name__}, not the run's flags (an object)")
     stored.setdefault("output_dir", stored.get("run_dir"))  # args.json of the first format
     return stored
-
-
-def writable_folder(path, flag):
-    """`path`, created if needed and proven writable by writing a file in it; InputError naming `flag` otherwise."""
-    problem = folder_problem(path)
-    if problem:
-        raise InputError(f"{flag} {path}: {problem}")
-    return path
-
-
-def writable_file(path, flag):
-    """`path` when a file can be written there (its folder created if needed); InputError naming `flag` otherwise."""
-    if os.path.isdir(path):
-        raise InputError(f"{flag} {path} is a folder; give the path of a file")
-    folder = os.path.dirname(os.path.abspath(path))
-    problem = folder_problem(folder)
-    if problem:
-        raise InputError(f"{flag} {path} cannot be written: its folder {folder}: {problem}")
-    return path
-
-
-def folder_problem(path):
-    """Why no file can be written in folder `path` (created if missing), or None when one can."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        return "is a file, not a folder"
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        return f"not a writable folder ({e.strerror or e})"
-    return None
