@@ -27,7 +27,6 @@ import download_images
 from data.decode import decode_image_bytes
 from data import gcs
 from data.errors import EnvironmentFault, InputError
-from data.files import is_temporary
 from data.ingest import archives
 
 
