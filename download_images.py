@@ -11,14 +11,11 @@ import argparse
 import os
 import sys
 
-from google.api_core.exceptions import GoogleAPIError
-
 from data.commands import EXIT_FAILED, SIGNALLED, Parser, run_main
 from data.errors import EnvironmentFault
-from data.ingest.gcs import FETCH_THREADS, is_gcs_url
+from data.gcs import FETCH_THREADS, BucketFolder, is_gcs_url
 from data.ingest.pipeline import ingest, summary_line
 from data.ingest.shards import GcsOut, check_gcs_out, default_work_dir, shard_from_environment, shard_out
-from utils.run_sync import RunMirror
 
 PROG = "download_images.py"
 
@@ -151,8 +148,9 @@ def resolve_out(args):
     if not is_gcs_url(out):
         return shard, out, None
     check_gcs_out(args.source, out)
-    RunMirror(out).check_writable()  # a missing role is one line now, not after the first unit
-    return shard, args.work_dir or default_work_dir(out), GcsOut(out, threads=args.fetch_threads)
+    folder = BucketFolder(out, threads=args.fetch_threads)
+    folder.check_writable()  # a missing role is one line now, not after the first unit
+    return shard, args.work_dir or default_work_dir(out), GcsOut(folder)
 
 
 def run(args):
@@ -170,9 +168,7 @@ def run(args):
 
 def main(argv=None):
     return run_main(PROG, get_args, run, argv,
-                    errors={EnvironmentFault: "; what it stopped is not marked done: fix this and rerun",
-                            # goes when data/ingest/gcs.py raises only InputError and EnvironmentFault
-                            GoogleAPIError: ""},
+                    errors={EnvironmentFault: "; what it stopped is not marked done: fix this and rerun"},
                     interrupted=lambda args: f"finished archives are kept in {os.path.join(args.out, '.parts')}; "
                                              f"rerun the same command to resume")
 

@@ -2,9 +2,9 @@
 and the new way, side by side, against fake-gcs-server on this machine.
 
   listing  old: client.list_blobs with the full resource of every object (what ingest listed before)
-           new: data.ingest.gcs.list_blobs, only the fields a download needs (name, size, crc32c, generation)
-  fetching old: data.ingest.gcs.download_blob one object after another (what a unit of loose files did before)
-           new: data.ingest.gcs.download_blobs, --threads objects at a time (what a batch of loose objects does now)
+           new: data.gcs.list_blobs, only the fields a download needs (name, size, crc32c, generation)
+  fetching old: data.gcs.download_blob one object after another (what a unit of loose files did before)
+           new: data.gcs.download_blobs, --threads objects at a time (what a batch of loose objects does now)
 
 Prints objects/s for each and the ratio new / old, first against the emulator alone, then with a round trip added
 to every request by a proxy (--latency-ms). The emulator answers in well under a millisecond and shares this
@@ -27,7 +27,7 @@ import time
 import numpy as np
 from google.cloud.storage import transfer_manager
 
-from data.ingest import gcs
+from data import gcs
 from tests.test_gcs import GcsProxy, start_fake_gcs
 
 

@@ -3,8 +3,9 @@
 The file is memory-mapped read-only by every process that trains on it (DDP ranks, loader workers, later runs), so the
 node holds one copy in its page cache and no run decodes an image twice. It is named by what it holds: the image size,
 the decoder version and each path with its size and modification time; a CSV, an image size or a file that changes
-names another cache, which is built anew. A build writes to a `.partial` file and renames it only when every image is
-in, and the index (`.json`) is written last, so a build that is killed leaves nothing that can be mistaken for a cache.
+names another cache, which is built anew. A build writes through data.files.atomic_path (a temporary file, renamed only
+when every image is in), and the index (`.json`) is written last, so a build that is killed leaves nothing that can be
+mistaken for a cache.
 Builds take an exclusive lock (flock) on the cache's lock file: the first process builds, the others wait and open it.
 """
 import concurrent.futures
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import InputError
+from data.files import atomic_path, remove_temporary_files, write_text_atomic
 from data.transforms import SquareResize
 
 # Bump when the decoding or the resizing of training images changes: old caches then no longer match.
@@ -103,10 +105,15 @@ def _open(base, n, size):
 
 
 def _build(base, paths, size, decode, init, workers, progress):
+    with atomic_path(base + ".u8") as partial:
+        sizes, errors = _fill(partial, paths, size, decode, init, workers, progress)
+    write_text_atomic(base + ".json", json.dumps({"version": CACHE_VERSION, "images": len(paths), "size": size,
+                                                  "sizes": sizes.ravel().tolist(), "errors": errors}))
+
+
+def _fill(partial, paths, size, decode, init, workers, progress):
+    """Decode every image into the new image file `partial`; (their decoded sizes, their errors)."""
     n = len(paths)
-    partial = base + ".u8.partial"
-    if os.path.exists(partial):  # a killed build's: a builder process it left behind may still write into that one
-        os.remove(partial)
     with open(partial, "xb") as f:
         if n:  # allocated now: a full disk is an error here, not a SIGBUS in a worker writing to a sparse file
             os.posix_fallocate(f.fileno(), 0, n * size * size)
@@ -132,12 +139,7 @@ def _build(base, paths, size, decode, init, workers, progress):
             finally:
                 starter.shutdown(wait=True)
                 pool.shutdown(wait=True, cancel_futures=True)
-    os.replace(partial, base + ".u8")
-    tmp = base + ".json.partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"version": CACHE_VERSION, "images": n, "size": size, "sizes": sizes.ravel().tolist(),
-                   "errors": errors}, f)
-    os.replace(tmp, base + ".json")
+    return sizes, errors
 
 
 def _collect(results, sizes, errors, bar):
@@ -175,8 +177,12 @@ def image_cache(folder, paths, image_size, decode, init=None, workers=None, prog
         except (OSError, ValueError, KeyError, TypeError):
             pass
         try:
+            # Under the lock every temporary file of this image list is a killed build's (a builder process it left
+            # behind may still write into it: once removed, its writes go nowhere); .partial: an earlier version's.
+            remove_temporary_files(folder, prefix=f"images-{size}px-{name}-")
             for old in os.listdir(folder):
-                if old.startswith(f"images-{size}px-{name}-") and not old.startswith(os.path.basename(base)):
+                if old.startswith(f"images-{size}px-{name}-") and (not old.startswith(os.path.basename(base))
+                                                                   or old.endswith(".partial")):
                     os.remove(os.path.join(folder, old))
             _build(base, paths, size, decode, init, workers or len(os.sched_getaffinity(0)), progress)
         except OSError as e:

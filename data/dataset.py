@@ -17,7 +17,7 @@ from data.commands import helper_process_signals
 from data.decode import read_image
 from data.errors import ImageError, InputError
 from data.files import check_values, image_files, missing_files, read_table
-from data.labels.combine import SPLITS
+from data.formats import SPLITS
 from data.transforms import SquareResize
 from data.views import parse_views, view_mask
 

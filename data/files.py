@@ -6,13 +6,15 @@ A CSV that a step writes with `write_csv` gets a row count beside it (`NAME.rows
 count with what it read, so a file cut short (a killed writer of an older version, a partial copy, a full disk) is
 an error naming the file instead of fewer rows. A CSV without a count (written by hand or by another tool) reads
 unchecked.
+
+Every file a step writes goes through atomic_path: written under a temporary name beside it (one `is_temporary`
+knows), renamed into place when complete.
 """
 import contextlib
 import lzma
 import os
 import secrets
 import shutil
-import tempfile
 import zlib
 
 import numpy as np
@@ -22,6 +24,7 @@ from data.decode import IMAGE_SUFFIXES
 from data.errors import InputError, LabelFileError
 
 ROWS_SUFFIX = ".rows"
+TEMPORARY_SUFFIX = ".tmp"
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
 
 
@@ -126,13 +129,25 @@ def _as_written(path, i, column, parsed):
         return str(parsed)
 
 
+def is_temporary(name):
+    """Whether the file (or object) `name` is the temporary file of an atomic write: in progress, or left by a writer
+    that was killed. The one rule for every writer (atomic_path, the writable-folder check), so that what copies a
+    folder elsewhere (the bucket sync) can leave those out without knowing the writers."""
+    return str(name).endswith(TEMPORARY_SUFFIX)
+
+
+def temporary_path(path):
+    """A fresh temporary path beside `path` (a name is_temporary knows): unique, so that two writers of one file
+    never write into each other's temporary file."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f"{name[:200]}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """A temporary path beside `path` to write to; renamed onto `path` only when the block ends without an error, so
-    a process killed while writing leaves the previous file (or none), never a partial one. The name is unique, so
-    two writers of one file never write into each other's temporary file."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f"{name[:200]}.{secrets.token_hex(4)}.tmp")
+    a process killed while writing leaves the previous file (or none), never a partial one."""
+    tmp = temporary_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -147,12 +162,31 @@ def copy_file(source, path):
         shutil.copyfile(source, tmp)
 
 
+def remove_temporary_files(folder, prefix=""):
+    """Delete the temporary files directly in `folder` whose names start with `prefix`: what killed writers left.
+    Only for a caller that knows no writer of them runs now (it holds the folder's lock)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(prefix) and is_temporary(name):
+            os.remove(os.path.join(folder, name))
+
+
 def write_text_atomic(path, text, rows=None):
     """Write `text` to `path` atomically; with `rows`, also the row count that read_table checks."""
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             f.write(text)
     _write_counted(path, rows, write)
+
+
+def write_bytes_atomic(path, data):
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 def write_csv(frame, path, **to_csv_kwargs):
@@ -178,31 +212,53 @@ def _write_counted(path, rows, write):
 def output_folder(path, flag="--out"):
     """Create the folder `path` if needed and check that files can be written in it, before any work; InputError
     naming `flag` when it is a file, cannot be created or is read-only."""
-    _writable_folder(path, f"{flag} {path}")
+    problem = _folder_problem(path)
+    if problem == _NOT_A_FOLDER:
+        raise InputError(f"{flag} {path} {problem}")
+    if problem:
+        raise InputError(f"{flag} {path} {problem}: not a writable folder")
 
 
 def output_file(path, flag="--out"):
-    """Check that the file `path` can be written (its folder is created if needed), before any work."""
+    """Check that the file `path` can be written (its folder is created if needed), before any work; InputError
+    naming `flag` otherwise."""
     if os.path.isdir(path):
         raise InputError(f"{flag} {path}: is a folder; give the path of the file to write")
     folder = os.path.dirname(os.path.abspath(path))
-    _writable_folder(folder, f"{flag} {path}: its folder {folder}")
+    problem = _folder_problem(folder)
+    if problem:
+        raise InputError(f"{flag} {path}: its folder {folder} {problem}, so {os.path.basename(path)} cannot be "
+                         f"written")
 
 
-def _writable_folder(folder, label):
+_NOT_A_FOLDER = "is a file, not a folder"
+
+
+def _folder_problem(folder):
+    """Why no file can be written in `folder` (created when missing), or None when one can: proven by writing one."""
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise InputError(f"{label} is a file, not a folder")
+        return _NOT_A_FOLDER
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         reason = "a part of the path is a file" if isinstance(e, (NotADirectoryError, FileExistsError)) \
             else e.strerror or str(e)
-        raise InputError(f"{label} cannot be created ({reason})") from None
+        return f"cannot be created ({reason})"
+    probe = temporary_path(os.path.join(folder, ".write-check"))
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
+        open(probe, "xb").close()
     except OSError as e:
-        raise InputError(f"{label} is not writable ({e.strerror or e})") from None
+        return f"is not writable ({e.strerror or e})"
+    finally:  # a signal's exception included
+        if os.path.exists(probe):
+            os.remove(probe)
+    return None
+
+
+def is_gcs_url(location):
+    """Whether a location given on a command line is a gs:// URL (data.gcs reads and writes those) rather than a path;
+    here, where asking costs nothing, so that a run on local files never loads the GCS client."""
+    return str(location).startswith("gs://")
 
 
 def missing_files(paths):

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import contextlib
 import threading
 import time
 import urllib.request
@@ -21,12 +22,12 @@ from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage import transfer_manager
-from google.cloud.storage.exceptions import DataCorruption
 
 import download_images
 from data.decode import decode_image_bytes
-from data.errors import InputError
-from data.ingest import archives, gcs
+from data import gcs
+from data.errors import EnvironmentFault, InputError
+from data.ingest import archives
 
 
 def free_port():
@@ -130,10 +131,10 @@ def test_download_is_chunked_checksummed_and_reuses_a_valid_copy(gcs_server, tmp
     dest = tmp_path / "big.zip"
     gcs.download_blob(blob, str(dest), workers=4, chunk_bytes=64 * 1024)  # 5 parallel ranges
     assert dest.read_bytes() == data
-    assert gcs.local_copy_is_valid(blob, str(dest))
+    assert gcs.is_copy_of(blob, str(dest))
 
     dest.write_bytes(data[:-1] + b"\0")  # a damaged local copy is not reused
-    assert not gcs.local_copy_is_valid(blob, str(dest))
+    assert not gcs.is_copy_of(blob, str(dest))
     gcs.download_blob(blob, str(dest), chunk_bytes=64 * 1024)
     assert dest.read_bytes() == data
 
@@ -157,9 +158,9 @@ def test_corrupted_download_is_detected_and_retried(gcs_server, tmp_path, monkey
     gcs_server.create_bucket("bulk").blob("x.zip").upload_from_string(data)
     blob = gcs.list_blobs(gcs_server, "gs://bulk")["x.zip"]
     corrupt_first_chunk(monkeypatch)
-    with pytest.raises(DataCorruption):
+    with pytest.raises(EnvironmentFault, match=r"gs://bulk/x.zip: cannot download to .*x.zip \(DataCorruption: "):
         gcs.download_blob(blob, str(tmp_path / "x.zip"), chunk_bytes=64 * 1024, attempts=1)
-    assert not (tmp_path / "x.zip").exists() and not (tmp_path / "x.zip.partial").exists()
+    assert os.listdir(tmp_path) == []  # neither the file nor its temporary one
     corrupt_first_chunk(monkeypatch)
     gcs.download_blob(blob, str(tmp_path / "x.zip"), chunk_bytes=64 * 1024, attempts=2)  # retried
     assert (tmp_path / "x.zip").read_bytes() == data
@@ -172,23 +173,44 @@ def test_parse_gcs_url():
         gcs.parse_gcs_url("/local/path")
 
 
-# What GCS answers (JSON API) for a Requester Pays bucket read without userProject, and for a project it cannot bill.
+def test_what_gcs_refuses_is_an_environment_fault_naming_the_url_action_and_role(gcs_server, tmp_path):
+    """No client exception leaves data.gcs: a bucket that does not exist (GCS's 404) is the machine's configuration,
+    said with the role the account needs for what was tried."""
+    folder = gcs.BucketFolder("gs://nobucket/out", client=gcs_server)
+    (tmp_path / "a.txt").write_text("a")
+    for action, role, attempt in (("list", "objectViewer", folder.listing),
+                                  ("upload", "objectAdmin", lambda: folder.upload(str(tmp_path), ["a.txt"])),
+                                  ("write", "objectAdmin", folder.check_writable)):
+        with pytest.raises(EnvironmentFault, match=rf"^gs://nobucket/out(/a.txt)?: cannot {action} .*\(NotFound: "
+                                                   rf".*; gs://nobucket must exist .* needs roles/storage.{role} on it$"):
+            attempt()
+    gcs_server.create_bucket("runs")
+    with pytest.raises(InputError, match="an object name that is no file's path"):
+        gcs.BucketFolder("gs://runs", client=gcs_server).pull(str(tmp_path), {"../x": None})
+
+
+# What GCS answers (JSON API) for a Requester Pays bucket read without userProject, for a project it cannot bill, and
+# for a write by an account without the role to write.
 NO_USER_PROJECT = (400, "Bucket is a requester pays bucket but no user project provided.", "required")
 NOT_BILLABLE = (403, "someone@example.com does not have serviceusage.services.use access to the Google Cloud project. "
                      "Permission 'serviceusage.services.use' denied on resource (or it may not exist).", "forbidden")
+NOT_WRITABLE = (403, "someone@example.com does not have storage.objects.create access to the Google Cloud Storage "
+                     "object. Permission 'storage.objects.create' denied on resource (or it may not exist).",
+                "forbidden")
 
 
 class GcsProxy(ThreadingHTTPServer):
     """A proxy in front of fake-gcs-server that adds what the emulator lacks. Requester Pays: a request on bucket
-    `paid` without userProject gets GCS's 400, one billed to another project than `project` GCS's 403. Latency:
-    each request waits `delay_s` first (benchmarks/bench_gcs_loose.py). The rest is passed on; `seen` records
-    (bucket, method, path, userProject) of every request."""
+    `paid` without userProject gets GCS's 400, one billed to another project than `project` GCS's 403. Permissions:
+    a write (POST, PUT, PATCH, DELETE) on bucket `locked` gets GCS's 403. Latency: each request waits `delay_s`
+    first (benchmarks/bench_gcs_loose.py). The rest is passed on; `seen` records (bucket, method, path, userProject)
+    of every request."""
     daemon_threads = True
 
-    def __init__(self, port, upstream_port, paid=None, project=None, delay_s=0.0):
+    def __init__(self, port, upstream_port, paid=None, project=None, delay_s=0.0, locked=None):
         super().__init__(("127.0.0.1", port), _Forward)
-        self.upstream_port, self.paid, self.project, self.delay_s, self.seen = \
-            upstream_port, paid, project, delay_s, []
+        self.upstream_port, self.paid, self.project, self.delay_s, self.locked, self.seen = \
+            upstream_port, paid, project, delay_s, locked, []
 
 
 class _Forward(BaseHTTPRequestHandler):
@@ -205,8 +227,13 @@ class _Forward(BaseHTTPRequestHandler):
         self.server.seen.append((bucket, self.command, url.path, user_project))
         time.sleep(self.server.delay_s)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        refusal = None
         if bucket == self.server.paid and user_project != self.server.project:
-            status, message, reason = NO_USER_PROJECT if user_project is None else NOT_BILLABLE
+            refusal = NO_USER_PROJECT if user_project is None else NOT_BILLABLE
+        elif bucket == self.server.locked and self.command != "GET":
+            refusal = NOT_WRITABLE
+        if refusal is not None:
+            status, message, reason = refusal
             error = {"error": {"code": status, "message": message,
                                "errors": [{"message": message, "domain": "global", "reason": reason}]}}
             return self._reply(status, {"Content-Type": "application/json; charset=UTF-8"}, json.dumps(error).encode())
@@ -231,13 +258,13 @@ class _Forward(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
 
-@pytest.fixture
-def requester_pays(monkeypatch):
-    """(a client on fake-gcs-server itself, to set up buckets; the Requester Pays proxy download_images.py talks to,
-    whose paid bucket is 'nih-paid', billable to 'my-project')."""
+@contextlib.contextmanager
+def proxied_gcs(monkeypatch, **refusals):
+    """(a client on fake-gcs-server itself, to set up buckets; a GcsProxy(**refusals) in front of it, which
+    STORAGE_EMULATOR_HOST names, so that the scripts talk to it)."""
     port, proxy_port = free_port(), free_port()
     proc = start_fake_gcs(port, external_url=f"http://127.0.0.1:{proxy_port}")  # object links lead to the proxy
-    proxy = GcsProxy(proxy_port, port, paid="nih-paid", project="my-project")
+    proxy = GcsProxy(proxy_port, port, **refusals)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
@@ -250,6 +277,20 @@ def requester_pays(monkeypatch):
         proxy.server_close()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def requester_pays(monkeypatch):
+    """proxied_gcs whose paid bucket is 'nih-paid', billable to 'my-project'."""
+    with proxied_gcs(monkeypatch, paid="nih-paid", project="my-project") as served:
+        yield served
+
+
+@pytest.fixture
+def locked_bucket(monkeypatch):
+    """proxied_gcs whose bucket 'locked' the account may read but not write."""
+    with proxied_gcs(monkeypatch, locked="locked") as served:
+        yield served
 
 
 def png8(seed, shape=(40, 30)):
@@ -291,10 +332,9 @@ def test_the_real_client_raises_bad_request_for_requester_pays_and_it_is_mapped(
     exception."""
     direct, _ = requester_pays
     direct.create_bucket("nih-paid").blob("png/a.png").upload_from_string(png8(0))
-    with pytest.raises(api_exceptions.BadRequest) as raised:
+    with pytest.raises(InputError, match="--billing-project") as raised:
         gcs.list_blobs(gcs.make_client(), "gs://nih-paid/png")
-    mapped = gcs.access_error(raised.value, "gs://nih-paid/png")
-    assert isinstance(mapped, InputError) and "--billing-project" in str(mapped)
+    assert isinstance(raised.value.__context__, api_exceptions.BadRequest)
     assert gcs.access_error(api_exceptions.NotFound("no such object"), "gs://nih-paid/png") is None
 
 

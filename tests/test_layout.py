@@ -103,3 +103,49 @@ def test_the_checker_sees_function_local_and_relative_imports(tmp_path):
     path.write_text("def f():\n    from utils import metrics\n    from . import dataset\n")
     found = imports("data.m", str(path), {"data.m": "", "data.dataset": "", "utils": "", "utils.metrics": ""})
     assert found == [("utils.metrics", 2), ("data.dataset", 3)]
+
+
+# The README's layout section: a tree, one line per file, `name.py` (or `folder/`) indented two spaces a level, its
+# description from column 26 on. Every module of the scripts, packages, tooling and benchmarks is on it.
+DOCUMENTED = PACKAGES + TOOLING + ("benchmarks",)
+
+
+def readme_layout(text):
+    """{path: description} of the files the README's "Code layout" block lists."""
+    block = text.split("### Code layout", 1)[1].split("```", 2)[1]
+    listed, folders = {}, []
+    for line in block.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if not line.strip() or indent >= 24:  # a description running on
+            continue
+        name, _, description = line.strip().partition(" ")
+        folders = folders[:indent // 2]
+        listed["/".join([*folders, name])] = description.strip()
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+    return listed
+
+
+def source_files():
+    files = {f"{name}.py" for name in SCRIPTS}
+    for package in DOCUMENTED:
+        for folder, _, names in os.walk(os.path.join(ROOT, package)):
+            files |= {os.path.relpath(os.path.join(folder, n), ROOT).replace(os.sep, "/") for n in names
+                      if n.endswith(".py") and n != "__init__.py"}
+    return files
+
+
+def test_the_readme_lists_every_module_and_no_module_that_is_gone():
+    listed = readme_layout(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read())
+    files = source_files()
+    assert not sorted(files - set(listed)), "modules missing from the README's layout section"
+    assert not sorted(p for p in listed if p.endswith(".py") and p not in files), "listed but not there"
+    assert not [p for p, description in listed.items() if not description], "listed without a description"
+
+
+def test_the_layout_reader_sees_nesting_and_skips_descriptions():
+    text = ("### Code layout\n```\ntop.py                   a script\ndata/                    a package\n"
+            "  a.py                   first line of a\n                         b.py would be a description here\n"
+            "  sub/                   a subpackage\n    b.py                 in sub\n  c.py                   back up\n```\n")
+    assert readme_layout(text) == {"top.py": "a script", "data/": "a package", "data/a.py": "first line of a",
+                                   "data/sub/": "a subpackage", "data/sub/b.py": "in sub", "data/c.py": "back up"}

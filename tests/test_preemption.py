@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, STOPPABLE
+from data.files import is_temporary
 
 N_BATCHES = 16  # 64 training images, batch 4
 
@@ -64,7 +65,7 @@ def test_a_signal_during_the_cache_build_is_one_line_and_the_cache_is_rebuilt(tm
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and \
-            not (cache.is_dir() and any(f.endswith(".u8.partial") for f in os.listdir(cache))):
+            not (cache.is_dir() and any(is_temporary(f) and ".u8." in f for f in os.listdir(cache))):
         time.sleep(0.002)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
@@ -81,7 +82,7 @@ def test_a_signal_during_the_cache_build_is_one_line_and_the_cache_is_rebuilt(tm
     train = split(read_combined(str(csv), CLASSES), "train")
     built = ChestImages(train, 32, CLASSES, cache_dir=cache, progress=False).disk
     assert built.images.shape == (404, 32, 32) and os.path.basename(built.path) in os.listdir(cache)
-    assert not [f for f in os.listdir(cache) if "partial" in f]
+    assert not [f for f in os.listdir(cache) if is_temporary(f)]
     assert np.array_equal(built.images[-1], decode_square(str(tmp_path / "data" / "big.png"), SquareResize(32))[0][0])
 
 

@@ -1,9 +1,8 @@
-"""The command line: argparse types that give one clear message, what --resume needs from argparse, and the checks
-that the output locations can be written before any work starts."""
+"""The command line: argparse types that give one clear message, and what --resume needs from argparse (which flags
+a command line sets). The one-line Parser is data.commands'; whether an output location can be written,
+data.files.output_folder's and output_file's."""
 import argparse
 import math
-import os
-import tempfile
 
 from data.errors import InputError
 
@@ -66,33 +65,3 @@ def given_flags(parser, argv):
     return sorted(k for k, v in vars(parser.parse_args(argv, namespace=preset)).items() if v is not unset)
 
 
-def writable_folder(path, flag):
-    """`path`, created if needed and proven writable by writing a file in it; InputError naming `flag` otherwise."""
-    problem = folder_problem(path)
-    if problem:
-        raise InputError(f"{flag} {path}: {problem}")
-    return path
-
-
-def writable_file(path, flag):
-    """`path` when a file can be written there (its folder created if needed); InputError naming `flag` otherwise."""
-    if os.path.isdir(path):
-        raise InputError(f"{flag} {path} is a folder; give the path of a file")
-    folder = os.path.dirname(os.path.abspath(path))
-    problem = folder_problem(folder)
-    if problem:
-        raise InputError(f"{flag} {path} cannot be written: its folder {folder}: {problem}")
-    return path
-
-
-def folder_problem(path):
-    """Why no file can be written in folder `path` (created if missing), or None when one can."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        return "is a file, not a folder"
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        return f"not a writable folder ({e.strerror or e})"
-    return None

@@ -2,9 +2,16 @@
 prefix trained in a local work folder), what --resume reads back from it (args.json), what --overwrite deletes and
 when, and the lines that tell a user how to go on after a stop.
 
+A gs:// run (--output-dir or --sync-to gs://BUCKET/PREFIX, for a spot VM) is trained in a local work folder and
+mirrored to the bucket prefix, a data.gcs.BucketFolder: after each checkpoint the files whose size or CRC32C differ
+from the bucket's copy are uploaded (never a temporary file of a write in progress); `--resume gs://BUCKET/PREFIX` on
+a fresh VM downloads them first (pull_run), each verified by its checksum. Write permission is tried before training
+starts, so a missing role is one line at the start, not a traceback after the first epoch.
+
 Every module that writes or reads a run's files takes its name from here, so that --overwrite, the report, the
 comparison of two runs and the sample world's score agree on what a run holds.
 """
+import fcntl
 import json
 import logging
 import os
@@ -13,10 +20,8 @@ import shutil
 import pandas as pd
 
 from data.errors import InputError
-from data.files import atomic_path, write_text_atomic
+from data.files import atomic_path, is_gcs_url, output_file, output_folder, write_text_atomic
 from utils import dist
-from utils.cli import writable_file, writable_folder
-from utils.run_sync import RunMirror, is_remote, work_folder
 from utils.runtime import log_to_file
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,33 @@ def path(run_dir, name):
     return os.path.join(run_dir, name)
 
 
+def work_folder(url):
+    """The local folder a gs:// run is trained in: under the user's cache, named by the bucket and prefix, so that a
+    restarted VM that kept its disk finds it again ($XDG_CACHE_HOME/traintest/runs/BUCKET/PREFIX)."""
+    from data.gcs import parse_gcs_url  # on use: a run on local files never loads the GCS client
+    bucket, prefix = parse_gcs_url(str(url))
+    parts = [p for p in prefix.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise InputError(f"{url}: name a run folder inside the bucket, gs://BUCKET/runs/NAME")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "traintest", "runs", bucket, *parts)
+
+
+def pull_run(url, run_dir, client=None):
+    """Download the run at `url` into run_dir (BucketFolder.pull); returns how many files. The processes of one
+    machine (DDP ranks) take turns (a lock beside run_dir): the first downloads, the others find the files there.
+    InputError when the prefix holds no run."""
+    from data.gcs import BucketFolder
+    folder = BucketFolder(url, client=client)
+    os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
+    with open(os.path.abspath(run_dir) + ".pull.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        remote = folder.listing()
+        if not remote:
+            raise InputError(f"{folder.url}: no run there to resume (the prefix holds no objects)")
+        return folder.pull(run_dir, remote)
+
+
 def stored_args(run_dir):
     """The arguments a run was started with (run_dir/args.json); InputError naming the file when it is missing."""
     where = path(run_dir, ARGS_JSON)
@@ -85,10 +117,10 @@ def resumed_args(parser, argv, given):
         raise InputError(f"--resume continues {args.resume}'s own model; it cannot change "
                          f"{', '.join('--' + k.replace('_', '-') for k in refused)} (start a new run with "
                          f"--load-model {args.resume}/{CHECKPOINT_BEST} to fine-tune)")
-    url = args.resume if is_remote(args.resume) else None
+    url = args.resume if is_gcs_url(args.resume) else None
     folder = work_folder(url) if url else args.resume
     if url:
-        RunMirror(url).pull(folder)
+        pull_run(url, folder)
     known = vars(parser.parse_args([]))
     parser.set_defaults(**{k: v for k, v in stored_args(folder).items()
                            if k in known and k not in ("resume", "overwrite")})
@@ -103,7 +135,7 @@ def locate(args):
     the local work folder it is trained in; the flags naming files absolute."""
     if not args.predict:
         args.output_dir = args.output_dir or DEFAULT_RUN_DIR
-    if args.output_dir and is_remote(args.output_dir):
+    if args.output_dir and is_gcs_url(args.output_dir):
         if args.sync_to and args.sync_to.rstrip("/") != args.output_dir.rstrip("/"):
             raise InputError(f"--output-dir {args.output_dir} and --sync-to {args.sync_to}: give one of them")
         args.sync_to, args.output_dir = args.output_dir, work_folder(args.output_dir)
@@ -116,13 +148,13 @@ def locate(args):
 def check_locations(args, training):
     """The output locations, before any work: the run folder writable, --save-model's file, a run to resume (or none
     to replace without --overwrite), write access to --sync-to's bucket; InputError naming the first that is wrong."""
-    if args.sync_to and not is_remote(args.sync_to):
+    if args.sync_to and not is_gcs_url(args.sync_to):
         raise InputError(f"--sync-to {args.sync_to}: expected a gs://BUCKET/runs/NAME URL")
     if args.sync_to:
         work_folder(args.sync_to)  # a URL that names a run folder
-    writable_folder(args.output_dir, "--output-dir")
+    output_folder(args.output_dir, "--output-dir")
     if training and args.save_model:
-        writable_file(args.save_model, "--save-model")
+        output_file(args.save_model, "--save-model")
     last = path(args.output_dir, CHECKPOINT_LAST)
     if training and args.resume and not os.path.isfile(last):
         raise InputError(f"cannot resume: {args.output_dir} has no {CHECKPOINT_LAST} (the run stopped before its "
@@ -131,7 +163,7 @@ def check_locations(args, training):
         raise InputError(f"{args.output_dir} already holds a run ({CHECKPOINT_LAST}): continue it with --resume "
                          f"{args.sync_to or args.output_dir}, or pass --overwrite to start over and replace it")
     if args.sync_to and dist.is_main():
-        RunMirror(args.sync_to).check_writable()  # a missing role is found now, not after the first epoch
+        bucket(args.sync_to).check_writable()  # a missing role is found now, not after the first epoch
 
 
 def start_run(args):
@@ -159,7 +191,13 @@ def begin(args, new_run=False):
 
 def mirror(args):
     """The bucket copy of the run (--sync-to) on rank 0, or None."""
-    return RunMirror(args.sync_to) if args.sync_to and dist.is_main() else None
+    return bucket(args.sync_to) if args.sync_to and dist.is_main() else None
+
+
+def bucket(url):
+    """The bucket prefix `url` as a data.gcs.BucketFolder (the GCS client loaded on use)."""
+    from data.gcs import BucketFolder
+    return BucketFolder(url)
 
 
 def sync(bucket, run_dir):
@@ -195,7 +233,7 @@ def stopped_line(stop, args, where):
 
 def interrupted_hint(args):
     """How to go on after an interruption outside the training steps: --resume when there is a checkpoint."""
-    if args is None or args.predict or args.test_only or not args.output_dir or is_remote(args.output_dir):
+    if args is None or args.predict or args.test_only or not args.output_dir or is_gcs_url(args.output_dir):
         return ""
     if not os.path.isfile(path(args.output_dir, CHECKPOINT_LAST)):
         return "the first epoch had not ended: nothing to resume"

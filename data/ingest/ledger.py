@@ -27,13 +27,10 @@ from dataclasses import dataclass
 
 from data.decode import DECODER_VERSION, DICOM_SUFFIXES
 from data.files import write_text_atomic
+from data.formats import MANIFEST_COLUMNS
 from data.ingest.archives import file_key, loose_folder_of, safe_file_name
 
 FORMAT = 3
-# view: the DICOM header's (data.views.header_view), '' for PNG and JPEG; the last column, so that readers of the
-# earlier layout find every other column where it was.
-MANIFEST_COLUMNS = ["ImageID", "path", "archive", "member", "width", "height", "bits", "photometric",
-                    "status", "view"]
 ERROR_COLUMNS = ["archive", "member", "reason"]
 
 
@@ -71,7 +68,7 @@ def _check_marker(marker):
     if not isinstance(marker["archive"], str) or not isinstance(marker["manifest"], list) \
             or not isinstance(marker["errors"], list) or not isinstance(marker.get("lost", []), list):
         raise ValueError("archive, manifest, errors or lost of the wrong type")
-    columns = MANIFEST_COLUMNS if marker.get("format") == FORMAT else MANIFEST_COLUMNS[:-1]
+    columns = MANIFEST_COLUMNS if marker.get("format") == FORMAT else MANIFEST_COLUMNS[:-1]  # format 2: no view
     for rows, columns in ((marker["manifest"], columns), (marker["errors"], ERROR_COLUMNS)):
         for row in rows:
             if not isinstance(row, dict) or any(not isinstance(row.get(c), (str, int)) for c in columns):

@@ -20,19 +20,18 @@ import io
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent import futures
 
-from google.api_core.exceptions import GoogleAPIError
 from tqdm import tqdm
 
+from data import gcs
 from data.errors import EnvironmentFault, InputError
-from data.files import write_text_atomic
-from data.ingest import gcs
+from data.files import remove_temporary_files, write_text_atomic
+from data.formats import MANIFEST_COLUMNS
 from data.ingest.archives import loose_folder_of, plan_units, safe_file_name, shard_units
-from data.ingest.ledger import ERROR_COLUMNS, MANIFEST_COLUMNS, Ledger, settings_for, unit_identity
+from data.ingest.ledger import ERROR_COLUMNS, Ledger, settings_for, unit_identity
 from data.ingest.lock import OutLock
 from data.ingest.workers import WorkerPool, process_unit
 
@@ -55,11 +54,7 @@ def _stat_identity(path):
 def list_source(source, skip_dirs, billing_project=None):
     """(sorted source-relative file names, {name: identity}, {name: blob} for a gs:// source or None)."""
     if gcs.is_gcs_url(source):
-        client = gcs.make_client()
-        try:
-            blobs = gcs.list_blobs(client, source, billing_project)
-        except GoogleAPIError as e:
-            raise gcs.access_error(e, source, billing_project) or e
+        blobs = gcs.list_blobs(gcs.make_client(), source, billing_project)
         identities = {n: {"generation": b.generation, "crc32c": b.crc32c, "size": b.size} for n, b in blobs.items()}
         return sorted(blobs), identities, blobs
     if os.path.isfile(source):
@@ -102,13 +97,14 @@ def _prepare_out(out):
         raise InputError(f"--out {out}: cannot create it ({e.strerror or e})") from None
 
 
-def _fresh_temp_dir(images_dir, out):
-    """This run's temporary folder, inside images/ so that the final rename never crosses file systems (images/ may
-    be a link to another disk). Under OUT's lock, leftovers of killed runs are no other run's."""
-    for old in glob.glob(os.path.join(glob.escape(images_dir), ".tmp-*")):
+def _remove_leftovers(out, folders):
+    """Delete what killed runs left half-written in OUT: the temporary files of atomic writes in `folders`, and the
+    temporary folders older versions wrote images in (images/.tmp-*, .tmp). Under OUT's lock they are no other
+    run's."""
+    for folder in folders:
+        remove_temporary_files(folder)
+    for old in glob.glob(os.path.join(glob.escape(out), "images", ".tmp-*")) + [os.path.join(out, ".tmp")]:
         shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(os.path.join(out, ".tmp"), ignore_errors=True)  # where older versions kept theirs
-    return tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=images_dir)
 
 
 def _warn(message):
@@ -143,11 +139,8 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
             return {name: os.path.join(local_root, name) for name in unit.files}
         # A blob name must not steer the download outside download_dir, nor be too long for a file name.
         dests = [os.path.join(download_dir, safe_file_name(name)) for name in unit.files]
-        try:
-            return dict(zip(unit.files, gcs.download_blobs(
-                [(blobs[name], dest) for name, dest in zip(unit.files, dests)], fetch_threads)))
-        except GoogleAPIError as e:
-            raise gcs.access_error(e, source, billing_project) or e
+        return dict(zip(unit.files, gcs.download_blobs(
+            [(blobs[name], dest) for name, dest in zip(unit.files, dests)], fetch_threads)))
 
     _prepare_out(out)
     with OutLock(out):
@@ -155,7 +148,9 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
         try:
             for d in (images_dir, parts_dir):
                 os.makedirs(d, exist_ok=True)
-            tmp_dir = _fresh_temp_dir(images_dir, out)
+            # a --download-dir outside OUT may be another run's too: its downloads in flight are not leftovers
+            own = [out, images_dir, parts_dir] + ([download_dir] if _inside(download_dir, out) else [])
+            _remove_leftovers(out, own)
         except OSError as e:
             raise InputError(f"--out {out}: cannot write there ({e.strerror or e}: {e.filename})") from None
         try:
@@ -166,7 +161,7 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
             done_before = {u.name for u in units if ledger.is_done(u.name)}
             processed, written, unit_errors = _run_units(
                 units, ledger, fetch, remove_fetched=blobs is not None and not keep_archives, pool_size=workers,
-                dirs=(images_dir, tmp_dir), size=size, progress=progress,
+                images_dir=images_dir, size=size, progress=progress,
                 on_unit_done=publish and publish.unit_done)
             ledger.drop_retired()
             manifest, all_errors = ledger.merged()
@@ -178,8 +173,6 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
             if publish is not None:
                 publish.abandon()
             raise
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
     elsewhere = sorted(ledger.redo)
     if elsewhere:
         _warn(f"warning: {len(elsewhere)} finished units outside this run are no longer done (an earlier archive now "
@@ -193,7 +186,7 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
             "images_per_s": written / seconds if seconds > 0 else 0.0}
 
 
-def _run_units(units, ledger, fetch, remove_fetched, pool_size, dirs, size, progress, on_unit_done):
+def _run_units(units, ledger, fetch, remove_fetched, pool_size, images_dir, size, progress, on_unit_done):
     """Ingest every unit that is not done, in name order, including those an earlier one makes not done on the
     way; returns (names processed, images written, error rows)."""
     by_name = {u.name: u for u in units}
@@ -221,7 +214,7 @@ def _run_units(units, ledger, fetch, remove_fetched, pool_size, dirs, size, prog
                 raise
             except Exception as e:  # a download that failed after its retries: the machine's or network's
                 raise EnvironmentFault(f"{name}: download failed ({type(e).__name__}: {e})") from None
-            rows, errors, lost = process_unit(unit, local_files, pool, dirs, size, image_bar, ledger)
+            rows, errors, lost = process_unit(unit, local_files, pool, images_dir, size, image_bar, ledger)
             ledger.finish(name, rows, errors, lost)
             processed.add(name)
             written += len(rows)

@@ -19,10 +19,8 @@ import csv
 import os
 from concurrent import futures
 
-from google.api_core.exceptions import GoogleAPIError, NotFound
-
-from data.errors import EnvironmentFault, InputError
-from data.ingest import gcs
+from data import gcs
+from data.errors import InputError
 from data.ingest.archives import safe_file_name
 from data.ingest.ledger import part_file_name
 
@@ -91,77 +89,49 @@ def default_work_dir(url):
 
 
 class GcsOut:
-    """gs://bucket/prefix as the home of an OUT built in a local work folder (see the module doc); the `publish` of
-    data.ingest.pipeline.ingest. Uploads run in one background thread, one unit at a time, while the next unit is
-    ingested; a failed upload stops the run at the next unit with one line."""
+    """A BucketFolder as the home of an OUT built in a local work folder (see the module doc); the `publish` of
+    data.ingest.pipeline.ingest. What it adds is the order: uploads run in one background thread, one unit at a time
+    (its images, then its marker) while the next unit is ingested; a failed upload stops the run at the next unit
+    with one line."""
 
-    def __init__(self, url, client=None, threads=gcs.FETCH_THREADS):
-        self.url = url.rstrip("/")
-        name, self.prefix = gcs.parse_gcs_url(self.url)
-        self.client = client or gcs.make_client(threads)
-        self.bucket = self.client.bucket(name)
-        self.threads = threads
-        self.remote_markers = set()  # object names of the part markers in the bucket
+    def __init__(self, folder):
+        self.folder = folder
+        self.url = folder.url
+        self.out = None
+        self.remote_markers = set()  # relative names of the part markers in the bucket
         self.results_removed = False
         self.uploader = futures.ThreadPoolExecutor(1, thread_name_prefix="gcs-publish")
         self.pending = None
 
-    def _fail(self, action, e):
-        first = (str(e).splitlines() or [""])[0][:300]
-        return EnvironmentFault(f"{self.url}: cannot {action} ({type(e).__name__}: {first})")
-
-    def _list(self, sub=""):
-        try:
-            return {b.name: b for b in self.client.list_blobs(self.bucket, prefix=self.prefix + sub,
-                                                              fields=gcs.LIST_FIELDS)}
-        except GoogleAPIError as e:
-            raise self._fail("list", e) from None
-
-    def _delete(self, names):
-        for name in names:
-            try:
-                self.bucket.blob(name).delete()
-            except NotFound:
-                pass
-            except GoogleAPIError as e:
-                raise self._fail(f"delete {name}", e) from None
-
     def start(self, out):
         """Make OUT/.parts hold exactly the bucket's markers."""
+        self.out = out
+        remote = {name: blob for name, blob in self.folder.listing(".parts/").items() if name.endswith(".json")}
+        keep = {os.path.basename(name) for name in remote}
         parts = os.path.join(out, ".parts")
-        remote = {name: blob for name, blob in self._list(".parts/").items() if name.endswith(".json")}
-        keep = {name[len(self.prefix) + len(".parts/"):] for name in remote}
         for fname in os.listdir(parts):
             if fname.endswith(".json") and fname not in keep:
                 os.remove(os.path.join(parts, fname))
-        try:
-            gcs.download_blobs([(blob, os.path.join(parts, name[len(self.prefix) + len(".parts/"):]))
-                                for name, blob in remote.items()], self.threads)
-        except GoogleAPIError as e:
-            raise self._fail("download the part markers", e) from None
+        self.folder.pull(out, remote)
         self.remote_markers = set(remote)
 
     def unit_done(self, ledger, name, rows):
         """Queue the upload of a finished unit: its images, then its marker (after the previous unit's upload)."""
         self._wait()
-        marker = os.path.join(ledger.parts_dir, part_file_name(name))
-        local_markers = {self.prefix + ".parts/" + f for f in os.listdir(ledger.parts_dir) if f.endswith(".json")}
+        marker = ".parts/" + part_file_name(name)
+        local_markers = {".parts/" + f for f in os.listdir(ledger.parts_dir) if f.endswith(".json")}
         gone = sorted(self.remote_markers - local_markers)  # units this run made not done
-        images = [(os.path.join(ledger.images_dir, row["path"][len("images/"):]), self.prefix + row["path"])
-                  for row in rows]
-        self.remote_markers = (self.remote_markers - set(gone)) | {self.prefix + ".parts/" + part_file_name(name)}
-        self.pending = self.uploader.submit(self._publish_unit, gone, images, marker, name)
+        images = [row["path"] for row in rows]
+        self.remote_markers = (self.remote_markers - set(gone)) | {marker}
+        self.pending = self.uploader.submit(self._publish_unit, gone, images, marker)
 
-    def _publish_unit(self, gone, images, marker, name):
+    def _publish_unit(self, gone, images, marker):
         if not self.results_removed:
-            self._delete(self.prefix + f for f in RESULTS)
+            self.folder.delete(RESULTS)
             self.results_removed = True
-        self._delete(gone)
-        try:
-            gcs.upload_files(self.bucket, images, self.threads)
-            gcs.upload_files(self.bucket, [(marker, self.prefix + ".parts/" + part_file_name(name))], 1)
-        except (GoogleAPIError, OSError) as e:
-            raise self._fail(f"upload {name}", e) from None
+        self.folder.delete(gone)
+        self.folder.upload(self.out, images)
+        self.folder.upload(self.out, [marker])
 
     def _wait(self):
         if self.pending is not None:
@@ -174,15 +144,12 @@ class GcsOut:
         self._wait()
         self.uploader.shutdown()
         with open(os.path.join(out, "manifest.csv"), newline="", encoding="utf-8") as f:
-            wanted = {self.prefix + row["path"] for row in csv.DictReader(f)}
-        wanted |= {self.prefix + ".parts/" + f for f in os.listdir(os.path.join(out, ".parts")) if f.endswith(".json")}
-        stale = [name for name in self._list() if name not in wanted
-                 and name[len(self.prefix):].startswith(("images/", ".parts/"))]
-        self._delete(sorted(stale))
-        try:
-            gcs.upload_files(self.bucket, [(os.path.join(out, f), self.prefix + f) for f in RESULTS], 2)
-        except (GoogleAPIError, OSError) as e:
-            raise self._fail("upload manifest.csv and errors.csv", e) from None
+            wanted = {row["path"] for row in csv.DictReader(f)}
+        wanted |= {".parts/" + f for f in os.listdir(os.path.join(out, ".parts")) if f.endswith(".json")}
+        stale = [name for name in self.folder.listing() if name not in wanted
+                 and name.startswith(("images/", ".parts/"))]
+        self.folder.delete(sorted(stale))
+        self.folder.upload(out, RESULTS)
 
     def abandon(self):
         """Stop without waiting for an upload in flight (an interrupt): what is not in the bucket is done again."""

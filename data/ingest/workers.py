@@ -5,7 +5,6 @@ second time, alone, is blamed for it. Bad input comes back as an error row; an E
 be read or written now) comes back as itself and stops the unit, which then is not marked done.
 """
 import ctypes
-import hashlib
 import multiprocessing
 import os
 import signal
@@ -17,6 +16,7 @@ import cv2
 from data.commands import helper_process_signals
 from data.decode import ImageError, decode_image_bytes, resize_longest
 from data.errors import EnvironmentFault, InputError
+from data.files import write_bytes_atomic
 from data.ingest.archives import MAX_NAME_BYTES, file_key, iter_members, output_name, read_job_bytes
 
 # Fixed settings and no timestamps: the same input always gives the same PNG bytes.
@@ -36,23 +36,16 @@ def _init_worker():
         pass
 
 
-def write_image(png, name, images_dir, tmp_dir):
-    """Write next door, then rename: OUT/images never holds a partial file. Any failure is the machine's."""
+def write_image(png, name, images_dir):
+    """Write images/<name> atomically: OUT/images never holds a partial file. Any failure is the machine's."""
     final = os.path.join(images_dir, name)
-    tmp = os.path.join(tmp_dir, f"{os.getpid()}-{hashlib.sha1(name.encode()).hexdigest()[:16]}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(png)
-        os.replace(tmp, final)
+        write_bytes_atomic(final, png)
     except OSError as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
         raise EnvironmentFault(f"cannot write {final} ({e.strerror or e})") from None
 
 
-def process_job(job, images_dir, tmp_dir, size):
+def process_job(job, images_dir, size):
     """Decode, map to 8 bits, resize and write one member to images/<job.out_name>.
 
     Returns (manifest row, None) or (None, reason); raises EnvironmentFault.
@@ -71,7 +64,7 @@ def process_job(job, images_dir, tmp_dir, size):
         raise EnvironmentFault(f"out of memory decoding {job.member} (try fewer --workers)") from None
     except Exception as e:  # whatever else a decoder raises on bad bytes
         return None, f"cannot decode member ({type(e).__name__}: {e})"
-    write_image(png.tobytes(), job.out_name, images_dir, tmp_dir)
+    write_image(png.tobytes(), job.out_name, images_dir)
     row = {"ImageID": job.image_id, "path": f"images/{job.out_name}", "member": job.member, "status": "ok"}
     row.update(info)
     return row, None
@@ -113,13 +106,12 @@ class WorkerPool:
 WORKER_DIED = "worker process died while decoding (crash or out of memory)"
 
 
-def process_unit(unit, local_files, pool, dirs, size, bar, ledger):
+def process_unit(unit, local_files, pool, images_dir, size, bar, ledger):
     """Ingest every member of one unit; returns (manifest rows, error rows, lost file keys), rows sorted by member.
 
     An output file name goes to the first copy in archive order that decodes (see data/ingest/ledger.py): a later
     copy in the same unit waits and is tried only when the earlier one fails, so worker timing decides nothing.
     """
-    images_dir, tmp_dir = dirs
     rows, errors, lost, pending, suspects = [], [], [], {}, []
     running, waiting, kept = {}, {}, {}  # file key -> the copy being decoded / later copies / the copy written
 
@@ -130,9 +122,9 @@ def process_unit(unit, local_files, pool, dirs, size, bar, ledger):
     def start(job):
         running[job.key] = job
         if pool is None:
-            settle(job, *process_job(job, images_dir, tmp_dir, size))
+            settle(job, *process_job(job, images_dir, size))
         else:
-            fut, executor = pool.submit(job, images_dir, tmp_dir, size)
+            fut, executor = pool.submit(job, images_dir, size)
             pending[fut] = (job, executor)
 
     def settle(job, row, reason):
@@ -197,7 +189,7 @@ def process_unit(unit, local_files, pool, dirs, size, bar, ledger):
         drain(0)
     while suspects:  # one at a time, so only a member that kills a worker again is blamed
         job = suspects.pop(0)
-        fut, executor = pool.submit(job, images_dir, tmp_dir, size)
+        fut, executor = pool.submit(job, images_dir, size)
         try:
             result = fut.result()
         except (BrokenProcessPool, futures.CancelledError):

@@ -25,15 +25,14 @@ from skmultilearn.model_selection import IterativeStratification
 from data.classes import CLASSES
 from data.errors import InputError, LabelFileError
 from data.files import check_values, read_table
+from data.formats import MANIFEST_NEEDED, SPLITS
 from data.labels.nih import GOOGLE_COLUMNS, SOURCE as NIH
 from data.labels.rules import ID_COLUMNS, label_frame, label_values
 
-MANIFEST_COLUMNS = ["ImageID", "path", "width", "height"]
 # view: the label file's Projection (PadChest), else the manifest's view column where step 1 wrote one, else blank.
 # MethodLabel: PadChest's 'Physician' or 'RNN_model', blank for other sources.
 OUT_COLUMNS = ["ImageID", "path", "Source", "PatientID", "StudyID", "Projection", "view", "MethodLabel", "width",
                "height", "split", *CLASSES]
-SPLITS = ["train", "val", "test"]
 LABEL_FILES = ["padchest_labels.csv", "openi_labels.csv", "nih_labels.csv"]
 GOOGLE_FILE = "nih_google_labels.csv"
 
@@ -203,13 +202,13 @@ def read_google_labels(labels_dir):
 
 def read_manifest(path):
     """Step 1's manifest: ImageID, absolute path, width, height of every image that was written."""
-    frame = read_table(path, MANIFEST_COLUMNS, what="download_images.py's manifest.csv",
+    frame = read_table(path, MANIFEST_NEEDED, what="download_images.py's manifest.csv",
                        dtype={"ImageID": str, "path": str, "status": str, "view": str}, keep_default_na=False)
     if "status" in frame.columns:
         frame = frame[frame["status"].isin(["ok", ""])]
     frame = frame.drop_duplicates("ImageID")
     root = os.path.dirname(os.path.abspath(path))
-    frame = frame.reindex(columns=[*MANIFEST_COLUMNS, "view"], fill_value="")
+    frame = frame.reindex(columns=[*MANIFEST_NEEDED, "view"], fill_value="")
     relative = ~frame["path"].str.startswith(("/", "\\")) & ~frame["path"].str.match(r"^[A-Za-z]:[\\/]")
     frame.loc[relative, "path"] = root + os.sep + frame.loc[relative, "path"].str.replace("/", os.sep)
     return frame
