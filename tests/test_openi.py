@@ -1,6 +1,5 @@
 """OpenI reports: XML parsing from folder and .tgz, MeSH mapping, CheXpert import, bad input."""
 
-import importlib.util
 import os
 import re
 import tarfile
@@ -10,12 +9,12 @@ import pandas as pd
 import pytest
 
 import parselabelfile
+from conftest import REAL_DATA
 from data.classes import CLASSES
 from data.labels.openi import CHEXPERT_COLUMNS, mesh_labels, mesh_term_classes, openi_labels, read_reports, report_text
 from data.errors import LabelFileError
 
-REAL_TGZ = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
-                        "NLMCXR_reports.tgz")
+REAL_TGZ = os.path.join(REAL_DATA, "NLMCXR_reports.tgz")
 
 
 def positives(frame, image_id):

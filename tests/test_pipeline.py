@@ -2,19 +2,16 @@
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import ROOT
 from data.classes import CLASSES, FINDINGS
 from data.views import view_kind
 from utils.calibration import expected_calibration_error, reported_probs
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def run(*args):
     result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)

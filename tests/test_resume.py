@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 ARGS = ["--model", "unified-alexnet", "--image-size", 32, "--epochs", 3, "--batch-size", 4, "--workers", 0,
         "--deterministic", "--seed", 7, "--lr-patience", 0, "--bootstrap", 50, "--max-heatmaps", 0, "--amp", "off"]

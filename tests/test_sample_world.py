@@ -1,5 +1,4 @@
 import ast
-import importlib.util
 import gzip
 import io
 import os
@@ -18,6 +17,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless
 
 import sample_world as sw
+from conftest import REAL_DATA
 from data.classes import CLASSES
 
 SMALL = dict(padchest_images=40, openi_reports=8, images_per_zip=15, nih_images=0, progress=False)
@@ -103,10 +103,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 
 def test_padchest_csv_has_the_real_columns(world):
-    # find_spec locates the package data without importing torchxrayvision (and torch)
-    package = os.path.dirname(importlib.util.find_spec("torchxrayvision").origin)
-    real = os.path.join(package, "data",
-                        "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
+    real = os.path.join(REAL_DATA, "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
     with gzip.open(real, "rt") as f:
         real_header = f.readline().rstrip("\n")
     with open(os.path.join(world[0], "labels", sw.PADCHEST_CSV)) as f:
@@ -327,8 +324,7 @@ def test_every_spec_term_and_localization_is_real():
     # the terms must be in the taxonomy the label parser reads, the localizations in the real PadChest CSV
     taxonomy = set(sw.taxonomy_cuis())
     assert all(t in taxonomy for terms in sw.PADCHEST_TERMS.values() for t in terms)
-    package = os.path.dirname(importlib.util.find_spec("torchxrayvision").origin)
-    real = pd.read_csv(os.path.join(package, "data", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"),
+    real = pd.read_csv(os.path.join(REAL_DATA, "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"),
                        usecols=["Localizations"]).Localizations.dropna().unique()
     real_locs = {loc.strip() for text in real for loc in ast.literal_eval(text)}
     rng = np.random.default_rng(0)

@@ -1,17 +1,14 @@
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import ROOT
 from data.classes import CLASSES
 from sample_world import DRAWN_FINDINGS
 from utils.metrics import write_metrics
 from sample_world.score import main, score_run
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def write_run(run_dir, with_localization=True, groups=("all",)):
     """A run folder as traintest.py leaves it: metrics.csv for every class (NA where a class has no positives) in

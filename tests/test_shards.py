@@ -13,12 +13,10 @@ import time
 import pytest
 
 import download_images
+from conftest import ROOT, files_under, outputs, png8, read_csv, write_zip
 from data.errors import InputError
 from data.ingest import archives
 from data.ingest.shards import shard_from_environment
-from test_gcs import png8
-from test_hostile_ingest import outputs, write_zip
-from test_ingest import ROOT, files_under, read_csv
 
 TASK_VARIABLES = ("BATCH_TASK_INDEX", "BATCH_TASK_COUNT", "JOB_COMPLETION_INDEX", "SHARD_COUNT")
 

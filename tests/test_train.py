@@ -252,7 +252,7 @@ def test_the_gpu_benchmark_runs_without_pydicom_or_the_gcs_client(tmp_path):
     prints, and the training path never imports them."""
     import subprocess
     import sys
-    from test_decode import ROOT, WITHOUT_PYDICOM_AND_GCS
+    from conftest import ROOT, WITHOUT_PYDICOM_AND_GCS
     code = WITHOUT_PYDICOM_AND_GCS + (
         "import runpy\nrunpy.run_module('benchmarks.bench_gpu', run_name='__main__')\n"
         "assert not [m for m in sys.modules if m.startswith(('pydicom', 'google.cloud'))]\n")
