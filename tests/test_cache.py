@@ -96,6 +96,7 @@ np.savez(sys.argv[3], *[np.asarray(x) for batch in batches for x in batch])
 """
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_cache_and_see_the_uncached_batches(tmp_path, make_dataset):
     from data.classes import CLASSES
     from data.dataset import read_combined

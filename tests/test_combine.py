@@ -106,6 +106,7 @@ def test_rarest_first_balances_every_label():
                 assert np.all(np.abs(y[parts[k]].sum(0) - share * y.sum(0)) <= tolerance + 0.01 * y.sum(0))
 
 
+@pytest.mark.slow
 def test_full_size_split_is_patient_disjoint_and_stratified():
     padchest, _ = padchest_labels(os.path.join(TXRV, CSV_NAME + ".gz"))
     openi, _, _ = openi_labels(os.path.join(TXRV, "NLMCXR_reports.tgz"))
@@ -196,6 +197,7 @@ def test_consolidation_counts_as_infiltrates_in_chexpert():
     assert CHEXPERT_COLUMNS["Consolidation"] == CONSOLIDATION
 
 
+@pytest.mark.slow
 def test_real_mesh_and_text_labels_already_follow_the_rule():
     """The MeSH and text sources set 'other findings' and 'normal' as the rule does: on all 3,955 real reports it
     changes nothing."""
@@ -205,6 +207,7 @@ def test_real_mesh_and_text_labels_already_follow_the_rule():
         assert apply_rules(values)[1] == {"other_cleared": 0, "normal_cleared": 0}, source
 
 
+@pytest.mark.slow
 def test_openi_unlabeled_reports_are_dropped_or_kept_uncertain():
     """OpenI's label function marks reports without a usable label in an Unlabeled column (here: the 'No Indexing'
     ones, as the test says); without the column nothing is dropped."""

@@ -214,6 +214,7 @@ def test_rle_jpeg_lossless_and_baseline_dicoms_decode():
     assert rgb.shape == (256, 256) and rgb.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_the_training_path_reads_pngs_without_pydicom_or_the_gcs_client(tmp_path):
     img8 = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
     img16 = np.random.default_rng(1).integers(500, 4000, (40, 30)).astype(np.uint16)

@@ -203,6 +203,7 @@ def test_the_real_client_raises_bad_request_for_requester_pays_and_it_is_mapped(
     assert gcs.access_error(api_exceptions.NotFound("no such object"), "gs://nih-paid/png") is None
 
 
+@pytest.mark.slow
 def test_loose_objects_in_a_bucket_prefix_ingest_like_archives(gcs_server, tmp_path, capsys, monkeypatch):
     """NIH's layout (png/<Image Index>, Google's dicom/<name>.dcm): batches (here of 4, NIH's are of 500) fetched
     in parallel, ImageIDs as NIH's CSVs spell them, error rows, resume, shards."""

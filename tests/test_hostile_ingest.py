@@ -194,6 +194,7 @@ def assert_one_line_error(result, *words):
         assert word in lines[0], lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["unreadable archive", "full disk"])
 def test_a_machine_fault_stops_the_run_and_a_rerun_after_the_fix_completes_it(tmp_path, fault):
     src, out = tmp_path / "src", tmp_path / "out"
@@ -298,6 +299,7 @@ def session_processes(sid):
     return alive
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
                          ids=["SIGTERM to the script", "Ctrl-C to its process group"])
 def test_a_signal_ends_every_process_with_one_line_and_resume_is_byte_identical(tmp_path, signum, to_group):

@@ -151,6 +151,7 @@ def test_parse_views_that_match_nothing(tmp_path, capsys):
 
 # ---- atomic writes and cut files (issue 12 item 7) ----
 
+@pytest.mark.slow
 def test_sigterm_while_writing_leaves_the_previous_csv(tmp_path):
     """SIGTERM while parselabelfile.py writes the full PadChest labels: the previous padchest_labels.csv stays
     whole (before: cut at a row boundary), and no temporary file is left."""

@@ -21,6 +21,7 @@ from conftest import add_tar_bytes, dicom_crop, files_under, make_zips, png16, r
 from data.ingest.archives import image_id_for, plan_units, shard_units
 from data.decode import read_image, resize_longest
 
+
 def test_image_ids_follow_padchest_openi_and_nih():
     assert image_id_for("216840111366964013076187734852011291090445391_00-196-188.png") == \
         "216840111366964013076187734852011291090445391_00-196-188.png"
@@ -144,6 +145,7 @@ def test_openi_dicoms_ingest_identically_from_j2k_and_uncompressed(tmp_path):
     assert np.array_equal(img, resize_longest(read_image(get_testdata_file("RG1_UNCI.dcm")), 512))
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_byte_identical_outputs(tmp_path, capsys):
     src = tmp_path / "src"
     make_zips(src)

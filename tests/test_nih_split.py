@@ -17,6 +17,7 @@ from data.labels.combine import OUT_COLUMNS, combine, patient_labels
 from data.labels.nih import UNKNOWN
 from data.labels.rules import LABEL_COLUMNS
 
+pytestmark = pytest.mark.slow  # every test here runs step 2 or 3 on NIH's full label files
 ENTRY = os.path.join(DATA, "Data_Entry_2017_v2020.csv.gz")
 BOXES = os.path.join(DATA, "BBox_List_2017.csv.gz")
 GOOGLE = os.path.join(DATA, "google2019_nih-chest-xray-labels.csv.gz")

@@ -123,6 +123,7 @@ def test_the_label_parser_reads_it(world):
     assert frame["catheter"].isna().all()  # a class NIH does not label is unknown, not negative
 
 
+@pytest.mark.slow
 def test_steps_1_to_4_score_localization_on_the_nih_boxes(world, tmp_path):
     # as the demo runs them: step 1 on the archives and on the loose NIH PNGs, step 2 with --nih-csv, step 3 with both
     # manifests and --test-boxes, step 4 with --boxes-csv (the world's few PadChest and OpenI images label the classes
@@ -160,6 +161,7 @@ def test_steps_1_to_4_score_localization_on_the_nih_boxes(world, tmp_path):
                                                                            abs=1e-4)
 
 
+@pytest.mark.slow
 def test_boxes_in_nihs_1024_pixels_map_through_step_1s_resize(tmp_path, bright_spot, localize_images):
     # Two NIH-named 1024 x 1024 PNGs, each with one bright rectangle, stored by step 1 at 256 px; the model's map is
     # the brightness, so its boxes land on the rectangles. The box list, in NIH's layout and 1024-pixel frame, also

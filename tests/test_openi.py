@@ -27,6 +27,7 @@ def real():
     return openi_labels(REAL_TGZ)
 
 
+@pytest.mark.slow
 def test_all_real_reports_and_images_parse(real):
     frame, reports, stats = real
     assert stats["reports"] == 3955 == len(reports)
@@ -159,6 +160,7 @@ def independent_unlabeled_counts():
     return mesh, text
 
 
+@pytest.mark.slow
 def test_studies_without_a_usable_label_are_marked(real):
     frame, reports, stats = real
     (mesh_reports, mesh_images), (text_reports, text_images) = independent_unlabeled_counts()

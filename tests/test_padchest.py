@@ -77,6 +77,7 @@ def raw():
     return raw
 
 
+@pytest.mark.slow
 def test_real_csv_defaults_keep_frontal_views_and_count_what_they_drop(real, raw):
     """issue 10: frontal views only by default; physician-labelled images, dropped laterals and dropped unlabeled
     studies each equal to a count made here with plain pandas."""
@@ -109,6 +110,7 @@ def test_real_csv_defaults_keep_frontal_views_and_count_what_they_drop(real, raw
           f"{unlabeled} unlabeled dropped")
 
 
+@pytest.mark.slow
 def test_full_csv_class_counts_equal_an_independent_count(real, raw):
     frame, _ = real
     below = descendants_by_class()

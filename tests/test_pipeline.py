@@ -13,6 +13,9 @@ from data.classes import CLASSES, FINDINGS
 from data.views import view_kind
 from utils.calibration import expected_calibration_error, reported_probs
 
+pytestmark = pytest.mark.slow  # every test here reads what the four steps, run as scripts, wrote
+
+
 def run(*args):
     result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

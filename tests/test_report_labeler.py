@@ -89,6 +89,7 @@ def test_cli_is_a_chexpert_labeler_drop_in(tmp_path, capsys):
     assert "labeled 2 reports" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_agreement_with_openi_mesh_labels():
     rows, rate = evaluate_labeler(REAL_TGZ)
     f1 = {r["class"]: r["f1"] for r in rows}

@@ -39,6 +39,7 @@ def test_missing_bucket_or_run_is_one_line(gcs_server, tmp_path):
         RunMirror("gs://runs/none", client=gcs_server).pull(tmp_path / "fresh")
 
 
+@pytest.mark.slow
 def test_a_gs_run_stopped_on_one_vm_resumes_on_a_fresh_one(gcs_server, tmp_path, monkeypatch, uninterrupted,
                                                            stopped_run, traintest, metrics):
     """--output-dir gs://: trained in a local work folder, synced after each checkpoint; Ctrl-C (SIGINT to the whole

@@ -361,6 +361,7 @@ def run_script(*args):
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_the_view_classifier_learns_the_laterals_and_labels_openi_views_nobody_wrote(tmp_path):
     # steps 1-3 keep every view (--views all), then utils.view_classifier trains on the known views of train and val,
     # scores the test split's known views and labels the OpenI images whose ViewPosition is empty

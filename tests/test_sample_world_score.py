@@ -10,6 +10,7 @@ from sample_world import DRAWN_FINDINGS
 from utils.metrics import write_metrics
 from sample_world.score import main, score_run
 
+
 def write_run(run_dir, with_localization=True, groups=("all",)):
     """A run folder as traintest.py leaves it: metrics.csv for every class (NA where a class has no positives) in
     each group, the first group with AUROCs 0.5 ... 0.9 (mean 0.7) on the drawn findings and every later one with
@@ -53,6 +54,7 @@ def test_only_the_all_group_is_scored(tmp_path):
     assert table.loc["mean", "auroc"] == pytest.approx(0.7)
 
 
+@pytest.mark.slow
 def test_without_localization_and_as_a_module(tmp_path):
     run = write_run(tmp_path / "run", with_localization=False)
     result = subprocess.run([sys.executable, "-m", "sample_world.score", str(run)], cwd=ROOT, capture_output=True,

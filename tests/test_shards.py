@@ -155,6 +155,7 @@ def test_a_gs_out_is_uploaded_per_unit_and_a_fresh_vm_resumes_from_the_bucket(gc
     assert "images/00000099_000.png" in images and "images/00000003_000.png" not in images and len(images) == 12
 
 
+@pytest.mark.slow
 def test_a_gs_out_killed_mid_run_resumes_to_the_same_bucket_contents(gcs_server, tmp_path, no_task):  # noqa: F811
     source = gcs_server.create_bucket("zips")
     for z in range(6):
