@@ -9,7 +9,7 @@ WORK ?= work
 # pip prints one harmless line per local index folder that lacks a package; hide only those.
 PIP_QUIET := sed "/is ignored: it is neither a file nor a directory/d"
 
-.PHONY: install install-dev demo demo-compare test clean
+.PHONY: install install-dev demo demo-compare test test-fast clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ install-dev: $(VENV)/.dev
 
 test: install-dev
 	$(PY) -m pytest
+
+# The quick loop while editing: every module's unit tests, without the end-to-end ones marked slow (pyproject.toml).
+test-fast: install-dev
+	$(PY) -m pytest -m "not slow"
 
 # The demo model: the Unified DCNN with an AlexNet backbone trains fast enough on a 2-core CPU (fp32 where the CPU
 # has no native bf16). At 192 px its map is 11x11: at 128 px (7x7) it classified as well but its boxes missed.

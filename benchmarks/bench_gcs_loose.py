@@ -19,7 +19,6 @@ import argparse
 import io
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -28,13 +27,7 @@ import numpy as np
 from google.cloud.storage import transfer_manager
 
 from data import gcs
-from tests.test_gcs import GcsProxy, start_fake_gcs
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from sample_world.fake_gcs import GcsProxy, free_port, start_fake_gcs
 
 
 def timed(fn):

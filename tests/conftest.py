@@ -1,24 +1,39 @@
-"""Fixtures shared by the tests: a small learnable dataset, traintest.py run as a user runs it, a model whose class
-activation map is known, and a fake-gcs-server."""
+"""What more than one test module uses, in one place (test modules import it from here, never from each other):
+a small learnable dataset, traintest.py run as a user runs it, a model whose class activation map is known, a
+fake-gcs-server, step 1's inputs (images, archives, DICOMs) and outputs, and a machine without pydicom."""
 import contextlib
+import csv
+import importlib.util
+import io
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
+import textwrap
+import threading
 import time
+import warnings
+import zipfile
 
 import cv2
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 import torch
 import torch.nn.functional as F
+from pydicom.data import get_testdata_file
 from torch import nn
 
 from data.classes import CLASSES, NUM_CLASSES
+from data.labels.report_labeler import NOT_MENTIONED, label_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The real label files the torchxrayvision wheel ships (PadChest's, NIH's, OpenI's): real inputs without a download,
+# located without importing torchxrayvision (which imports torch).
+REAL_DATA = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data")
 LEARNED = [1, 2, 5, 11]  # atelectasis, cardiomegaly, pleural effusion, nodule: drawn as visible marks
 
 
@@ -106,7 +121,8 @@ def gcs_server(monkeypatch):
     """A storage client on a fresh fake-gcs-server, which the scripts reach through STORAGE_EMULATOR_HOST."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
-    from test_gcs import free_port, start_fake_gcs  # the server's binary and start-up, with the GCS tests
+
+    from sample_world.fake_gcs import free_port, start_fake_gcs
     port = free_port()
     proc = start_fake_gcs(port)
     try:
@@ -115,6 +131,45 @@ def gcs_server(monkeypatch):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def proxied_gcs(monkeypatch, **refusals):
+    """(a client on fake-gcs-server itself, to set up buckets; a GcsProxy(**refusals) in front of it, which
+    STORAGE_EMULATOR_HOST names, so that the scripts talk to it)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from sample_world.fake_gcs import GcsProxy, free_port, start_fake_gcs
+    port, proxy_port = free_port(), free_port()
+    proc = start_fake_gcs(port, external_url=f"http://127.0.0.1:{proxy_port}")  # object links lead to the proxy
+    proxy = GcsProxy(proxy_port, port, **refusals)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy_port}")
+        direct = storage.Client(project="test", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": f"http://127.0.0.1:{port}"})
+        yield direct, proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def requester_pays(monkeypatch):
+    """proxied_gcs whose paid bucket is 'nih-paid', billable to 'my-project'."""
+    with proxied_gcs(monkeypatch, paid="nih-paid", project="my-project") as served:
+        yield served
+
+
+@pytest.fixture
+def locked_bucket(monkeypatch):
+    """proxied_gcs whose bucket 'locked' the account may read but not write."""
+    with proxied_gcs(monkeypatch, locked="locked") as served:
+        yield served
 
 
 def with_amp(args):
@@ -264,3 +319,87 @@ def predict_and_localize(model, frame, run_dir, **options):
 @pytest.fixture(scope="session")
 def localize_images():
     return predict_and_localize
+
+
+def labels(text):
+    """The report labeler's mentions in `text`: {class: 1, 0 or -1}, the classes it does not mention left out."""
+    return {c: v for c, v in zip(CLASSES, label_report(text)) if v != NOT_MENTIONED}
+
+
+# ---- step 1 (download_images.py): its inputs and outputs ----
+
+def png8(seed, shape=(40, 30)):
+    """8-bit noise: with --size 0 the written pixels are the input's, so a file shows whose it is."""
+    return cv2.imencode(".png", np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))[1].tobytes()
+
+
+def png16(seed, shape=(96, 80)):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(500, 4000, shape).astype(np.uint16)
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def dicom_crop(size=64, syntax=None, **changes):
+    ds = pydicom.dcmread(get_testdata_file("RG1_UNCI.dcm"))
+    arr = ds.pixel_array[600:600 + size, 700:700 + size].copy()
+    ds.PixelData, ds.Rows, ds.Columns = arr.tobytes(), size, size
+    if syntax:
+        ds.file_meta.TransferSyntaxUID = syntax
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def add_tar_bytes(tf, name, data, kind=tarfile.REGTYPE, link=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, len(data)
+    tf.addfile(info, io.BytesIO(data) if data else None)
+
+
+def write_zip(path, members):
+    with zipfile.ZipFile(path, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": wanted here
+        for name, data in members:
+            zf.writestr(name, data)
+
+
+def make_zips(folder, archives=6, per_archive=6, shape=(900, 760)):
+    folder.mkdir()
+    for z in range(archives):
+        with zipfile.ZipFile(folder / f"{z}.zip", "w") as zf:
+            for i in range(per_archive):
+                zf.writestr(f"img_{z}_{i}.png", png16(100 * z + i, shape))
+
+
+def run_cli(src, out, workers):
+    return [sys.executable, os.path.join(ROOT, "download_images.py"), "--source", str(src), "--out", str(out),
+            "--size", "128", "--workers", str(workers), "--quiet"]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def files_under(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def outputs(out):
+    """Everything a run leaves for the next steps: manifest, errors and every image, as bytes."""
+    found = {name: (out / name).read_bytes() for name in ("manifest.csv", "errors.csv")}
+    found.update({f"images/{f}": (out / "images" / f).read_bytes() for f in files_under(out / "images")})
+    return found
+
+
+# A machine without pydicom and without the GCS client (a typical GPU VM without network): importing either fails.
+WITHOUT_PYDICOM_AND_GCS = textwrap.dedent("""
+    import importlib.abc, sys
+    class NotInstalled(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "pydicom" or name == "google.cloud" or name.startswith("google.cloud."):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+    sys.meta_path.insert(0, NotInstalled())
+""")

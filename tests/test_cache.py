@@ -7,13 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import read_only
+from conftest import ROOT, read_only
 from data.cache import image_cache as build_cache
 from data.dataset import decode_square, read_gray, worker_process_init
 from data.errors import InputError
 from data.transforms import SquareResize
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -34,6 +32,12 @@ def image_cache(folder, paths, size, **options):
     return build_cache(folder, paths, size, decode_square, worker_process_init, **options)
 
 
+def identities(cache):
+    """(inode, modification time) of a cache's image file and of its index: a build writes both anew and renames
+    them into place, so a rebuild changes them even where it gives the same name and bytes."""
+    return [(st.st_ino, st.st_mtime_ns) for st in map(os.stat, (cache.path, cache.path[:-3] + ".json"))]
+
+
 def expected(path, size):
     return SquareResize(size)(read_gray(path)).numpy()[0]
 
@@ -46,9 +50,13 @@ def test_cache_holds_what_the_loader_decodes(tmp_path, images):
         assert tuple(cache.sizes[i]) == (40 + i, 50) and cache.errors[i] == ""
     assert cache.errors[7] == decode_square(images[7], SquareResize(32))[2] == \
         "not a readable PNG (no PNG signature and IHDR header)"  # the loader's own reason, for the engine to name
+    built = identities(cache)
     again = image_cache(tmp_path / "cache", images, 32, workers=2, progress=False)
-    assert again.path == cache.path  # reused, not rebuilt
+    assert again.path == cache.path and identities(again) == built  # reused: the same files, not written again
     assert len([f for f in os.listdir(tmp_path / "cache") if f.endswith(".u8")]) == 1
+    os.utime(images[0], ns=(1, 1))  # an input changes (its modification time alone): the cache is stale
+    changed = image_cache(tmp_path / "cache", images, 32, workers=1, progress=False)
+    assert identities(changed) != built and not os.path.exists(cache.path)  # rebuilt, and the stale one removed
 
 
 def test_stale_or_partial_caches_are_rebuilt(tmp_path, images):
@@ -88,6 +96,7 @@ np.savez(sys.argv[3], *[np.asarray(x) for batch in batches for x in batch])
 """
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_cache_and_see_the_uncached_batches(tmp_path, make_dataset):
     from data.classes import CLASSES
     from data.dataset import read_combined

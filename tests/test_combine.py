@@ -1,6 +1,5 @@
 """Step 3: join with the manifest and a leak-free, stratified patient-level split."""
 
-import importlib.util
 import os
 import tarfile
 
@@ -11,6 +10,7 @@ from skmultilearn.model_selection import IterativeStratification
 
 import combinelabels
 import parselabelfile
+from conftest import REAL_DATA as TXRV
 from data.classes import CLASSES
 from data.labels.combine import OUT_COLUMNS, FastBookkeeping, RarestFirstStratification, combine, patient_split
 from data.labels.openi import (CHEXPERT_COLUMNS, mesh_term_classes, openi_labels, read_reports, report_labels,
@@ -20,7 +20,6 @@ from data.labels.padchest import CSV_NAME, padchest_labels, term_classes
 from data.labels.report_labeler import label_reports
 from data.labels.rules import CONSOLIDATION, LABEL_COLUMNS, apply_rules, finish
 
-TXRV = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data")
 
 
 def label_frame(source, rows):
@@ -107,6 +106,7 @@ def test_rarest_first_balances_every_label():
                 assert np.all(np.abs(y[parts[k]].sum(0) - share * y.sum(0)) <= tolerance + 0.01 * y.sum(0))
 
 
+@pytest.mark.slow
 def test_full_size_split_is_patient_disjoint_and_stratified():
     padchest, _ = padchest_labels(os.path.join(TXRV, CSV_NAME + ".gz"))
     openi, _, _ = openi_labels(os.path.join(TXRV, "NLMCXR_reports.tgz"))
@@ -197,6 +197,7 @@ def test_consolidation_counts_as_infiltrates_in_chexpert():
     assert CHEXPERT_COLUMNS["Consolidation"] == CONSOLIDATION
 
 
+@pytest.mark.slow
 def test_real_mesh_and_text_labels_already_follow_the_rule():
     """The MeSH and text sources set 'other findings' and 'normal' as the rule does: on all 3,955 real reports it
     changes nothing."""
@@ -206,6 +207,7 @@ def test_real_mesh_and_text_labels_already_follow_the_rule():
         assert apply_rules(values)[1] == {"other_cleared": 0, "normal_cleared": 0}, source
 
 
+@pytest.mark.slow
 def test_openi_unlabeled_reports_are_dropped_or_kept_uncertain():
     """OpenI's label function marks reports without a usable label in an Unlabeled column (here: the 'No Indexing'
     ones, as the test says); without the column nothing is dropped."""

@@ -22,7 +22,7 @@ from conftest import ROOT, with_amp, write_dataset
 from data.classes import CLASSES
 from data.commands import EXIT_BAD_INPUT, Parser, StopSignals, run_main, signal_status
 from data.errors import EnvironmentFault, InputError
-from test_ingest import make_zips
+from conftest import make_zips
 
 SIGNALS = [(signal.SIGTERM, False), (signal.SIGINT, True)]
 SIGNAL_IDS = ["SIGTERM to the command", "Ctrl-C to its process group"]

@@ -5,9 +5,12 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # every test here trains on two processes
 
 
 def test_two_gloo_processes_train_and_gather_every_test_image_once(tmp_path, make_dataset, traintest, metrics):

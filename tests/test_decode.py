@@ -1,5 +1,4 @@
 import io
-import os
 import shutil
 import struct
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from conftest import ROOT, WITHOUT_PYDICOM_AND_GCS
 from data.decode import ImageError, decode_image_bytes, read_image, resize_longest
 
 
@@ -214,18 +214,7 @@ def test_rle_jpeg_lossless_and_baseline_dicoms_decode():
     assert rgb.shape == (256, 256) and rgb.dtype == np.uint8
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A machine without pydicom and without the GCS client (a typical GPU VM without network): importing either fails.
-WITHOUT_PYDICOM_AND_GCS = textwrap.dedent("""
-    import importlib.abc, sys
-    class NotInstalled(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "pydicom" or name == "google.cloud" or name.startswith("google.cloud."):
-                raise ModuleNotFoundError(f"No module named {name!r}")
-    sys.meta_path.insert(0, NotInstalled())
-""")
-
-
+@pytest.mark.slow
 def test_the_training_path_reads_pngs_without_pydicom_or_the_gcs_client(tmp_path):
     img8 = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
     img16 = np.random.default_rng(1).integers(500, 4000, (40, 30)).astype(np.uint16)

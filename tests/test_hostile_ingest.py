@@ -4,7 +4,6 @@ import gzip
 import io
 import json
 import os
-import warnings
 import resource
 import shutil
 import signal
@@ -13,7 +12,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import zipfile
 from urllib.parse import quote
 
 import cv2
@@ -21,37 +19,19 @@ import numpy as np
 import pytest
 
 import download_images
+from conftest import (ROOT, add_tar_bytes, dicom_crop, files_under, make_zips, outputs, png8, png16, read_csv,
+                      run_cli, write_zip)
 from data.decode import decode_image_bytes
 from data.ingest.archives import safe_file_name
-from test_ingest import ROOT, add_tar_bytes, dicom_crop, files_under, make_zips, png16, read_csv, run_cli
-
-
-def png8(seed, shape=(40, 30)):
-    """8-bit noise: with --size 0 the written pixels are the input's, so a file shows whose it is."""
-    return cv2.imencode(".png", np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))[1].tobytes()
 
 
 def jpeg(seed, shape=(40, 30)):
     return cv2.imencode(".jpg", np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))[1].tobytes()
 
 
-def write_zip(path, members):
-    with zipfile.ZipFile(path, "w") as zf, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": wanted here
-        for name, data in members:
-            zf.writestr(name, data)
-
-
 def ingest(src, out, *extra, workers=0, size=0):
     return download_images.main(["--source", str(src), "--out", str(out), "--size", str(size),
                                  "--workers", str(workers), "--quiet", *map(str, extra)])
-
-
-def outputs(out):
-    """Everything a run leaves for the next steps: manifest, errors and every image, as bytes."""
-    found = {name: (out / name).read_bytes() for name in ("manifest.csv", "errors.csv")}
-    found.update({f"images/{f}": (out / "images" / f).read_bytes() for f in files_under(out / "images")})
-    return found
 
 
 def assert_same_as_fresh(src, out, tmp_path, **kwargs):
@@ -214,6 +194,7 @@ def assert_one_line_error(result, *words):
         assert word in lines[0], lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["unreadable archive", "full disk"])
 def test_a_machine_fault_stops_the_run_and_a_rerun_after_the_fix_completes_it(tmp_path, fault):
     src, out = tmp_path / "src", tmp_path / "out"
@@ -318,6 +299,7 @@ def session_processes(sid):
     return alive
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
                          ids=["SIGTERM to the script", "Ctrl-C to its process group"])
 def test_a_signal_ends_every_process_with_one_line_and_resume_is_byte_identical(tmp_path, signum, to_group):

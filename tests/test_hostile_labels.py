@@ -2,7 +2,6 @@
 file or flag and exit status 2, never a traceback; a killed write leaves the previous CSV, and a cut CSV is noticed.
 """
 import gzip
-import importlib.util
 import os
 import signal
 import subprocess
@@ -21,11 +20,9 @@ from data.dataset import read_combined
 from data.errors import InputError, LabelFileError
 from data.files import read_table, rows_path, write_csv
 from data.labels.combine import read_label_csv
-from conftest import read_only
+from conftest import REAL_DATA as TXRV, ROOT, read_only
 from data.labels.padchest import CSV_NAME, read_taxonomy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TXRV = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data")
 REAL_CSV = os.path.join(TXRV, CSV_NAME + ".gz")
 REAL_TGZ = os.path.join(TXRV, "NLMCXR_reports.tgz")
 PADCHEST_COLUMNS = ["ImageID", "StudyID", "PatientID", "Projection", "MethodLabel", "Labels"]
@@ -154,6 +151,7 @@ def test_parse_views_that_match_nothing(tmp_path, capsys):
 
 # ---- atomic writes and cut files (issue 12 item 7) ----
 
+@pytest.mark.slow
 def test_sigterm_while_writing_leaves_the_previous_csv(tmp_path):
     """SIGTERM while parselabelfile.py writes the full PadChest labels: the previous padchest_labels.csv stays
     whole (before: cut at a row boundary), and no temporary file is left."""

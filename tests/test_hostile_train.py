@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import ROOT
 from data.classes import CLASSES
 from models import MIN_INPUT_SIZE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--model", "unified-alexnet", "--image-size", 32, "--workers", 0, "--bootstrap", 5, "--max-heatmaps", 0]
 PWNED = "pwned.txt"
 
@@ -130,6 +130,7 @@ def test_training_stops_at_a_bad_image_naming_it(tmp_path, capsys, traintest, tr
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
 
 
+@pytest.mark.slow
 def test_skip_bad_images_trains_without_them_and_lists_them(tmp_path, capsys, traintest, trained):
     csv = broken_copy(trained, tmp_path, ["train003.png", "val001.png", "test002.png"])
     run = tmp_path / "run"
@@ -363,6 +364,7 @@ def test_resume_refuses_a_best_checkpoint_a_broken_one_and_a_corrupt_args_json(t
 
 # ---- 5. a run with no heatmap drawn still gets its report ----
 
+@pytest.mark.slow
 def test_a_run_with_no_heatmap_drawn_gets_its_report(tmp_path, capsys, traintest, trained):
     ckpt = torch.load(trained["best"], weights_only=True)
     ckpt["thresholds"] = [1.0] * len(CLASSES)  # no class is ever predicted, so no heatmap is drawn
@@ -382,6 +384,7 @@ def test_a_run_with_no_heatmap_drawn_gets_its_report(tmp_path, capsys, traintest
 
 # ---- 6. Ctrl-C ----
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, trained):
     run = tmp_path / "run"
     command = [sys.executable, os.path.join(ROOT, "traintest.py"), "--csv", str(trained["csv"]), "--output-dir",

@@ -5,7 +5,6 @@ import signal
 import stat
 import struct
 import subprocess
-import sys
 import tarfile
 import time
 import zipfile
@@ -18,44 +17,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import download_images
+from conftest import add_tar_bytes, dicom_crop, files_under, make_zips, png16, read_csv, run_cli
 from data.ingest.archives import image_id_for, plan_units, shard_units
 from data.decode import read_image, resize_longest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def png16(seed, shape=(96, 80)):
-    rng = np.random.default_rng(seed)
-    img = rng.integers(500, 4000, shape).astype(np.uint16)
-    return cv2.imencode(".png", img)[1].tobytes()
-
-
-def dicom_crop(size=64, syntax=None, **changes):
-    ds = pydicom.dcmread(get_testdata_file("RG1_UNCI.dcm"))
-    arr = ds.pixel_array[600:600 + size, 700:700 + size].copy()
-    ds.PixelData, ds.Rows, ds.Columns = arr.tobytes(), size, size
-    if syntax:
-        ds.file_meta.TransferSyntaxUID = syntax
-    for key, value in changes.items():
-        setattr(ds, key, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
-def add_tar_bytes(tf, name, data, kind=tarfile.REGTYPE, link=""):
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.size = kind, link, len(data)
-    tf.addfile(info, io.BytesIO(data) if data else None)
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def files_under(folder):
-    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
 
 
 def test_image_ids_follow_padchest_openi_and_nih():
@@ -181,19 +145,7 @@ def test_openi_dicoms_ingest_identically_from_j2k_and_uncompressed(tmp_path):
     assert np.array_equal(img, resize_longest(read_image(get_testdata_file("RG1_UNCI.dcm")), 512))
 
 
-def make_zips(folder, archives=6, per_archive=6, shape=(900, 760)):
-    folder.mkdir()
-    for z in range(archives):
-        with zipfile.ZipFile(folder / f"{z}.zip", "w") as zf:
-            for i in range(per_archive):
-                zf.writestr(f"img_{z}_{i}.png", png16(100 * z + i, shape))
-
-
-def run_cli(src, out, workers):
-    return [sys.executable, os.path.join(ROOT, "download_images.py"), "--source", str(src), "--out", str(out),
-            "--size", "128", "--workers", str(workers), "--quiet"]
-
-
+@pytest.mark.slow
 def test_kill_and_resume_gives_byte_identical_outputs(tmp_path, capsys):
     src = tmp_path / "src"
     make_zips(src)

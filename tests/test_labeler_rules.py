@@ -5,18 +5,17 @@ Hedged negations are uncertain; a pericardial effusion and soft-tissue edema are
 findings; a statement that a structure is normal is a negative mention of the findings about it; a report without
 words says nothing."""
 
-import importlib.util
 import os
 import re
 import tarfile
 
 import pytest
 
+from conftest import REAL_DATA, labels
 from data.classes import CLASSES
 from data.labels.report_labeler import NOT_MENTIONED, label_report
 
-REAL_TGZ = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
-                        "NLMCXR_reports.tgz")
+REAL_TGZ = os.path.join(REAL_DATA, "NLMCXR_reports.tgz")
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +28,6 @@ def real_reports():
                 xml = " ".join(tar.extractfile(member).read().decode("utf-8").split())
                 reports[re.search(r'<uId id="(CXR\d+)"', xml).group(1)] = xml
     return reports
-
-
-def labels(text):
-    return {c: v for c, v in zip(CLASSES, label_report(text)) if v != NOT_MENTIONED}
 
 
 # (sentence from a real report, its report, the labels). Before these rules, the first four gave the finding 0 and

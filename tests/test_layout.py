@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 PACKAGES = ("data", "models", "utils")
 # the sample world (the demo's and the tests' generated data) is tooling beside the production packages: it may use
 # them, none of them may use it

@@ -1,7 +1,6 @@
 """Step 5: boxes from maps, overlaps, the NIH box file, the ChestX-ray8 localization table, and localize() end to end."""
 import csv
 import gzip
-import importlib.util
 import math
 import os
 
@@ -10,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REAL_DATA
 from data.errors import LabelFileError
 from utils.heatmaps import heatmaps_to_uint8, scale_boxes
 from utils.localization import (PAPER_ACCURACY, box_overlaps, boxes_from_heatmaps, clip_to_images, format_table,
                                 ground_truth, localization_table, match_image_ids, read_box_csv)
 
 NIH_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
-REAL_BOXES = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
-                          "BBox_List_2017.csv.gz")
+REAL_BOXES = os.path.join(REAL_DATA, "BBox_List_2017.csv.gz")
 
 
 def blob(shape, cx, cy, sigma, peak):

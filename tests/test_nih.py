@@ -1,6 +1,5 @@
 """NIH ChestX-ray14 labels from the real Data_Entry_2017_v2020.csv.gz shipped with torchxrayvision."""
 import gzip
-import importlib.util
 import math
 import os
 
@@ -8,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REAL_DATA as DATA
 from data.classes import CLASSES
 from data.errors import LabelFileError
 from data.labels.nih import UNKNOWN, finding_class, nih_labels
 
-DATA = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data")
 REAL_CSV = os.path.join(DATA, "Data_Entry_2017_v2020.csv.gz")
 
 
@@ -31,6 +30,7 @@ def independent_sets():
     return {r[i]: set(r[j].split("|")) for r in rows[1:]}
 
 
+@pytest.mark.slow
 def test_real_counts_match_an_independent_count(real):
     frame, stats = real
     sets = independent_sets()
@@ -53,6 +53,7 @@ def test_real_counts_match_an_independent_count(real):
         assert int((frame[c] == 0).sum()) == len(frame) - expected[c]
 
 
+@pytest.mark.slow
 def test_unannotated_classes_are_unknown_not_negative(real):
     frame, _ = real
     assert UNKNOWN == ["aortic elongation", "catheter", "copd signs", "electrical device", "heart insufficiency",
@@ -86,6 +87,7 @@ def test_bad_csv_is_named(tmp_path, change, message):
 
 # ---- parselabelfile.py --nih-csv: the script, on the real file ----
 
+@pytest.mark.slow
 def test_parselabelfile_writes_nih_labels_through_the_rule(tmp_path, capsys):
     import parselabelfile
     from data.files import rows_path

@@ -2,7 +2,6 @@
 never count as positive, the box images' patients are all in test, NIH's official test list decides NIH's test split,
 and manifests come from several shards."""
 import contextlib
-import importlib.util
 import io
 import os
 
@@ -11,13 +10,14 @@ import pytest
 
 import combinelabels
 import parselabelfile
+from conftest import REAL_DATA as DATA
 from data.classes import CLASSES
 from data.errors import InputError
 from data.labels.combine import OUT_COLUMNS, combine, patient_labels
 from data.labels.nih import UNKNOWN
 from data.labels.rules import LABEL_COLUMNS
 
-DATA = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data")
+pytestmark = pytest.mark.slow  # every test here runs step 2 or 3 on NIH's full label files
 ENTRY = os.path.join(DATA, "Data_Entry_2017_v2020.csv.gz")
 BOXES = os.path.join(DATA, "BBox_List_2017.csv.gz")
 GOOGLE = os.path.join(DATA, "google2019_nih-chest-xray-labels.csv.gz")

@@ -2,7 +2,6 @@
 then steps 1-4 on it as a user runs them, and box mapping from NIH's 1024 x 1024 pixels through step 1's resize."""
 import csv
 import gzip
-import importlib.util
 import os
 import re
 import subprocess
@@ -15,12 +14,12 @@ import pandas as pd
 import pytest
 
 import sample_world as sw
+from conftest import REAL_DATA, ROOT
 from data.classes import CLASSES
 from data.labels.boxes import read_box_csv
 from data.labels.nih import nih_labels
 
-ROOT = Path(__file__).resolve().parent.parent
-REAL = Path(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin)) / "data"
+REAL = Path(REAL_DATA)
 # NIH's names of the eight box findings in Data_Entry (the box list spells Infiltration 'Infiltrate')
 BOX_TO_ENTRY = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Effusion",
                 "Infiltrate": "Infiltration", "Mass": "Mass", "Nodule": "Nodule", "Pneumonia": "Pneumonia",
@@ -124,6 +123,7 @@ def test_the_label_parser_reads_it(world):
     assert frame["catheter"].isna().all()  # a class NIH does not label is unknown, not negative
 
 
+@pytest.mark.slow
 def test_steps_1_to_4_score_localization_on_the_nih_boxes(world, tmp_path):
     # as the demo runs them: step 1 on the archives and on the loose NIH PNGs, step 2 with --nih-csv, step 3 with both
     # manifests and --test-boxes, step 4 with --boxes-csv (the world's few PadChest and OpenI images label the classes
@@ -161,6 +161,7 @@ def test_steps_1_to_4_score_localization_on_the_nih_boxes(world, tmp_path):
                                                                            abs=1e-4)
 
 
+@pytest.mark.slow
 def test_boxes_in_nihs_1024_pixels_map_through_step_1s_resize(tmp_path, bright_spot, localize_images):
     # Two NIH-named 1024 x 1024 PNGs, each with one bright rectangle, stored by step 1 at 256 px; the model's map is
     # the brightness, so its boxes land on the rectangles. The box list, in NIH's layout and 1024-pixel frame, also

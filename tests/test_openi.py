@@ -1,6 +1,5 @@
 """OpenI reports: XML parsing from folder and .tgz, MeSH mapping, CheXpert import, bad input."""
 
-import importlib.util
 import os
 import re
 import tarfile
@@ -10,12 +9,12 @@ import pandas as pd
 import pytest
 
 import parselabelfile
+from conftest import REAL_DATA
 from data.classes import CLASSES
 from data.labels.openi import CHEXPERT_COLUMNS, mesh_labels, mesh_term_classes, openi_labels, read_reports, report_text
 from data.errors import LabelFileError
 
-REAL_TGZ = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
-                        "NLMCXR_reports.tgz")
+REAL_TGZ = os.path.join(REAL_DATA, "NLMCXR_reports.tgz")
 
 
 def positives(frame, image_id):
@@ -28,6 +27,7 @@ def real():
     return openi_labels(REAL_TGZ)
 
 
+@pytest.mark.slow
 def test_all_real_reports_and_images_parse(real):
     frame, reports, stats = real
     assert stats["reports"] == 3955 == len(reports)
@@ -160,6 +160,7 @@ def independent_unlabeled_counts():
     return mesh, text
 
 
+@pytest.mark.slow
 def test_studies_without_a_usable_label_are_marked(real):
     frame, reports, stats = real
     (mesh_reports, mesh_images), (text_reports, text_images) = independent_unlabeled_counts()

@@ -2,7 +2,6 @@
 
 import collections
 import contextlib
-import importlib.util
 import io
 import os
 import re
@@ -11,13 +10,13 @@ import pandas as pd
 import pytest
 
 import parselabelfile
+from conftest import REAL_DATA
 from data.classes import CLASSES
 from data.errors import LabelFileError
 from data.labels.padchest import CSV_NAME, TAXONOMY, padchest_labels, read_taxonomy, term_classes
 from data.labels.rules import LABEL_COLUMNS, finish
 
-# located without importing torchxrayvision (which imports torch)
-REAL_CSV = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data", CSV_NAME + ".gz")
+REAL_CSV = os.path.join(REAL_DATA, CSV_NAME + ".gz")
 
 
 def descendants_by_class():
@@ -78,6 +77,7 @@ def raw():
     return raw
 
 
+@pytest.mark.slow
 def test_real_csv_defaults_keep_frontal_views_and_count_what_they_drop(real, raw):
     """issue 10: frontal views only by default; physician-labelled images, dropped laterals and dropped unlabeled
     studies each equal to a count made here with plain pandas."""
@@ -110,6 +110,7 @@ def test_real_csv_defaults_keep_frontal_views_and_count_what_they_drop(real, raw
           f"{unlabeled} unlabeled dropped")
 
 
+@pytest.mark.slow
 def test_full_csv_class_counts_equal_an_independent_count(real, raw):
     frame, _ = real
     below = descendants_by_class()

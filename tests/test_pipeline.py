@@ -2,18 +2,18 @@
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import ROOT
 from data.classes import CLASSES, FINDINGS
 from data.views import view_kind
 from utils.calibration import expected_calibration_error, reported_probs
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # every test here reads what the four steps, run as scripts, wrote
 
 
 def run(*args):

@@ -18,6 +18,7 @@ from data.files import is_temporary
 N_BATCHES = 16  # 64 training images, batch 4
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_checkpoints_exits_0_and_resumes_to_the_same_end(tmp_path, uninterrupted, stopped_run,
                                                                           traintest, metrics):
     run = tmp_path / "run"
@@ -46,6 +47,7 @@ def test_sigterm_mid_epoch_checkpoints_exits_0_and_resumes_to_the_same_end(tmp_p
     assert f"resuming {run} after epoch 0, batch {progress['step']} of epoch 1" in (run / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_signal_during_the_cache_build_is_one_line_and_the_cache_is_rebuilt(tmp_path, make_dataset):
     csv = make_dataset(tmp_path / "data", n_train=4, n_val=2, n_test=2, size=32)
     # 400 training rows of one 512-px PNG (hard links): a build of a second or more, with both builder processes

@@ -138,6 +138,7 @@ def heatmap_pixels(picture):
     return int(cv2.erode(warm, np.ones((5, 5), np.uint8)).sum())
 
 
+@pytest.mark.slow
 def test_report_renders_tables_and_heatmaps_in_headless_chromium(run_dir, tmp_path):
     good = tmp_path / "good"
     shutil.copytree(run_dir, good)

@@ -1,19 +1,17 @@
 """The built-in report labeler: rules on single sentences, the CLI, and agreement with OpenI's MeSH codes."""
 
 import csv
-import importlib.util
 import os
 
 import pandas as pd
 import pytest
 
-from conftest import read_only
+from conftest import REAL_DATA, labels, read_only
 from data.classes import CLASSES
 from data.labels.openi import evaluate_labeler
-from data.labels.report_labeler import CHESTXRAY8_F1, NOT_MENTIONED, label_report, main
+from data.labels.report_labeler import CHESTXRAY8_F1, main
 
-REAL_TGZ = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
-                        "NLMCXR_reports.tgz")
+REAL_TGZ = os.path.join(REAL_DATA, "NLMCXR_reports.tgz")
 
 # F1 against MeSH <major> measured on the 3,832 reports with codes and words (`python -m data.labels.openi
 # --evaluate-labeler`; benchmarks/bench_labeler.py prints the old labeler beside it), floors set a little below;
@@ -26,10 +24,6 @@ F1_FLOOR = {
     "thoracic cage deformation": 0.93, "tuberculosis": 0.60,
     "overall (micro, 22 classes)": 0.912, "overall (micro, ChestX-ray8's 9)": 0.935,
 }
-
-
-def labels(text):
-    return {c: v for c, v in zip(CLASSES, label_report(text)) if v != NOT_MENTIONED}
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -95,6 +89,7 @@ def test_cli_is_a_chexpert_labeler_drop_in(tmp_path, capsys):
     assert "labeled 2 reports" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_agreement_with_openi_mesh_labels():
     rows, rate = evaluate_labeler(REAL_TGZ)
     f1 = {r["class"]: r["f1"] for r in rows}

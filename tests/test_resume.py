@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 ARGS = ["--model", "unified-alexnet", "--image-size", 32, "--epochs", 3, "--batch-size", 4, "--workers", 0,
         "--deterministic", "--seed", 7, "--lr-patience", 0, "--bootstrap", 50, "--max-heatmaps", 0, "--amp", "off"]
 
 
+@pytest.mark.slow
 def test_a_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, capsys, make_dataset, traintest, metrics):
     csv = make_dataset(tmp_path / "data", n_train=24, n_val=12, n_test=12, size=32)
     whole, killed = tmp_path / "whole", tmp_path / "killed"

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import download_images
+from conftest import ROOT, WITHOUT_PYDICOM_AND_GCS, png8
 import traintest as script
 from data.cache import image_cache
 from data.dataset import decode_square
@@ -17,8 +18,6 @@ from data.errors import EnvironmentFault, InputError
 from data.files import is_temporary, output_folder, write_csv, write_text_atomic
 from data.gcs import BucketFolder, download_blob
 from data.ingest.workers import write_image
-from test_decode import ROOT, WITHOUT_PYDICOM_AND_GCS
-from test_gcs import locked_bucket, png8  # noqa: F401 (a fixture)
 from utils.run_folder import check_locations, locate, pull_run
 
 
@@ -54,6 +53,7 @@ def test_missing_bucket_or_run_is_one_line(gcs_server, tmp_path):
         pull_run("gs://runs/none", tmp_path / "fresh", client=gcs_server)
 
 
+@pytest.mark.slow
 def test_a_gs_run_stopped_on_one_vm_resumes_on_a_fresh_one(gcs_server, tmp_path, monkeypatch, uninterrupted,
                                                            stopped_run, traintest, metrics):
     """--output-dir gs://: trained in a local work folder, synced after each checkpoint; Ctrl-C (SIGINT to the whole

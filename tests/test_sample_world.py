@@ -1,5 +1,4 @@
 import ast
-import importlib.util
 import gzip
 import io
 import os
@@ -18,6 +17,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless
 
 import sample_world as sw
+from conftest import REAL_DATA
 from data.classes import CLASSES
 
 SMALL = dict(padchest_images=40, openi_reports=8, images_per_zip=15, nih_images=0, progress=False)
@@ -103,10 +103,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 
 def test_padchest_csv_has_the_real_columns(world):
-    # find_spec locates the package data without importing torchxrayvision (and torch)
-    package = os.path.dirname(importlib.util.find_spec("torchxrayvision").origin)
-    real = os.path.join(package, "data",
-                        "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
+    real = os.path.join(REAL_DATA, "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
     with gzip.open(real, "rt") as f:
         real_header = f.readline().rstrip("\n")
     with open(os.path.join(world[0], "labels", sw.PADCHEST_CSV)) as f:
@@ -325,8 +322,7 @@ def test_every_spec_term_and_localization_is_real():
     # the terms must be in the taxonomy the label parser reads, the localizations in the real PadChest CSV
     taxonomy = set(sw.taxonomy_cuis())
     assert all(t in taxonomy for terms in sw.PADCHEST_TERMS.values() for t in terms)
-    package = os.path.dirname(importlib.util.find_spec("torchxrayvision").origin)
-    real = pd.read_csv(os.path.join(package, "data", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"),
+    real = pd.read_csv(os.path.join(REAL_DATA, "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"),
                        usecols=["Localizations"]).Localizations.dropna().unique()
     real_locs = {loc.strip() for text in real for loc in ast.literal_eval(text)}
     rng = np.random.default_rng(0)
@@ -363,6 +359,7 @@ def run_script(*args):
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_the_view_classifier_learns_the_laterals_and_labels_openi_views_nobody_wrote(tmp_path):
     # steps 1-3 keep every view (--views all), then utils.view_classifier trains on the known views of train and val,
     # scores the test split's known views and labels the OpenI images whose ViewPosition is empty

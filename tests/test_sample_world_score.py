@@ -1,16 +1,14 @@
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import ROOT
 from data.classes import CLASSES
 from sample_world import DRAWN_FINDINGS
 from utils.metrics import write_metrics
 from sample_world.score import main, score_run
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_run(run_dir, with_localization=True, groups=("all",)):
@@ -56,6 +54,7 @@ def test_only_the_all_group_is_scored(tmp_path):
     assert table.loc["mean", "auroc"] == pytest.approx(0.7)
 
 
+@pytest.mark.slow
 def test_without_localization_and_as_a_module(tmp_path):
     run = write_run(tmp_path / "run", with_localization=False)
     result = subprocess.run([sys.executable, "-m", "sample_world.score", str(run)], cwd=ROOT, capture_output=True,

@@ -13,12 +13,10 @@ import time
 import pytest
 
 import download_images
+from conftest import ROOT, files_under, outputs, png8, read_csv, write_zip
 from data.errors import InputError
 from data.ingest import archives
 from data.ingest.shards import shard_from_environment
-from test_gcs import png8
-from test_hostile_ingest import outputs, write_zip
-from test_ingest import ROOT, files_under, read_csv
 
 TASK_VARIABLES = ("BATCH_TASK_INDEX", "BATCH_TASK_COUNT", "JOB_COMPLETION_INDEX", "SHARD_COUNT")
 
@@ -158,6 +156,7 @@ def test_a_gs_out_is_uploaded_per_unit_and_a_fresh_vm_resumes_from_the_bucket(gc
     assert "images/00000099_000.png" in images and "images/00000003_000.png" not in images and len(images) == 12
 
 
+@pytest.mark.slow
 def test_a_gs_out_killed_mid_run_resumes_to_the_same_bucket_contents(gcs_server, tmp_path, no_task):  # noqa: F811
     source = gcs_server.create_bucket("zips")
     for z in range(6):

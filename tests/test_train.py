@@ -24,6 +24,7 @@ def labels_from_files(run):
 
 
 # --amp on is bfloat16 autocast on a CPU, native or emulated: the suite must pass either way, and with it off.
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", ["off", "on"])
 def test_unified_dcnn_trains_with_wcel_and_evaluates_with_a_class_absent_from_test(tmp_path, capsys, amp,
                                                                                     make_dataset, traintest, metrics):
@@ -67,6 +68,7 @@ def test_unified_dcnn_trains_with_wcel_and_evaluates_with_a_class_absent_from_te
     assert best["model_args"]["name"] == "unified-alexnet" and best["classes"] == CLASSES
 
 
+@pytest.mark.slow
 def test_chexnet_trains_then_evaluates_and_predicts_from_its_checkpoint(tmp_path, monkeypatch, make_dataset,
                                                                          traintest, metrics):
     csv = make_dataset(tmp_path / "data", n_train=16, n_val=8, n_test=8, size=32)
@@ -106,6 +108,7 @@ def test_chexnet_trains_then_evaluates_and_predicts_from_its_checkpoint(tmp_path
                                test.set_index("ImageID")[same].to_numpy(), atol=2e-6)
 
 
+@pytest.mark.slow
 def test_pretrained_googlenet_gets_its_weights_input_everywhere(tmp_path, make_dataset, traintest, metrics):
     # torchvision's GoogLeNet weights expect input in [-1, 1]: training, a reloaded checkpoint, a resumed run and
     # --predict must all feed it that, whatever was known when the model was built.
@@ -149,6 +152,7 @@ def user_error(capsys, traintest, *args):
     return err
 
 
+@pytest.mark.slow
 def test_bad_inputs_get_clear_messages(tmp_path, capsys, make_dataset, traintest, traintest_process):
     csv = make_dataset(tmp_path / "data", n_train=10, n_val=4, n_test=4, size=32)
     os.remove(tmp_path / "data" / "images" / "train003.png")
@@ -202,6 +206,7 @@ def test_a_programming_error_keeps_its_traceback(monkeypatch, traintest):
         traintest("--csv", "x.csv")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys, make_dataset, traintest):
     from models import losses
 
@@ -247,12 +252,13 @@ def test_amp_auto_picks_bf16_where_native_fp16_on_other_gpus(setting, device, na
     assert amp_dtype(setting, device, native) == dtype
 
 
+@pytest.mark.slow
 def test_the_gpu_benchmark_runs_without_pydicom_or_the_gcs_client(tmp_path):
     """benchmarks/bench_gpu.py on a GPU VM that has neither (its --quick sizes, smaller still): every measurement
     prints, and the training path never imports them."""
     import subprocess
     import sys
-    from test_decode import ROOT, WITHOUT_PYDICOM_AND_GCS
+    from conftest import ROOT, WITHOUT_PYDICOM_AND_GCS
     code = WITHOUT_PYDICOM_AND_GCS + (
         "import runpy\nrunpy.run_module('benchmarks.bench_gpu', run_name='__main__')\n"
         "assert not [m for m in sys.modules if m.startswith(('pydicom', 'google.cloud'))]\n")

@@ -1,11 +1,13 @@
 """A source's unknown classes (blank in combined.csv: NIH never annotates nine of ours) count in no loss and no metric."""
 import numpy as np
 import pandas as pd
+import pytest
 
 from data.classes import CLASSES
 from data.labels.nih import UNKNOWN
 
 
+@pytest.mark.slow
 def test_a_run_leaves_unknown_classes_out_of_every_metric(tmp_path, make_dataset, traintest, metrics):
     csv = make_dataset(tmp_path / "data")
     frame = pd.read_csv(csv, dtype=str, keep_default_na=False)

@@ -1,5 +1,4 @@
 import gzip
-import importlib.util
 import os
 
 import pandas as pd
@@ -8,10 +7,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from conftest import REAL_DATA
 from data.views import DEFAULT_VIEWS, header_view, keeps, parse_views, view_kind
 
-METADATA = os.path.join(os.path.dirname(importlib.util.find_spec("torchxrayvision").origin), "data",
-                        "nlmcxr_dicom_metadata.csv.gz")
+METADATA = os.path.join(REAL_DATA, "nlmcxr_dicom_metadata.csv.gz")
 
 
 def test_real_radiographs_headers():
