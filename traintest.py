@@ -247,11 +247,10 @@ def train(args, device, amp, stop):
     val_loader = loader(val_frame, args, image_size, cache_dir=cache_dir)
     run.log_start(device, amp_name(amp), len(train_frame), len(val_frame), cache_dir)
     n_batches = min(len(train_loader), args.max_train_batches or len(train_loader))
-    any_rank = lambda requested: dist.all_reduce_sum(requested, device)  # noqa: E731
 
     with stop.deferred():  # from here a stop signal ends the run at a step's end, with a checkpoint
         for epoch in range(run.epoch, args.epochs):
-            if stop.agreed(any_rank):  # it came while the last checkpoint was written: that one holds the run
+            if stop.agreed(dist.summed(device)):  # it came while the last checkpoint was written, which holds the run
                 return stopped_line(stop, args, f"after epoch {epoch}")
             progress, flips = run.start_epoch(epoch, train_loader)
             progress = train_one_epoch(model, train_loader, optimizer, loss_fn, device, epoch + 1, scaler=scaler,
@@ -264,7 +263,7 @@ def train(args, device, amp, stop):
                 run.save_stopped(epoch, progress, flips)
                 return stopped_line(stop, args, f"in epoch {epoch + 1} after batch {progress.step} of {n_batches}")
             run.end_epoch(epoch, progress, *val, n_val=len(val_frame))
-        if stop.agreed(any_rank):
+        if stop.agreed(dist.summed(device)):
             return stopped_line(stop, args, f"after epoch {args.epochs}, before the test")
 
     # Evaluate the best model, with thresholds chosen on validation by that same model.

@@ -33,6 +33,8 @@ Modules, each importing only the ones above it:
     openi       OpenI DICOM tgz and XML report tgz
     nih         NIH loose PNGs, Data_Entry, box list and split lists
     world       generate(), montage() and the command line
+    score       a traintest.py run's AUROC and localization on the drawn findings (python -m sample_world.score)
+    fake_gcs    fake-gcs-server and a proxy in front of it, for the tests and benchmarks (GCS on this machine)
 """
 
 from sample_world.anatomy import draw_chest

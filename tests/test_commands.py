@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, with_amp, write_dataset
+from conftest import ROOT, make_zips, with_amp, write_dataset
 from data.classes import CLASSES
 from data.commands import EXIT_BAD_INPUT, Parser, StopSignals, run_main, signal_status
 from data.errors import EnvironmentFault, InputError
-from conftest import make_zips
+from data.files import is_temporary
 
 SIGNALS = [(signal.SIGTERM, False), (signal.SIGINT, True)]
 SIGNAL_IDS = ["SIGTERM to the command", "Ctrl-C to its process group"]
@@ -274,8 +274,8 @@ def test_step3_stopped_while_it_writes_combined_csv(tmp_path, big_labels, signum
     out = tmp_path / "combined.csv"
     out.write_text("the previous combined.csv\n")
 
-    def writing():
-        return any(f.endswith(".tmp") for f in os.listdir(tmp_path))
+    def writing():  # combined.csv's own temporary file, not the write check's probe before it
+        return any(f.startswith("combined.csv.") and is_temporary(f) for f in os.listdir(tmp_path))
 
     code, err = stop_at_work([sys.executable, "combinelabels.py", "--labels", str(big_labels / "labels"),
                               "--manifest", str(big_labels / "manifest.csv"), "--out", str(out)], writing, signum,

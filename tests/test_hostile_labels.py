@@ -18,7 +18,7 @@ import parselabelfile
 from data.classes import CLASSES
 from data.dataset import read_combined
 from data.errors import InputError, LabelFileError
-from data.files import read_table, rows_path, write_csv
+from data.files import is_temporary, read_table, rows_path, write_csv
 from data.labels.combine import read_label_csv
 from conftest import REAL_DATA as TXRV, ROOT, read_only
 from data.labels.padchest import CSV_NAME, read_taxonomy
@@ -163,8 +163,10 @@ def test_sigterm_while_writing_leaves_the_previous_csv(tmp_path):
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        # writing has begun: a temporary file beside it, or (an in-place writer) the file itself has changed
-        if any(n.endswith(".tmp") for n in os.listdir(out)) or target.stat().st_size != len(before[0]):
+        # writing has begun: its temporary file beside it (not the write check's probe before any work), or (an
+        # in-place writer) the file itself has changed
+        if any(n.startswith(target.name + ".") and is_temporary(n) for n in os.listdir(out)) or \
+                target.stat().st_size != len(before[0]):
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.002)
@@ -174,7 +176,7 @@ def test_sigterm_while_writing_leaves_the_previous_csv(tmp_path):
     assert "Traceback" not in err and err.rstrip().splitlines()[-1] == (
         "parselabelfile.py: interrupted by SIGTERM; the CSV being written was left as it was before this run")
     assert (target.read_bytes(), (out / "padchest_labels.csv.rows").read_bytes()) == before
-    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+    assert not [n for n in os.listdir(out) if is_temporary(n)]
 
 
 def sample_labels(tmp_path, n=30):

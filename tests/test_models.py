@@ -186,5 +186,5 @@ def test_min_input_size_is_the_smallest_side_each_network_accepts(name):
         if low > 1:
             with pytest.raises(RuntimeError, match="too small"):
                 model(torch.zeros(1, 3, low - 1, low - 1))
-    with pytest.raises(ValueError, match=f"at least {low} pixels"):
+    with pytest.raises(ValueError, match=f"below {name}.s minimum input of {low} pixels"):
         build_model(name, 22, input_size=low - 1)

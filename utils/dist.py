@@ -1,6 +1,7 @@
 """torch.distributed helpers in the style of torchvision's references: torchrun sets RANK, WORLD_SIZE and
 LOCAL_RANK; without them everything runs as a single process and these functions are no-ops."""
 import contextlib
+import functools
 import os
 
 import numpy as np
@@ -75,6 +76,11 @@ def all_reduce_sum(values, device):
     if is_dist():
         values = all_reduce_tensor(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
     return values if many else values[0]
+
+
+def summed(device):
+    """all_reduce_sum on `device` as a function of the values alone (StopSignals.agreed's `total`)."""
+    return functools.partial(all_reduce_sum, device=device)
 
 
 def all_reduce_tensor(t):

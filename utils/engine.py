@@ -296,8 +296,8 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
         parts["sizes"].append(sizes.numpy())
         parts["errors"].append(np.asarray(errors, dtype=object))
         parts["indices"].append(idx.numpy())
-        if stop is not None and (stop.requested if not dist.is_dist() else (step + 1) % look_every == 0
-                                 and dist.all_reduce_sum(stop.requested, device)):
+        if stop is not None and (not dist.is_dist() or (step + 1) % look_every == 0) and \
+                stop.agreed(dist.summed(device)):
             raise Stopped(stop.requested or signal.SIGTERM)
     if not parts["indices"]:
         empty = np.zeros((0, n_classes), dtype=np.float32)
