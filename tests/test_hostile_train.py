@@ -180,6 +180,7 @@ def tree_bytes(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["missing image", "bad label", "unknown source", "other model"])
 def test_overwrite_with_a_bad_input_leaves_the_old_run_byte_identical(tmp_path, capsys, traintest, trained, bad):
     # Inputs that are wrong only once read: the old run must still be whole when the new one is refused.
