@@ -147,7 +147,7 @@ def test_steps_1_to_4_score_localization_on_the_nih_boxes(world, tmp_path):
     assert set(combined.ImageID[combined.split == "test"]) >= boxed, out
     assert (combined.width[combined.Source == "nih"] == 1024).all()
     run("traintest.py", "--csv", tmp_path / "combined.csv", "--output-dir", tmp_path / "run", "--model",
-        "unified-resnet50", "--image-size", 64, "--epochs", 1, "--batch-size", 8, "--workers", 0, "--bootstrap", 10,
+        "unified-alexnet", "--image-size", 64, "--epochs", 1, "--batch-size", 8, "--workers", 0, "--bootstrap", 10,
         "--amp", "off", "--boxes-csv", nih / "BBox_List_2017.csv", "--max-heatmaps", 2)
     table = pd.read_csv(tmp_path / "run" / "localization.csv").set_index(["criterion", "T", "measure"])
     classes = [c for c in table.columns if c != "mean"]

@@ -34,7 +34,7 @@ def pipeline(tmp_path_factory):
         "--openi-reports", world / "labels" / "NLMCXR_reports.tgz", "--out", labels, "--views", "all")  # step 4 picks
     run("combinelabels.py", "--labels", labels, "--manifest", ingest / "manifest.csv", "--out", combined,
         "--val-frac", 0.2, "--test-frac", 0.3)
-    out = run("traintest.py", "--csv", combined, "--output-dir", run_dir, "--model", "unified-resnet50",
+    out = run("traintest.py", "--csv", combined, "--output-dir", run_dir, "--model", "unified-alexnet",
               "--image-size", 64, "--epochs", 1, "--batch-size", 8, "--workers", 0, "--bootstrap", 20, "--amp", "off",
               "--boxes-csv", world / "BBox_List_2017.csv", "--max-heatmaps", 3)
     return dict(world=world, ingest=ingest, labels=labels, combined=combined, run=run_dir, out=out)
@@ -97,7 +97,7 @@ def test_external_validation_and_a_paired_comparison(pipeline, tmp_path):
     runs = []
     for seed in (1, 2):
         out = tmp_path / f"seed{seed}"
-        text = run("traintest.py", "--csv", pipeline["combined"], "--output-dir", out, "--model", "unified-resnet50",
+        text = run("traintest.py", "--csv", pipeline["combined"], "--output-dir", out, "--model", "unified-alexnet",
                    "--image-size", 64, "--epochs", 1, "--batch-size", 8, "--workers", 0, "--bootstrap", 20,
                    "--amp", "off", "--max-heatmaps", 0, "--seed", seed, "--train-sources", "padchest",
                    "--test-sources", "openi", "--calibrate")

@@ -262,13 +262,13 @@ def test_the_gpu_benchmark_runs_without_pydicom_or_the_gcs_client(tmp_path):
     code = WITHOUT_PYDICOM_AND_GCS + (
         "import runpy\nrunpy.run_module('benchmarks.bench_gpu', run_name='__main__')\n"
         "assert not [m for m in sys.modules if m.startswith(('pydicom', 'google.cloud'))]\n")
-    result = subprocess.run([sys.executable, "-c", code, "--quick", "--models", "unified-resnet50", "--batches", "2",
+    result = subprocess.run([sys.executable, "-c", code, "--quick", "--models", "unified-alexnet", "--batches", "2",
                              "--precisions", "fp32", "--image-size", "32", "--stored-size", "48", "--steps", "1",
                              "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for line in ("unified-resnet50 batch    2 fp32:", "uncached:", "--cache-dir build:", "--cache-dir:", "--cache:",
+    for line in ("unified-alexnet batch    2 fp32:", "uncached:", "--cache-dir build:", "--cache-dir:", "--cache:",
                  "loop/model alone", "step 5 (predict with maps + localize, 2 images", "20 CheXNet epochs over"):
         assert line in out, (line, out)
     assert "skipped" not in out
