@@ -136,6 +136,8 @@ def get_args_parser():
     t.add_argument("--log-every", type=at_least(1), default=LOOK_EVERY, metavar="N",
                    help="steps between looks at the loss (the log's running loss, a NaN stopping the run; under DDP "
                    "also when the ranks agree on a stop signal); the steps in between never wait for the GPU")
+    t.add_argument("--tensorboard", nargs="?", const=True, default=True, type=on_off, metavar="on|off",
+                   help="TensorBoard scalars in RUN/tb/ when the tensorboard package is installed (off: none)")
     t.add_argument("--seed", type=int, default=0, help="random seed (shuffling, flips, initialization)")
     t.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels: a killed and resumed run ends with the same metrics")

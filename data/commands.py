@@ -133,6 +133,13 @@ def one_line(error):
     return " ".join(str(error).split())
 
 
+def _quiet_half_built(unraisable, default=sys.unraisablehook):
+    """After a stop signal, an object that the signal cut off in its __init__ (a tqdm bar) fails again in its
+    __del__; that is not the user's business, and no traceback follows the one line. Anything else is reported."""
+    if getattr(unraisable.object, "__name__", "") != "__del__":
+        default(unraisable)
+
+
 def run_main(prog, parse, flow, argv=None, *, errors=None, interrupted=None, cleanup=()):
     """A command's whole run as its exit status: `flow(parse(argv))` under StopSignals; None from flow means 0.
 
@@ -154,6 +161,7 @@ def run_main(prog, parse, flow, argv=None, *, errors=None, interrupted=None, cle
         return EXIT_OK if status is None else status
     except KeyboardInterrupt as e:  # Interrupted, or a Ctrl-C that came where the handlers were not installed
         signum = getattr(e, "signum", signal.SIGINT)
+        sys.unraisablehook = _quiet_half_built
         hint = interrupted(args) if interrupted is not None and args is not None else ""
         # on a terminal, ^C or a progress bar holds the cursor's line
         start = "\n" if sys.stderr.isatty() else ""

@@ -120,6 +120,18 @@ def test_a_signal_in_a_flow_is_one_line_with_its_hint_and_128_plus_its_number(ca
     assert capsys.readouterr().err == f"cmd: interrupted by {signal.Signals(signum).name}; OUT was left as it was\n"
 
 
+def test_an_object_the_signal_cut_off_in_its_init_adds_no_traceback_to_the_one_line():
+    """A Ctrl-C inside tqdm's __init__ left a bar without `pos`, whose __del__ printed 'Exception ignored in ...'
+    and a traceback after the line (seen in the test pass of step 4)."""
+    code = ("import sys\nfrom data.commands import run_main\n"
+            "class Bar:\n    def __init__(self):\n        raise KeyboardInterrupt\n"
+            "    def __del__(self):\n        self.pos\n"
+            "def flow(args):\n    Bar()\n"
+            "sys.exit(run_main('cmd', lambda argv: argv, flow, []))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "cmd: interrupted by SIGINT\n")
+
+
 def test_a_deferred_stop_is_recorded_and_agreed_on_over_the_ranks():
     with signals_restored():
         with StopSignals() as stop:
