@@ -46,6 +46,7 @@ PREDICT_ERRORS_CSV = "predict_errors.csv"
 COMPARE_DIR = "compare"
 COMPARE_CSV = "compare.csv"  # inside COMPARE_DIR/<name of the run compared with>
 HISTORY_CSV = "history.csv"  # per epoch: losses, validation AUROC, learning rate (report.html's training section)
+TRAINING_PNG = "training.png"  # the curves of HISTORY_CSV
 TENSORBOARD_DIR = "tb"  # TensorBoard event files (--tensorboard)
 MODEL_CARD_JSON = "model_card.json"  # the model that produced the results, and its input convention
 
@@ -53,7 +54,8 @@ MODEL_CARD_JSON = "model_card.json"  # the model that produced the results, and 
 # nothing of the old run can be resumed or mixed with the new one.
 RUN_OUTPUTS = (CHECKPOINT_LAST, CHECKPOINT_BEST, METRICS_CSV, PREDICTIONS_CSV, THRESHOLDS_CSV, ROC_PNG, CALIBRATION_CSV,
                RELIABILITY_PNG, BOXES_CSV, LOCALIZATION_CSV, REPORT_HTML, SKIPPED_IMAGES_CSV, PREDICT_ERRORS_CSV,
-               HEATMAPS_DIR, COMPARE_DIR, HISTORY_CSV, TENSORBOARD_DIR, MODEL_CARD_JSON)
+               HEATMAPS_DIR, COMPARE_DIR, HISTORY_CSV, TRAINING_PNG,
+               TENSORBOARD_DIR, MODEL_CARD_JSON)
 
 DEFAULT_RUN_DIR = os.path.join("runs", "run")
 # Flags naming files: made absolute, so that args.json (and --resume) work from any folder.
