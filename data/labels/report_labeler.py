@@ -9,6 +9,11 @@ each mention is negated or made uncertain by a trigger in the same clause (a tri
 'without', 'may', or after it, like 'has resolved', 'cannot be excluded'). A hedged negation ('cannot exclude',
 'not ruled out', 'difficult to exclude') is uncertain, also after a negation in its clause. Clauses end at
 sentence punctuation and at words that turn the sentence ('but', 'however', 'although', 'there is', ...).
+A predicate that ends a long clause ('is not seen either on ...', 'would be a consideration', 'are smaller and not
+definitely seen', 'cannot be excluded') reaches the subject the clause opens with (its first mention and those
+listed with it), when no other verb comes between; 'not seen on the lateral view' is no negation. A finding that
+depends on the clinical picture ('correlate clinically for', 'in the appropriate clinical setting', 'is in the
+differential') is uncertain, as in the CheXpert labeler's patterns.
 A statement that a structure is normal ('heart size is normal', 'the lungs are clear') is a negative mention of
 the findings about it. Aggregation per class follows CheXpert: any positive -> 1, else any uncertain -> -1, else
 0 when only negated mentions. 'other findings' is set only when no named class is positive or uncertain, and
