@@ -336,36 +336,68 @@ def openi_labels(reports_source, source="mesh", chexpert_csv=None):
 
 def evaluate_labeler(reports_source, labeler=label_reports):
     """A report labeler's text labels (by default the built-in one; `labeler` maps a list of texts to an array
-    [n, 22]) against the MeSH <major> labels people assigned, on the OpenI reports that have both
-    -> (rows of report_labeler.evaluate(), reports/s)."""
+    [n, 22] of 1, 0, -1) against the MeSH <major> labels people assigned -> dict:
+
+    - "negative", "positive": rows of report_labeler.evaluate() with 'uncertain' counted as negative / as positive, on
+      the reports that have both MeSH codes and words
+    - "with_blank": the rows (uncertain as negative) with the reports that have codes but no words counted too, as a
+      labeler reads them: all blank, so each code they carry is a false negative
+    - "counts": reports, not_indexed (codes only 'No Indexing': no reference), scored, without_text (codes, no
+      words) and without_text_codes ({class: reports} of their codes)
+    - "rate": reports per second of the labeler on the scored reports"""
     reports, _ = read_reports(reports_source)
     texts = report_text(reports)
     # 'No Indexing' alone means the indexers coded nothing: no reference for those reports; a report without
-    # words (28, all MeSH 'normal') gives a labeler nothing to read
-    indexed = reports["major"].map(lambda m: any(t.strip().lower() != "no indexing" for t in m))
-    scored = (indexed & texts.map(has_words)).to_numpy(dtype=bool)
-    reports, texts = reports[scored].reset_index(drop=True), texts[scored].tolist()
+    # words (28, all MeSH 'normal') gives a labeler nothing to read, so it is scored apart
+    indexed = reports["major"].map(lambda m: any(t.strip().lower() != "no indexing" for t in m)).to_numpy(dtype=bool)
+    words = texts.map(has_words).to_numpy(dtype=bool)
     reference, _, _ = report_labels(reports, "mesh")
+    scored, blank = indexed & words, indexed & ~words
     t = time.perf_counter()
-    predicted = labeler(texts)
-    rate = len(texts) / (time.perf_counter() - t)
-    return evaluate(predicted, reference), rate
+    predicted = np.asarray(labeler(texts[scored].tolist()))
+    rate = int(scored.sum()) / (time.perf_counter() - t)
+    with_blank = np.concatenate([predicted, np.zeros((int(blank.sum()), len(CLASSES)), predicted.dtype)])
+    counts = {"reports": len(reports), "not_indexed": int((~indexed).sum()), "scored": int(scored.sum()),
+              "without_text": int(blank.sum()),
+              "without_text_codes": {c: int(n) for c, n in zip(CLASSES, reference[blank].sum(axis=0)) if n}}
+    return {"negative": evaluate(predicted, reference[scored]),
+            "positive": evaluate(predicted, reference[scored], uncertain_positive=True),
+            "with_blank": evaluate(with_blank, np.concatenate([reference[scored], reference[blank]])),
+            "counts": counts, "rate": rate}
 
 
 def main(argv=None):
     parser = Parser(prog="python -m data.labels.openi",
                     description="Score the built-in report labeler (data/labels/report_labeler.py) against OpenI's "
-                                "MeSH <major> codes: precision, recall and F1 per class.")
+                                "MeSH <major> codes: precision, recall and F1 per class, with 'uncertain' counted as "
+                                "negative and as positive, and what the reports without text would cost.")
     parser.add_argument("--evaluate-labeler", metavar="DIR_OR_TGZ", required=True,
                         help="OpenI reports: the ecgen-radiology folder or NLMCXR_reports.tgz")
     return run_main(parser.prog, parser.parse_args, print_labeler_scores, argv)
 
 
+def without_text_summary(scores):
+    """One paragraph: how many reports were scored, how many have no text and what counting them would change."""
+    c = scores["counts"]
+    codes = ", ".join(f"{c_} {n:,}" for c_, n in c["without_text_codes"].items()) or "none"
+    normal = CLASSES.index("normal")
+    overall = len(CLASSES)  # the row after the classes: micro over the 22
+    neg, blank = scores["negative"], scores["with_blank"]
+    return (f"{c['reports']:,} reports: {c['not_indexed']:,} coded only 'No Indexing' (no reference) are left out; "
+            f"{c['scored']:,} with codes and text are scored above; {c['without_text']:,} have codes but no FINDINGS "
+            f"or IMPRESSION text (their codes: {codes}) and are left out of the tables, since a labeler reads nothing "
+            f"there (all blank).\nCounted as blank (uncertain as negative): normal recall "
+            f"{neg[normal]['recall']:.3f} -> {blank[normal]['recall']:.3f}, F1 {neg[normal]['f1']:.3f} -> "
+            f"{blank[normal]['f1']:.3f}; overall F1 {neg[overall]['f1']:.3f} -> {blank[overall]['f1']:.3f}.")
+
+
 def print_labeler_scores(args):
     """The built-in labeler's scores on --evaluate-labeler's reports, printed."""
-    rows, rate = evaluate_labeler(args.evaluate_labeler)
-    print(format_table(rows))
-    print(f"labeled at {rate:,.0f} reports/s")
+    scores = evaluate_labeler(args.evaluate_labeler)
+    for mode in ("negative", "positive"):
+        print(f"uncertain counted as {mode}\n{format_table(scores[mode])}\n")
+    print(without_text_summary(scores))
+    print(f"labeled at {scores['rate']:,.0f} reports/s")
 
 
 if __name__ == "__main__":
