@@ -116,6 +116,9 @@ STILL_POSITIVE = [
      {"nodule": 1, "other findings": 0}),
     ("Increasing density in the superior segment XXXX the left lower lobe, XXXX seen on lateral view, consistent "
      "worsening of known tumor.", "CXR1559", {"other findings": 1}),
+    # 'without ... change' is no negation (before: atelectasis 0, the MeSH code missed)
+    ("There is redemonstration without significant interval change of mild subsegmental atelectasis of the left base.",
+     "CXR3103", {"atelectasis": 1}),
 ]
 
 

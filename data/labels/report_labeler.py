@@ -166,8 +166,9 @@ UNCERTAIN_BEFORE = [
 # hedges that override an earlier negation in the clause ('no effusion, possibly atelectasis'); weaker ones
 # like 'suggest' do not ('no opacity to suggest pneumonia')
 STRONG_UNCERTAIN = [HEDGED_NEGATION, r"may", r"might", r"could", r"possibl[ey]", r"versus", r"vs\.?"]
-# 'no change in the effusion' reports an effusion
-PSEUDO_NEGATION = r"\bno (?:\w+ )?(?:change|increase|decrease|progression)\b|\bnot (?:\w+ )?changed\b"
+# 'no change in the effusion' and 'without significant interval change of mild atelectasis' report the finding
+PSEUDO_NEGATION = (r"\b(?:no (?:\w+ )?|without (?:\w+ ){0,2})(?:change|increase|decrease|progression)\b"
+                   r"|\bnot (?:\w+ )?changed\b")
 UNCERTAIN_AFTER = [
     # the passive hedges; 'cannot exclude' after a mention hedges the next one ('no effusion, cannot exclude X')
     r"(?:is |are |was |were )?(?:cannot|can not|could not|may not|not|should)(?: be)?(?: \w+ly)?(?: be)? "
