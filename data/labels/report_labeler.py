@@ -194,7 +194,7 @@ LATE_UNCERTAIN = (r"(?:(?:would|could|may|might) be (?:a |another )?(?:considera
                   + r")\b" + _NOT_ON_A_VIEW)
 # joins a mention to the one before it in a subject: nothing, a conjunction, a slash or a comma, and up to two words
 SUBJECT_LIST = r"(?:\s*(?:,|/|and/or|and|or)?\s*)(?:[\w-]+\s+){0,2}?"
-COPULA = r"\b(?:is|are|was|were|has|have|would|could|may|might|can)\b"
+COPULA = r"\b(?:(?P<verb>is|are|was|were|has|have|would|could|may|might|can)|cannot|not)\b"  # a predicate starts at one
 
 # Statements that a structure is normal are negative mentions of the findings about that structure, as in the
 # CheXpert labeler ('heart size is normal': cardiomegaly 0). Plain statements only: 'upper limits of normal',
@@ -290,9 +290,11 @@ class _Scope:
         """0 or -1 from the clause-final predicate that the subject mention ending at pos is the subject of, or None.
         The first predicate after pos counts when no verb comes before it (found once per clause, on first use)."""
         if self._late is None:
-            found = [(m.start(), 0 if m.group("neg") else -1) for m in LATE_RE.finditer(self.text, self.start, self.end)]
-            self._late = ([a for a, _ in found], [v for _, v in found],
-                          [m.start() for m in COPULA_RE.finditer(self.text, self.start, self.end)])
+            # every predicate starts at a verb or 'not': tried there only, anchored
+            words = list(COPULA_RE.finditer(self.text, self.start, self.end))
+            found = [(m.start(), late) for m in words if (late := LATE_RE.match(self.text, m.start(), self.end))]
+            self._late = ([a for a, _ in found], [0 if m.group("neg") else -1 for _, m in found],
+                          [m.start() for m in words if m.group("verb")])
         starts, values, verbs = self._late
         i = bisect.bisect_left(starts, pos)
         if i == len(starts):
