@@ -22,7 +22,7 @@ DEVICE_CLASSES = {"catheter", "electrical device", "nsg tube", "surgery"}
 
 def test_fracture_is_other_findings_as_in_padchest():
     tree = term_classes()
-    # every PadChest fracture, the rib's too, sits under no class ('other findings'), not under thoracic cage deformation
+    # every PadChest fracture, the rib's too, sits under no class ('other findings'), not thoracic cage deformation
     assert {t: tree[t] for t in FRACTURES} == {t: set() for t in FRACTURES}
     assert tree["scoliosis"] == tree["pectum excavatum"] == {"thoracic cage deformation"}
     assert CHEXPERT_COLUMNS["Fracture"] == "other findings"

@@ -11,7 +11,8 @@ import pytest
 import parselabelfile
 from conftest import REAL_DATA
 from data.classes import CLASSES
-from data.labels.openi import CHEXPERT_COLUMNS, CHEXPERT_UNKNOWN, mesh_labels, mesh_term_classes, openi_labels, read_reports, report_text
+from data.labels.openi import (CHEXPERT_COLUMNS, CHEXPERT_UNKNOWN, mesh_labels, mesh_term_classes, openi_labels,
+                               read_reports, report_text)
 from data.errors import LabelFileError
 
 REAL_TGZ = os.path.join(REAL_DATA, "NLMCXR_reports.tgz")

@@ -84,13 +84,13 @@ MESH_HEADINGS = {
     "central venous catheters": {"catheter"},
 }
 
-# CheXpert observation -> class, decided against the PadChest taxonomy. Consolidation is 'infiltrates', as in the PadChest
-# tree and MeSH. The observations outside the named classes feed 'other findings', the leftover class: it is set only
-# when no named class is positive or uncertain (an opacity beside a pneumonia is the pneumonia). Fracture (clavicle,
-# humerus, vertebra or rib) is PadChest's 'fracture', a term of its own beside 'thoracic cage deformation' (which
-# holds scoliosis, kyphosis, pectus and cervical rib only): 'other findings'. Support Devices (the CheXpert labeler's
-# phrases: lines, PICC, tubes, catheters, pacer, ICD, valve, hardware, plates, screws, drains, coils, ...) spans
-# PadChest's catheter, electrical device, NSG tube and surgery and terms outside the classes (endotracheal and
+# CheXpert observation -> class, decided against the PadChest taxonomy. Consolidation is 'infiltrates', as in the
+# PadChest tree and MeSH. The observations outside the named classes feed 'other findings', the leftover class: it is
+# set only when no named class is positive or uncertain (an opacity beside a pneumonia is the pneumonia). Fracture
+# (clavicle, humerus, vertebra or rib) is PadChest's 'fracture', a term of its own beside 'thoracic cage deformation'
+# (which holds scoliosis, kyphosis, pectus and cervical rib only): 'other findings'. Support Devices (the CheXpert
+# labeler's phrases: lines, PICC, tubes, catheters, pacer, ICD, valve, hardware, plates, screws, drains, coils, ...)
+# spans PadChest's catheter, electrical device, NSG tube and surgery and terms outside the classes (endotracheal and
 # tracheostomy tubes, chest drains, artificial heart valves): no class of ours, so None.
 CHEXPERT_COLUMNS = {
     "No Finding": "normal",

@@ -126,7 +126,8 @@ MENTIONS = {
         r"pneumoperitoneum", r"free air", r"subcutaneous emphysema", r"pneumomediastinum", r"foreign bod\w+",
         r"(?:endotracheal|tracheostomy|et|chest|thoracostomy) tubes?", r"tracheostomy", r"drain\w*",
         r"(?:vp )?shunt(?: tubing| catheter)?", r"osteopeni\w+", r"osteoporo\w+", r"arthriti\w+",
-        r"sarcoid\w*", r"metasta\w+", r"tumou?rs?", r"neoplas\w+", r"lesions?", r"abnormalit\w+", r"aneurysm\w*", r"dilat\w+", r"shift",
+        r"sarcoid\w*", r"metasta\w+", r"tumou?rs?", r"neoplas\w+", r"lesions?", r"abnormalit\w+", r"aneurysm\w*",
+        r"dilat\w+", r"shift",
         r"volume loss", r"effacement", r"azygos lobe", r"nipple shadows?", r"epicardial fat", r"cardiac monitor",
         r"(?:monitor|ecg|ekg) leads", r"wires?", r"hyperlucen\w+", r"bronchitis", r"airway disease",
         r"(?:peribronchial|bronchial) (?:cuffing|wall thickening)", r"kerley", r"cephalization",
@@ -183,7 +184,8 @@ UNCERTAIN_AFTER = [
 # emphysema. A view that does not show a finding ('not seen on the lateral view') says it shows on the other one.
 _SEEN = r"(?:seen|identified|visualized|evident|present|appreciated|demonstrated|visible)"
 _NOT_ON_A_VIEW = (r"(?!(?:\W+(?:either|well|xxxx|" + _SEEN[3:-1] + r"))*\W+on (?:the |this |today's )?"
-                  r"(?:pa|ap|lateral|frontal|posteroanterior|oblique) (?:view|projection|image|radiograph|film|exam)s?\b)")
+                  r"(?:pa|ap|lateral|frontal|posteroanterior|oblique)"
+                  r" (?:view|projection|image|radiograph|film|exam)s?\b)")
 LATE_NEGATION = (r"(?:is|are|was|were|has been|have been)(?: xxxx| either| now)? (?:not|no longer)(?: xxxx| either)? "
                  + _SEEN + r"\b" + _NOT_ON_A_VIEW)
 # CheXpert reads 'XXX are not clearly seen' as uncertain; 'smaller and not definitely seen' is the same
