@@ -174,7 +174,7 @@ def test_rule_clears_other_and_normal_beside_findings():
     values = np.zeros((5, len(CLASSES)), dtype=np.int8)
     col = CLASSES.index
     values[0, [col("other findings"), col("cardiomegaly")]] = 1  # CheXpert: Lung Opacity + Cardiomegaly
-    values[1, [col("normal"), col("electrical device")]] = 1  # CheXpert: No Finding + Support Devices
+    values[1, [col("normal"), col("electrical device")]] = 1  # PadChest: normal beside a pacemaker
     values[2, col("other findings")] = 1  # abnormal, none of the 20: stays
     values[2, col("normal")] = 1  # ... and then not normal
     values[3, col("normal")] = 1  # normal alone: stays

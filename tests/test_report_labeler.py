@@ -67,6 +67,20 @@ def test_negation_uncertainty_and_clause_scope():
     assert labels("No effusion on the left. Small right effusion.")["pleural effusion"] == 1
 
 
+def test_a_clause_final_predicate_reaches_its_own_subject_only():
+    # the subject and those listed with it
+    assert labels("Pneumonia, effusion and pneumothorax are not seen.") == {
+        "pneumonia": 0, "pleural effusion": 0, "pneumothorax": 0, "normal": 1}
+    assert labels("Nodule in the right lower lobe, 2 cm, is not seen on today's exam.") == {"nodule": 0, "normal": 1}
+    # a new subject after a comma, or a verb between, takes the predicate
+    assert labels("Pneumonia in the right lower lobe, effusion is not seen.") == {"pneumonia": 1,
+                                                                                 "pleural effusion": 0}
+    assert labels("Pneumonia is present and effusion would be a consideration.") == {"pneumonia": 1,
+                                                                                    "pleural effusion": -1}
+    # a view that does not show it: the other one does
+    assert labels("The nodule is not seen on the lateral view.") == {"nodule": 1}
+
+
 def test_normal_rule():
     assert labels("No acute cardiopulmonary abnormality.")["normal"] == 1
     assert "normal" not in labels("Possible small left effusion.")

@@ -286,11 +286,12 @@ class _Scope:
         self.unc = self._split(unc)
         self.strong = self._split([m.span() for m in STRONG_UNC_RE.finditer(text, start, end)])
         self.pseudo_ends = [b for _, b in self.pseudo]
-        self.text, self.start, self._late = text, start, None
+        self.text, self.start, self._late, self._commas = text, start, None, None
 
     def late(self, pos):
-        """0 or -1 from the clause-final predicate that the subject mention ending at pos is the subject of, or None.
-        The first predicate after pos counts when no verb comes before it (found once per clause, on first use)."""
+        """(0 or -1, its start) from the clause-final predicate that the subject mention ending at pos is the subject
+        of, or None. The first predicate after pos counts when no verb comes before it (found once per clause, on first
+        use)."""
         if self._late is None:
             # every predicate starts at a verb or 'not': tried there only, anchored
             words = list(COPULA_RE.finditer(self.text, self.start, self.end))
@@ -302,7 +303,14 @@ class _Scope:
         if i == len(starts):
             return None
         v = bisect.bisect_left(verbs, pos)
-        return values[i] if v == len(verbs) or starts[i] <= verbs[v] else None
+        return (values[i], starts[i]) if v == len(verbs) or starts[i] <= verbs[v] else None
+
+    def comma(self, lo, hi):
+        """Whether a comma lies in text[lo:hi] (the clause's commas found once, on first use)."""
+        if self._commas is None:
+            self._commas = [m.start() for m in re.finditer(",", self.text[self.start:self.end])]
+        i = bisect.bisect_left(self._commas, lo - self.start)
+        return i < len(self._commas) and self._commas[i] < hi - self.start
 
     def _split(self, spans):
         """(free spans, their ends, {pseudo index: spans inside it}): a span that overlaps a pseudo-negation
@@ -343,14 +351,13 @@ class _Scope:
         return any(a >= lo and b <= hi for a, b in inside.get(k, ()))
 
 
-def _mention_value(text, start, end, scope, subject):
-    """1, 0 or -1 for one mention at text[start:end] inside the clause `scope`; `subject`: the mention is (in) the
-    subject the clause opens with."""
+def _mention_value(text, start, end, scope, late):
+    """1, 0 or -1 for one mention at text[start:end] inside the clause `scope`; `late`: 0 or -1 from the clause-final
+    predicate the mention is the subject of, or None."""
     if UNC_AFTER_RE.match(text, end, scope.end):
         return -1
     if NEG_AFTER_RE.match(text, end, scope.end):
         return 0
-    late = scope.late(end) if subject else None
     if late is not None:
         return late
     neg = scope.last_end(scope.neg, start)
@@ -395,19 +402,27 @@ def label_report(text):
             mentions.append((s, e, j))
     # in text order, to tell a clause's subject: its first mention and those listed with it
     mentions.sort()
-    clause, last_end, subject = -1, 0, False
-    for s, e, j in mentions:
-        k = bisect.bisect_right(starts, s) - 1
+    clauses = [bisect.bisect_right(starts, s) - 1 for s, _, _ in mentions]
+    subjects, clause, last_end = [], -1, 0
+    for (s, e, _), k in zip(mentions, clauses):
         if k != clause:
-            clause, subject, last_end = k, True, e
+            subject, clause, last_end = True, k, e
         else:
             if subject and s >= last_end:
                 subject = SUBJECT_LIST_RE.fullmatch(text, last_end, s) is not None
             last_end = max(last_end, e)
+        subjects.append(subject)
+    mention_starts = [s for s, _, _ in mentions]
+    for i, ((s, e, j), k) in enumerate(zip(mentions, clauses)):
         scope = scopes.get(k)
         if scope is None:
             scope = scopes[k] = _Scope(text, starts[k], bounds[k])
-        v = _mention_value(text, s, e, scope, subject)
+        late = scope.late(e) if subjects[i] else None
+        if late is not None:
+            # a mention after a comma and before the predicate is its own subject: 'X in the lobe, Y is not seen'
+            last = bisect.bisect_left(mention_starts, late[1]) - 1
+            late = None if last > i and not subjects[last] and scope.comma(e, mention_starts[last]) else late[0]
+        v = _mention_value(text, s, e, scope, late)
         cur = out[j]
         # positive beats uncertain beats negative (CheXpert's aggregation)
         if cur == NOT_MENTIONED or v == 1 or (v == -1 and cur == 0):
