@@ -65,8 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--openi-labels", choices=["mesh", "text", "chexpert"], default="mesh",
                    help="OpenI label source: mesh = the MeSH <major> terms people assigned (default), "
                         "text = the built-in report labeler, chexpert = a CheXpert labeler output CSV")
-    p.add_argument("--chexpert-csv", help="CheXpert labeler output for openi_reports.csv "
-                                          "(needed with --openi-labels chexpert)")
+    p.add_argument("--chexpert-csv", help="CheXpert labeler output for openi_reports.csv (needed with --openi-labels "
+                                          "chexpert); Fracture counts as other findings, and the classes no "
+                                          "observation names (Support Devices names none) are left blank = unknown")
     p.add_argument("--views", type=checked(padchest_views), default="frontal",
                    help=f"PadChest projections to keep, comma-separated, from {', '.join(PROJECTIONS)}, or frontal "
                         f"or lateral for those of the kind (default: frontal, the views {','.join(DEFAULT_VIEWS)}; "

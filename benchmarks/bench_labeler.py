@@ -5,7 +5,9 @@
   real reports joined without sentence ends (target: at most ~10 ms per 10 KB; a 360 KB repetitive report under a
   second). The old labeler is quadratic in the mentions of a clause, so it runs only on the reports up to
   --old-max-kb (the issue measured 2.0 s for 31 KB, 31 s for 124 KB, 121 s for 360 KB).
-- agreement with OpenI's MeSH codes: precision, recall and F1 per class, old and new on the same reports.
+- agreement with OpenI's MeSH codes: precision, recall and F1 per class, old and new on the same reports, with
+  'uncertain' counted as negative and as positive ('lower' marks a class whose F1 fell), and the reports
+  without text.
 
 The old labeler is data/labels/report_labeler.py as of --old-rev, read with `git show`. The CheXpert labeler it
 replaces (Java, BLLIP parser, NegBio) cannot run here (model download); its users report about 5 reports per
@@ -23,7 +25,7 @@ import subprocess
 import time
 import types
 
-from data.labels.openi import evaluate_labeler, read_reports, report_text
+from data.labels.openi import evaluate_labeler, read_reports, report_text, without_text_summary
 from data.labels.report_labeler import label_report
 
 CHEXPERT_REPORTS_PER_S = 5.0  # reported by users of stanfordmlgroup/chexpert-labeler
@@ -114,15 +116,17 @@ def main():
             line += f" {'skipped':>9s}"
         print(line)
 
-    print("\nagreement with OpenI's MeSH codes (uncertain counts as negative), on the same reports")
-    rows = {"old": evaluate_labeler(source, old.label_reports)[0]} if old is not None else {}
-    rows["new"] = evaluate_labeler(source)[0]
-    print(f"  {'class':34s}" + "".join(f" {n + ' ' + m:>8s}" for n in rows for m in ("P", "R", "F1"))
-          + f" {'support':>8s}")
-    for i, r in enumerate(rows["new"]):
-        scores = "".join(f" {rows[n][i][m]:8.3f}" for n in rows for m in ("precision", "recall", "f1"))
-        print(f"  {r['class']:34s}{scores} {r['support']:8d}")
-
+    scores = {"old": evaluate_labeler(source, old.label_reports)} if old is not None else {}
+    scores["new"] = evaluate_labeler(source)
+    for mode in ("negative", "positive"):
+        print(f"\nagreement with OpenI's MeSH codes (uncertain counts as {mode}), on the same reports")
+        print(f"  {'class':34s}" + "".join(f" {n + ' ' + m:>8s}" for n in scores for m in ("P", "R", "F1"))
+              + f" {'support':>8s}")
+        for i, r in enumerate(scores["new"][mode]):
+            line = "".join(f" {scores[n][mode][i][m]:8.3f}" for n in scores for m in ("precision", "recall", "f1"))
+            lower = " lower" if "old" in scores and r["f1"] < scores["old"][mode][i]["f1"] - 1e-9 else ""
+            print(f"  {r['class']:34s}{line} {r['support']:8d}{lower}")
+    print("\n" + without_text_summary(scores["new"]))
 
 if __name__ == "__main__":
     main()

@@ -13,8 +13,8 @@ import parselabelfile
 from conftest import REAL_DATA as TXRV
 from data.classes import CLASSES
 from data.labels.combine import OUT_COLUMNS, FastBookkeeping, RarestFirstStratification, combine, patient_split
-from data.labels.openi import (CHEXPERT_COLUMNS, mesh_term_classes, openi_labels, read_reports, report_labels,
-                               report_text)
+from data.labels.openi import (CHEXPERT_COLUMNS, CHEXPERT_UNKNOWN, mesh_term_classes, openi_labels, read_reports,
+                               report_labels, report_text)
 from data.errors import InputError, LabelFileError
 from data.labels.padchest import CSV_NAME, padchest_labels, term_classes
 from data.labels.report_labeler import label_reports
@@ -174,7 +174,7 @@ def test_rule_clears_other_and_normal_beside_findings():
     values = np.zeros((5, len(CLASSES)), dtype=np.int8)
     col = CLASSES.index
     values[0, [col("other findings"), col("cardiomegaly")]] = 1  # CheXpert: Lung Opacity + Cardiomegaly
-    values[1, [col("normal"), col("electrical device")]] = 1  # CheXpert: No Finding + Support Devices
+    values[1, [col("normal"), col("electrical device")]] = 1  # PadChest: normal beside a pacemaker
     values[2, col("other findings")] = 1  # abnormal, none of the 20: stays
     values[2, col("normal")] = 1  # ... and then not normal
     values[3, col("normal")] = 1  # normal alone: stays
@@ -241,10 +241,13 @@ def test_the_rule_is_applied_to_chexpert_labels_by_parselabelfile(tmp_path):
     out = tmp_path / "out"
     assert parselabelfile.main(["--openi-reports", str(folder), "--out", str(out), "--openi-labels", "chexpert",
                                 "--chexpert-csv", str(tmp_path / "chexpert.csv")]) == 0
-    frame = pd.read_csv(out / "openi_labels.csv").drop_duplicates("PatientID").set_index("PatientID")
+    frame = pd.read_csv(out / "openi_labels.csv", dtype=str, keep_default_na=False)
+    frame = frame.drop_duplicates("PatientID").set_index("PatientID")
     first, second = reports["ReportID"]
-    assert [c for c in CLASSES if frame.at[first, c]] == ["electrical device"]
-    assert [c for c in CLASSES if frame.at[second, c]] == ["cardiomegaly"]
+    # a device is no class of ours (which one is unknown: blank) and not normal: every cell known is 0
+    assert {c for c in CLASSES if frame.at[first, c] == ""} == {*CHEXPERT_UNKNOWN, "other findings"}
+    assert [c for c in CLASSES if frame.at[first, c] not in ("", "0")] == []
+    assert [c for c in CLASSES if frame.at[second, c] not in ("", "0")] == ["cardiomegaly"]
 
 
 # ---- several manifests (download_images.py --shard auto writes OUT/shard-K/manifest.csv) ----

@@ -11,7 +11,8 @@ import pytest
 import parselabelfile
 from conftest import REAL_DATA
 from data.classes import CLASSES
-from data.labels.openi import CHEXPERT_COLUMNS, mesh_labels, mesh_term_classes, openi_labels, read_reports, report_text
+from data.labels.openi import (CHEXPERT_COLUMNS, CHEXPERT_UNKNOWN, mesh_labels, mesh_term_classes, openi_labels,
+                               read_reports, report_text)
 from data.errors import LabelFileError
 
 REAL_TGZ = os.path.join(REAL_DATA, "NLMCXR_reports.tgz")
@@ -113,12 +114,16 @@ def test_chexpert_import_and_bad_chexpert_csv(tmp_path, capsys):
     frame, _, stats = openi_labels(str(folder), "chexpert", str(csv))
     by_report = frame.drop_duplicates("PatientID").set_index("PatientID").loc[reports["ReportID"]]
     row0, row1, row2 = (by_report.iloc[i][CLASSES].to_dict() for i in range(3))
-    assert row0["normal"] == 1 and sum(row0.values()) == 1
-    # consolidation is 'infiltrates'; the opacity beside it is no leftover finding
+    # the classes no CheXpert observation maps to are unknown, not negative
+    for row in (row0, row1, row2):
+        assert [c for c in CLASSES if pd.isna(row[c])] == CHEXPERT_UNKNOWN
+    known = [c for c in CLASSES if c not in CHEXPERT_UNKNOWN]
+    assert [c for c in known if row0[c]] == ["normal"]
+    # consolidation is 'infiltrates'; the opacity beside it is no leftover finding; Support Devices names no class
     assert row1["infiltrates"] == -1 and row1["other findings"] == 0
-    assert row1["electrical device"] == 1 and row1["pleural effusion"] == -1 and row1["pneumothorax"] == 0
+    assert row1["pleural effusion"] == -1 and row1["pneumothorax"] == 0 and row1["normal"] == 0
     # observations outside the named classes, and no named one: 'other findings'
-    assert row2["other findings"] == 1 and sum(row2.values()) == 1
+    assert [c for c in known if row2[c]] == ["other findings"]
     # an all-blank row and a report without a row give no label
     assert by_report["Unlabeled"].tolist() == [False, False, False, True, True]
     assert stats["chexpert_unmatched_reports"] == 1 and stats["unlabeled_reports"] == 2

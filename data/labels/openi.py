@@ -2,7 +2,8 @@
 
 - mesh: the MeSH <major> terms people assigned to each report, mapped to the classes (default)
 - text: the built-in report labeler (data.labels.report_labeler) run on FINDINGS + IMPRESSION
-- chexpert: an output CSV of the Stanford CheXpert labeler, its 14 observations mapped to the classes
+- chexpert: an output CSV of the Stanford CheXpert labeler, its 14 observations mapped to the classes (the
+  classes no observation maps to, CHEXPERT_UNKNOWN, are unknown: blank in the CSV)
 
 A study that its source gives no label for is marked in the column `Unlabeled` (its class values mean nothing):
 MeSH codes that are only 'No Indexing' or 'Technical Quality of Image Unsatisfactory'; a report without words
@@ -83,9 +84,14 @@ MESH_HEADINGS = {
     "central venous catheters": {"catheter"},
 }
 
-# CheXpert observation -> class. Consolidation is 'infiltrates', as in the PadChest tree and MeSH. The observations
-# outside the named classes feed 'other findings', the leftover class: it is set only when no named class is
-# positive or uncertain (an opacity beside a pneumonia is the pneumonia).
+# CheXpert observation -> class, decided against the PadChest taxonomy. Consolidation is 'infiltrates', as in the
+# PadChest tree and MeSH. The observations outside the named classes feed 'other findings', the leftover class: it is
+# set only when no named class is positive or uncertain (an opacity beside a pneumonia is the pneumonia). Fracture
+# (clavicle, humerus, vertebra or rib) is PadChest's 'fracture', a term of its own beside 'thoracic cage deformation'
+# (which holds scoliosis, kyphosis, pectus and cervical rib only): 'other findings'. Support Devices (the CheXpert
+# labeler's phrases: lines, PICC, tubes, catheters, pacer, ICD, valve, hardware, plates, screws, drains, coils, ...)
+# spans PadChest's catheter, electrical device, NSG tube and surgery and terms outside the classes (endotracheal and
+# tracheostomy tubes, chest drains, artificial heart valves): no class of ours, so None.
 CHEXPERT_COLUMNS = {
     "No Finding": "normal",
     "Enlarged Cardiomediastinum": "other findings",
@@ -99,9 +105,13 @@ CHEXPERT_COLUMNS = {
     "Pneumothorax": "pneumothorax",
     "Pleural Effusion": "pleural effusion",
     "Pleural Other": "other findings",
-    "Fracture": "thoracic cage deformation",
-    "Support Devices": "electrical device",
+    "Fracture": "other findings",
+    "Support Devices": None,
 }
+# The classes no observation maps to are unknown for the CheXpert source (blank, as rules.py has it), not negative:
+# the devices, tubes and surgery that Support Devices lumps together, and the findings CheXpert has no word for
+CHEXPERT_UNKNOWN = [c for c in CLASSES if c not in CHEXPERT_COLUMNS.values()]
+
 
 def mesh_term_classes(term):
     """One MeSH <major> entry ('Aorta, Thoracic/tortuous/mild') -> set of classes; {'other findings'}
@@ -247,15 +257,18 @@ def report_text(reports):
 
 
 def read_chexpert_csv(path, texts):
-    """CheXpert-labeler output (Reports + 14 observations) -> (int8 array [len(texts), 22] aligned to texts by report
-    text (rows are matched on whitespace-normalized text), bool array: no row or a row with all 14 blank, the number
-    of texts without a row)."""
+    """CheXpert-labeler output (Reports + 14 observations) -> (float array [len(texts), 22] of 1, 0, -1 and NaN for the
+    classes CHEXPERT_UNKNOWN (and 'other findings' where a device is the only finding), aligned to texts by report text
+    (rows are matched on whitespace-normalized text), bool array: no row or a row with all 14 blank, the number of
+    texts without a row)."""
     frame = read_table(path, ["Reports", *CHEXPERT_COLUMNS], what="a CheXpert labeler output", dtype={"Reports": str})
     by_text = {}
-    other = CLASSES.index("other findings")
+    other, normal = CLASSES.index("other findings"), CLASSES.index("normal")
+    unknown = [CLASSES.index(c) for c in CHEXPERT_UNKNOWN]
     for i in range(len(frame)):
-        values = np.zeros(len(CLASSES), dtype=np.int8)
-        blank = True
+        values = np.zeros(len(CLASSES))
+        values[unknown] = np.nan
+        blank, device = True, 0
         for obs, cls in CHEXPERT_COLUMNS.items():
             v = frame.at[i, obs]
             if pd.isna(v) or v == "":
@@ -267,15 +280,22 @@ def read_chexpert_csv(path, texts):
                 raise LabelFileError(f"{path}, row {i + 2}: {obs} is {v!r}, expected 1, 0, -1 or blank") from None
             if v not in (1, 0, -1):
                 raise LabelFileError(f"{path}, row {i + 2}: {obs} is {v!r}, expected 1, 0, -1 or blank")
+            if cls is None:
+                device = v
+                continue
             j = CLASSES.index(cls)
             # several observations feed 'other findings': positive beats uncertain beats negative
             if v == 1 or (v == -1 and values[j] != 1):
                 values[j] = v
         if np.isin(values[NAMED], (1, -1)).any():
             values[other] = 0
+        elif device and values[other] == 0:
+            values[other] = np.nan  # the device may be one outside the classes (a tracheal tube, a drain, a valve)
+        if device:
+            values[normal] = 0  # CheXpert's No Finding ignores devices; every device is a finding of ours
         text = " ".join(str(frame.at[i, "Reports"]).split()) if not pd.isna(frame.at[i, "Reports"]) else ""
         by_text[text] = values, blank
-    out = np.zeros((len(texts), len(CLASSES)), dtype=np.int8)
+    out = np.zeros((len(texts), len(CLASSES)))
     unlabeled = np.ones(len(texts), dtype=bool)
     unmatched = 0
     for i, t in enumerate(texts):
@@ -288,8 +308,8 @@ def read_chexpert_csv(path, texts):
 
 
 def report_labels(reports, source="mesh", chexpert_csv=None):
-    """Per-report labels from one label source: (int8 array [n_reports, 22], bool array [n_reports]: the source
-    gives this report no label, stats)."""
+    """Per-report labels from one label source: (array [n_reports, 22]: int8, or float with NaN for the classes the
+    CheXpert source does not annotate, bool array [n_reports]: the source gives this report no label, stats)."""
     stats = {}
     if source == "mesh":
         values = np.stack([mesh_labels(m) for m in reports["major"]]) if len(reports) else \
@@ -336,36 +356,68 @@ def openi_labels(reports_source, source="mesh", chexpert_csv=None):
 
 def evaluate_labeler(reports_source, labeler=label_reports):
     """A report labeler's text labels (by default the built-in one; `labeler` maps a list of texts to an array
-    [n, 22]) against the MeSH <major> labels people assigned, on the OpenI reports that have both
-    -> (rows of report_labeler.evaluate(), reports/s)."""
+    [n, 22] of 1, 0, -1) against the MeSH <major> labels people assigned -> dict:
+
+    - "negative", "positive": rows of report_labeler.evaluate() with 'uncertain' counted as negative / as positive, on
+      the reports that have both MeSH codes and words
+    - "with_blank": the rows (uncertain as negative) with the reports that have codes but no words counted too, as a
+      labeler reads them: all blank, so each code they carry is a false negative
+    - "counts": reports, not_indexed (codes only 'No Indexing': no reference), scored, without_text (codes, no
+      words) and without_text_codes ({class: reports} of their codes)
+    - "rate": reports per second of the labeler on the scored reports"""
     reports, _ = read_reports(reports_source)
     texts = report_text(reports)
     # 'No Indexing' alone means the indexers coded nothing: no reference for those reports; a report without
-    # words (28, all MeSH 'normal') gives a labeler nothing to read
-    indexed = reports["major"].map(lambda m: any(t.strip().lower() != "no indexing" for t in m))
-    scored = (indexed & texts.map(has_words)).to_numpy(dtype=bool)
-    reports, texts = reports[scored].reset_index(drop=True), texts[scored].tolist()
+    # words (28, all MeSH 'normal') gives a labeler nothing to read, so it is scored apart
+    indexed = reports["major"].map(lambda m: any(t.strip().lower() != "no indexing" for t in m)).to_numpy(dtype=bool)
+    words = texts.map(has_words).to_numpy(dtype=bool)
     reference, _, _ = report_labels(reports, "mesh")
+    scored, blank = indexed & words, indexed & ~words
     t = time.perf_counter()
-    predicted = labeler(texts)
-    rate = len(texts) / (time.perf_counter() - t)
-    return evaluate(predicted, reference), rate
+    predicted = np.asarray(labeler(texts[scored].tolist()))
+    rate = int(scored.sum()) / (time.perf_counter() - t)
+    with_blank = np.concatenate([predicted, np.zeros((int(blank.sum()), len(CLASSES)), predicted.dtype)])
+    counts = {"reports": len(reports), "not_indexed": int((~indexed).sum()), "scored": int(scored.sum()),
+              "without_text": int(blank.sum()),
+              "without_text_codes": {c: int(n) for c, n in zip(CLASSES, reference[blank].sum(axis=0)) if n}}
+    return {"negative": evaluate(predicted, reference[scored]),
+            "positive": evaluate(predicted, reference[scored], uncertain_positive=True),
+            "with_blank": evaluate(with_blank, np.concatenate([reference[scored], reference[blank]])),
+            "counts": counts, "rate": rate}
 
 
 def main(argv=None):
     parser = Parser(prog="python -m data.labels.openi",
                     description="Score the built-in report labeler (data/labels/report_labeler.py) against OpenI's "
-                                "MeSH <major> codes: precision, recall and F1 per class.")
+                                "MeSH <major> codes: precision, recall and F1 per class, with 'uncertain' counted as "
+                                "negative and as positive, and what the reports without text would cost.")
     parser.add_argument("--evaluate-labeler", metavar="DIR_OR_TGZ", required=True,
                         help="OpenI reports: the ecgen-radiology folder or NLMCXR_reports.tgz")
     return run_main(parser.prog, parser.parse_args, print_labeler_scores, argv)
 
 
+def without_text_summary(scores):
+    """One paragraph: how many reports were scored, how many have no text and what counting them would change."""
+    c = scores["counts"]
+    codes = ", ".join(f"{c_} {n:,}" for c_, n in c["without_text_codes"].items()) or "none"
+    normal = CLASSES.index("normal")
+    overall = len(CLASSES)  # the row after the classes: micro over the 22
+    neg, blank = scores["negative"], scores["with_blank"]
+    return (f"{c['reports']:,} reports: {c['not_indexed']:,} coded only 'No Indexing' (no reference) are left out; "
+            f"{c['scored']:,} with codes and text are scored above; {c['without_text']:,} have codes but no FINDINGS "
+            f"or IMPRESSION text (their codes: {codes}) and are left out of the tables, since a labeler reads nothing "
+            f"there (all blank).\nCounted as blank (uncertain as negative): normal recall "
+            f"{neg[normal]['recall']:.3f} -> {blank[normal]['recall']:.3f}, F1 {neg[normal]['f1']:.3f} -> "
+            f"{blank[normal]['f1']:.3f}; overall F1 {neg[overall]['f1']:.3f} -> {blank[overall]['f1']:.3f}.")
+
+
 def print_labeler_scores(args):
     """The built-in labeler's scores on --evaluate-labeler's reports, printed."""
-    rows, rate = evaluate_labeler(args.evaluate_labeler)
-    print(format_table(rows))
-    print(f"labeled at {rate:,.0f} reports/s")
+    scores = evaluate_labeler(args.evaluate_labeler)
+    for mode in ("negative", "positive"):
+        print(f"uncertain counted as {mode}\n{format_table(scores[mode])}\n")
+    print(without_text_summary(scores))
+    print(f"labeled at {scores['rate']:,.0f} reports/s")
 
 
 if __name__ == "__main__":

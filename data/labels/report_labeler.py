@@ -9,6 +9,11 @@ each mention is negated or made uncertain by a trigger in the same clause (a tri
 'without', 'may', or after it, like 'has resolved', 'cannot be excluded'). A hedged negation ('cannot exclude',
 'not ruled out', 'difficult to exclude') is uncertain, also after a negation in its clause. Clauses end at
 sentence punctuation and at words that turn the sentence ('but', 'however', 'although', 'there is', ...).
+A predicate that ends a long clause ('is not seen either on ...', 'would be a consideration', 'are smaller and not
+definitely seen', 'cannot be excluded') reaches the subject the clause opens with (its first mention and those
+listed with it), when no other verb comes between; 'not seen on the lateral view' is no negation. A finding that
+depends on the clinical picture ('correlate clinically for', 'in the appropriate clinical setting', 'is in the
+differential') is uncertain, as in the CheXpert labeler's patterns.
 A statement that a structure is normal ('heart size is normal', 'the lungs are clear') is a negative mention of
 the findings about it. Aggregation per class follows CheXpert: any positive -> 1, else any uncertain -> -1, else
 0 when only negated mentions. 'other findings' is set only when no named class is positive or uncertain, and
@@ -75,7 +80,9 @@ MENTIONS = {
         r"alveolar (?:infiltrat\w+|process|disease)", r"interstitial (?:lung )?disease",
         r"interstitial (?:pneumonitis|infiltrat\w*)",
     ],
-    "mass": [r"mass lesions?", r"mass(?:es)?", r"mass-?like", r"tumou?rs?", r"neoplasms?"],
+    # a tumour or neoplasm is a diagnosis, not the finding: PadChest keeps its diagnoses (lung metastasis, lepidic
+    # adenocarcinoma) apart from 'mass', and so do OpenI's indexers ('nodules consistent with neoplasm': Nodule only)
+    "mass": [r"mass lesions?", r"mass(?:es)?", r"mass-?like"],
     "nodule": [r"nodules?", r"noduli?"],
     "nsg tube": [
         r"(?:ng|og|nasogastric|orogastric|feeding|dobhoff|dobbhoff|enteric|gastric|esophagogastric|nasoenteric)"
@@ -119,7 +126,8 @@ MENTIONS = {
         r"pneumoperitoneum", r"free air", r"subcutaneous emphysema", r"pneumomediastinum", r"foreign bod\w+",
         r"(?:endotracheal|tracheostomy|et|chest|thoracostomy) tubes?", r"tracheostomy", r"drain\w*",
         r"(?:vp )?shunt(?: tubing| catheter)?", r"osteopeni\w+", r"osteoporo\w+", r"arthriti\w+",
-        r"sarcoid\w*", r"metasta\w+", r"lesions?", r"abnormalit\w+", r"aneurysm\w*", r"dilat\w+", r"shift",
+        r"sarcoid\w*", r"metasta\w+", r"tumou?rs?", r"neoplas\w+", r"lesions?", r"abnormalit\w+", r"aneurysm\w*",
+        r"dilat\w+", r"shift",
         r"volume loss", r"effacement", r"azygos lobe", r"nipple shadows?", r"epicardial fat", r"cardiac monitor",
         r"(?:monitor|ecg|ekg) leads", r"wires?", r"hyperlucen\w+", r"bronchitis", r"airway disease",
         r"(?:peribronchial|bronchial) (?:cuffing|wall thickening)", r"kerley", r"cephalization",
@@ -151,19 +159,45 @@ UNCERTAIN_BEFORE = [
     r"suggest\w*", r"suspicious for", r"suspect\w*", r"concern\w* for", r"worrisome for", r"differential",
     r"versus", r"vs\.?", r"consider\w*", r"equivocal", r"vague", r"cannot", r"presumed",
     r"either", r"favor\w*", r"evaluate for", r"assess for",
+    # the finding depends on the clinical picture: CheXpert's 'correlate clinically for XXX' is uncertain, and 'in the
+    # appropriate clinical setting this is compatible with pneumonia' says the same
+    r"correlat\w*(?: clinically)? (?:for|with)", r"clinical correlation (?:for|with)",
+    r"in (?:the |an )?(?:appropriate|correct|right|proper|given) clinical (?:setting|context)",
 ]
 # hedges that override an earlier negation in the clause ('no effusion, possibly atelectasis'); weaker ones
 # like 'suggest' do not ('no opacity to suggest pneumonia')
 STRONG_UNCERTAIN = [HEDGED_NEGATION, r"may", r"might", r"could", r"possibl[ey]", r"versus", r"vs\.?"]
-# 'no change in the effusion' reports an effusion
-PSEUDO_NEGATION = r"\bno (?:\w+ )?(?:change|increase|decrease|progression)\b|\bnot (?:\w+ )?changed\b"
+# 'no change in the effusion' and 'without significant interval change of mild atelectasis' report the finding
+PSEUDO_NEGATION = (r"\b(?:no (?:\w+ )?|without (?:\w+ ){0,2})(?:change|increase|decrease|progression)\b"
+                   r"|\bnot (?:\w+ )?changed\b")
 UNCERTAIN_AFTER = [
     # the passive hedges; 'cannot exclude' after a mention hedges the next one ('no effusion, cannot exclude X')
     r"(?:is |are |was |were )?(?:cannot|can not|could not|may not|not|should)(?: be)?(?: \w+ly)?(?: be)? "
     r"(?:excluded|ruled out)", r"(?:is |are )?difficult to (?:\w+ly )?exclude(?=\W*$)",
     r"(?:is |are )?(?:possible|suspected|questioned|likely|not excluded|versus|vs\.?)",
-    r"(?:could|may|might) (?:be|represent)",
+    r"(?:could|may|might|would) (?:be|represent)", r"(?:is |are )?(?:also )?in the differential",
 ]
+# A predicate at the end of a long clause, about the clause's subject: the mention the clause opens with and those
+# listed with it ('X and Y', 'X or Y', 'X/Y'), with no other verb between them and the predicate. 'Pneumonia seen on
+# CT examination dated XXXX (not seen on prior chest x-XXXX) is not seen either on XXXX chest x-XXXX' is negative;
+# 'A pneumonia superimposed on changes of emphysema ... would be a consideration' hedges the pneumonia, not the
+# emphysema. A view that does not show a finding ('not seen on the lateral view') says it shows on the other one.
+_SEEN = r"(?:seen|identified|visualized|evident|present|appreciated|demonstrated|visible)"
+_NOT_ON_A_VIEW = (r"(?!(?:\W+(?:either|well|xxxx|" + _SEEN[3:-1] + r"))*\W+on (?:the |this |today's )?"
+                  r"(?:pa|ap|lateral|frontal|posteroanterior|oblique)"
+                  r" (?:view|projection|image|radiograph|film|exam)s?\b)")
+LATE_NEGATION = (r"(?:is|are|was|were|has been|have been)(?: xxxx| either| now)? (?:not|no longer)(?: xxxx| either)? "
+                 + _SEEN + r"\b" + _NOT_ON_A_VIEW)
+# CheXpert reads 'XXX are not clearly seen' as uncertain; 'smaller and not definitely seen' is the same
+LATE_UNCERTAIN = (r"(?:(?:would|could|may|might) be (?:a |another )?(?:consideration|considered)"
+                  r"|(?:is|are) (?:also )?in the differential|(?:is|are) (?:also )?(?:a |another )?consideration"
+                  r"|(?:cannot|can not|could not|may not|not) (?:be )?(?:\w+ly )?(?:be )?(?:excluded|ruled out)"
+                  r"|(?:is|are|was|were)(?: [\w-]+ and)? not (?:definitely|clearly|well|convincingly) " + _SEEN
+                  + r")\b" + _NOT_ON_A_VIEW)
+# joins a mention to the one before it in a subject: nothing, a conjunction, a slash or a comma, and up to two words
+SUBJECT_LIST = r"(?:\s*(?:,|/|and/or|and|or)?\s*)(?:[\w-]+\s+){0,2}?"
+COPULA = r"\b(?:(?P<verb>is|are|was|were|has|have|would|could|may|might|can)|cannot|not)\b"  # a predicate starts at one
+
 # Statements that a structure is normal are negative mentions of the findings about that structure, as in the
 # CheXpert labeler ('heart size is normal': cardiomegaly 0). Plain statements only: 'upper limits of normal',
 # 'borderline', 'normal to mildly enlarged' and 'not clear' say nothing. They set 0 and never claim text.
@@ -208,10 +242,13 @@ NEG_BEFORE_RE = re.compile(_alternation(NEGATION_BEFORE))
 UNC_BEFORE_RE = re.compile(_alternation(UNCERTAIN_BEFORE))
 STRONG_UNC_RE = re.compile(_alternation(STRONG_UNCERTAIN))
 PSEUDO_NEG_RE = re.compile(PSEUDO_NEGATION)
-NEG_AFTER_RE = re.compile(r"\W*(?:" + "|".join(NEGATION_AFTER) + r")\b")
+NEG_AFTER_RE = re.compile(r"\W*(?:" + "|".join(NEGATION_AFTER) + r")\b" + _NOT_ON_A_VIEW)
 # the hedge after a list covers its items: 'atelectasis or infiltrate cannot be ruled out'
 UNC_AFTER_RE = re.compile(r"\W*(?:(?:or|and/or) (?:[\w-]+ ){1,4}?)?(?:" + "|".join(UNCERTAIN_AFTER) + r")\b")
 BREAK_RE = re.compile(CLAUSE_BREAK)
+LATE_RE = re.compile(r"\b(?:(?P<neg>" + LATE_NEGATION + r")|" + LATE_UNCERTAIN + r")")
+SUBJECT_LIST_RE = re.compile(SUBJECT_LIST)
+COPULA_RE = re.compile(COPULA)
 CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
 NAMED = [i for i, c in enumerate(CLASSES) if c not in ("normal", "other findings")]
 NOT_MENTIONED = -2  # internal marker for a blank cell
@@ -249,6 +286,31 @@ class _Scope:
         self.unc = self._split(unc)
         self.strong = self._split([m.span() for m in STRONG_UNC_RE.finditer(text, start, end)])
         self.pseudo_ends = [b for _, b in self.pseudo]
+        self.text, self.start, self._late, self._commas = text, start, None, None
+
+    def late(self, pos):
+        """(0 or -1, its start) from the clause-final predicate that the subject mention ending at pos is the subject
+        of, or None. The first predicate after pos counts when no verb comes before it (found once per clause, on first
+        use)."""
+        if self._late is None:
+            # every predicate starts at a verb or 'not': tried there only, anchored
+            words = list(COPULA_RE.finditer(self.text, self.start, self.end))
+            found = [(m.start(), late) for m in words if (late := LATE_RE.match(self.text, m.start(), self.end))]
+            self._late = ([a for a, _ in found], [0 if m.group("neg") else -1 for _, m in found],
+                          [m.start() for m in words if m.group("verb")])
+        starts, values, verbs = self._late
+        i = bisect.bisect_left(starts, pos)
+        if i == len(starts):
+            return None
+        v = bisect.bisect_left(verbs, pos)
+        return (values[i], starts[i]) if v == len(verbs) or starts[i] <= verbs[v] else None
+
+    def comma(self, lo, hi):
+        """Whether a comma lies in text[lo:hi] (the clause's commas found once, on first use)."""
+        if self._commas is None:
+            self._commas = [m.start() for m in re.finditer(",", self.text[self.start:self.end])]
+        i = bisect.bisect_left(self._commas, lo - self.start)
+        return i < len(self._commas) and self._commas[i] < hi - self.start
 
     def _split(self, spans):
         """(free spans, their ends, {pseudo index: spans inside it}): a span that overlaps a pseudo-negation
@@ -289,12 +351,15 @@ class _Scope:
         return any(a >= lo and b <= hi for a, b in inside.get(k, ()))
 
 
-def _mention_value(text, start, end, scope):
-    """1, 0 or -1 for one mention at text[start:end] inside the clause `scope`."""
+def _mention_value(text, start, end, scope, late):
+    """1, 0 or -1 for one mention at text[start:end] inside the clause `scope`; `late`: 0 or -1 from the clause-final
+    predicate the mention is the subject of, or None."""
     if UNC_AFTER_RE.match(text, end, scope.end):
         return -1
     if NEG_AFTER_RE.match(text, end, scope.end):
         return 0
+    if late is not None:
+        return late
     neg = scope.last_end(scope.neg, start)
     unc = scope.last_end(scope.unc, start)
     if neg >= 0 and not (unc > neg and scope.any_within(scope.strong, neg, start)):
@@ -324,6 +389,7 @@ def label_report(text):
     scopes = {}
     # characters claimed by a named class's mention, so that 'pleural effusion' is not also 'other findings'
     taken = bytearray(len(text) + 1)
+    mentions = []
     for cls, regex in MENTION_RE:
         j = CLASS_INDEX[cls]
         other = cls == "other findings"
@@ -331,17 +397,36 @@ def label_report(text):
             s, e = m.span()
             if other and (taken[s] or taken[e - 1]):
                 continue
-            k = bisect.bisect_right(starts, s) - 1
-            scope = scopes.get(k)
-            if scope is None:
-                scope = scopes[k] = _Scope(text, starts[k], bounds[k])
-            v = _mention_value(text, s, e, scope)
             if not other:
                 taken[s:e] = b"\x01" * (e - s)
-            cur = out[j]
-            # positive beats uncertain beats negative (CheXpert's aggregation)
-            if cur == NOT_MENTIONED or v == 1 or (v == -1 and cur == 0):
-                out[j] = v
+            mentions.append((s, e, j))
+    # in text order, to tell a clause's subject: its first mention and those listed with it
+    mentions.sort()
+    clauses = [bisect.bisect_right(starts, s) - 1 for s, _, _ in mentions]
+    subjects, clause, last_end = [], -1, 0
+    for (s, e, _), k in zip(mentions, clauses):
+        if k != clause:
+            subject, clause, last_end = True, k, e
+        else:
+            if subject and s >= last_end:
+                subject = SUBJECT_LIST_RE.fullmatch(text, last_end, s) is not None
+            last_end = max(last_end, e)
+        subjects.append(subject)
+    mention_starts = [s for s, _, _ in mentions]
+    for i, ((s, e, j), k) in enumerate(zip(mentions, clauses)):
+        scope = scopes.get(k)
+        if scope is None:
+            scope = scopes[k] = _Scope(text, starts[k], bounds[k])
+        late = scope.late(e) if subjects[i] else None
+        if late is not None:
+            # a mention after a comma and before the predicate is its own subject: 'X in the lobe, Y is not seen'
+            last = bisect.bisect_left(mention_starts, late[1]) - 1
+            late = None if last > i and not subjects[last] and scope.comma(e, mention_starts[last]) else late[0]
+        v = _mention_value(text, s, e, scope, late)
+        cur = out[j]
+        # positive beats uncertain beats negative (CheXpert's aggregation)
+        if cur == NOT_MENTIONED or v == 1 or (v == -1 and cur == 0):
+            out[j] = v
     named = [out[i] for i in NAMED]
     o = CLASS_INDEX["other findings"]
     if any(v in (1, -1) for v in named):

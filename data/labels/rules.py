@@ -8,12 +8,13 @@ before parselabelfile.py writes the source's CSV.
 - 'other findings' is the leftover class: 1 (or -1) only when the study shows something abnormal that none of the 20
   named findings covers and no named finding is 1 or -1 -- "abnormal, but none of the 20". A source marks 'other
   findings' for any finding outside the named classes (a PadChest term no class is an ancestor of, a MeSH heading
-  not in the table, CheXpert's Lung Opacity, Enlarged Cardiomediastinum or Pleural Other); the rule clears it where
-  a named finding is set.
+  not in the table, CheXpert's Lung Opacity, Enlarged Cardiomediastinum, Pleural Other or Fracture); the rule clears
+  it where a named finding is set.
 - 'normal' is 1 only when no other class is 1 or -1: a source's 'normal' beside a finding (PadChest ['normal',
-  'cardiomegaly'], CheXpert's 'No Finding' beside 'Support Devices') becomes 0. The rule never sets 'normal': a study
+  'cardiomegaly'], CheXpert's 'No Finding' beside 'Cardiomegaly') becomes 0. The rule never sets 'normal': a study
   is normal only when its source says so.
-- A class a source never annotates (NIH has no word for devices, tubes, surgery, ...) is unknown for that source's
+- A class a source never annotates (NIH has no word for devices, tubes, surgery, ...; CheXpert's Support Devices lumps
+  catheters, pacemakers, feeding tubes and surgical hardware together) is unknown for that source's
   images: NaN in memory, a blank cell in the per-source CSV and in combined.csv. Unknown is neither negative nor
   uncertain: the rule never reads or writes it, --uncertain (which acts on -1 only) never touches it, the split counts
   it as not positive, and step 4 leaves it out of every loss and metric.
