@@ -8,6 +8,7 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import threading
 from concurrent import futures
 from concurrent.futures.process import BrokenProcessPool
 
@@ -70,37 +71,91 @@ def process_job(job, images_dir, size):
     return row, None
 
 
+class WorkerKilled(EnvironmentFault):
+    """A decoding worker was killed from outside (SIGKILL: the out-of-memory killer, or kill -9): the machine's
+    fault, not the member's, so the run stops naming the unit instead of blaming whatever was in flight."""
+
+
 class WorkerPool:
-    """A process pool that is rebuilt when a worker dies (a decoder crash or the OOM killer)."""
+    """A process pool that is rebuilt when a worker crashes (a decoder's segfault on bad bytes), and that says when
+    a worker was killed instead (WorkerKilled).
+
+    start() launches the fork server and the workers in a thread, so that their start-up (an interpreter importing
+    OpenCV, a few tenths of a second) overlaps what the caller does first; while they come up (`warming`) the
+    caller decodes in its own process, so that no core waits for them."""
 
     def __init__(self, workers):
         self.workers = workers
         self.executor = None
+        self.starter = None
+        self.restarted = False
+
+    def start(self):
+        if self.executor is not None:
+            return
+        ctx = multiprocessing.get_context("forkserver")  # no fork of a process running threads
+        ctx.set_forkserver_preload(["data.ingest.workers"])
+        self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker)
+        self.failure = None
+        self.starter = threading.Thread(target=self._launch, args=(self.executor,), name="ingest-pool-start",
+                                        daemon=True)
+        self.starter.start()
+
+    def _launch(self, executor):
+        """Start every worker: the pool starts a process per task submitted while none is idle. In a thread, so a
+        signal's exception (raised in the main thread alone) never cuts a worker's start-up in half; with SIGINT
+        blocked, which the fork server inherits: a Ctrl-C to the process group while it imports must not print its
+        traceback (it ignores SIGINT only once it is up)."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for _ in range(self.workers):
+                executor.submit(int)
+        except Exception as e:  # no process can be started (EAGAIN, ENOMEM), or the pool broke meanwhile
+            self.failure = e
+
+    @property
+    def warming(self):
+        """Whether the first start is under way (not a restart after a crash: a member that may crash a decoder is
+        never decoded in the caller's process)."""
+        return not self.restarted and self.starter is not None and self.starter.is_alive()
 
     def submit(self, *args):
-        """(future, the executor that runs it)."""
-        if self.executor is None:
-            ctx = multiprocessing.get_context("forkserver")  # no fork of a process running threads
-            ctx.set_forkserver_preload(["data.ingest.workers"])
-            self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=ctx,
-                                                        initializer=_init_worker)
-        return self.executor.submit(process_job, *args), self.executor
+        """(future, the executor that runs it); a pool broken already gives a future failed with BrokenProcessPool."""
+        self.start()
+        self.starter.join()
+        if self.failure is not None and not isinstance(self.failure, BrokenProcessPool):
+            raise EnvironmentFault(f"cannot start the decoding workers ({type(self.failure).__name__}: "
+                                   f"{self.failure}); try fewer --workers")
+        try:
+            return self.executor.submit(process_job, *args), self.executor
+        except BrokenProcessPool as e:
+            failed = futures.Future()
+            failed.set_exception(e)
+            return failed, self.executor
 
     def discard(self, executor):
-        if executor is self.executor:  # not yet replaced by a fresh one
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.executor = None
+        """After a worker died: raise WorkerKilled when one was killed from outside (SIGKILL), else drop the broken
+        executor, so that the next submit starts a fresh one."""
+        if executor is not self.executor:  # already replaced by a fresh one
+            return
+        processes = dict(getattr(executor, "_processes", None) or {})
+        executor.shutdown(wait=True, cancel_futures=True)  # the broken pool's workers are ended and joined
+        self.executor, self.starter, self.restarted = None, None, True
+        if any(p.exitcode == -signal.SIGKILL for p in processes.values()):
+            raise WorkerKilled("SIGKILL")
 
     def close(self, abort=False):
         """Wait for the workers to end; abort: kill them first (an interrupt, or a unit that failed)."""
         if self.executor is None:
             return
+        if self.starter is not None:
+            self.starter.join()
         if abort:
             # ProcessPoolExecutor cannot stop a running task before Python 3.14's terminate_workers().
-            for process in list(getattr(self.executor, "_processes", {}).values()):
+            for process in list((getattr(self.executor, "_processes", None) or {}).values()):
                 process.kill()
         self.executor.shutdown(wait=True, cancel_futures=True)
-        self.executor = None
+        self.executor = self.starter = None
 
 
 WORKER_DIED = "worker process died while decoding (crash or out of memory)"
@@ -121,7 +176,8 @@ def process_unit(unit, local_files, pool, images_dir, size, bar, ledger):
 
     def start(job):
         running[job.key] = job
-        if pool is None:
+        if pool is None or pool.warming:
+            # in this process while the workers start: the same code, so the same bytes
             settle(job, *process_job(job, images_dir, size))
         else:
             fut, executor = pool.submit(job, images_dir, size)
@@ -152,9 +208,18 @@ def process_unit(unit, local_files, pool, images_dir, size, bar, ledger):
                 result = fut.result()
             except (BrokenProcessPool, futures.CancelledError):
                 suspects.append(job)  # any in-flight member may be the one that killed the worker
-                pool.discard(executor)
+                discard(executor)
                 continue
             settle(job, *result)
+
+    def discard(executor):
+        try:
+            pool.discard(executor)
+        except WorkerKilled as e:
+            held = sorted({j.member for j in suspects} | {j.member for j, _ in pending.values()})
+            raise WorkerKilled(f"{unit.name}: a decoding worker was killed ({e}: the out-of-memory killer, or kill "
+                               f"-9) while {len(held)} members were in flight, first {held[0]!r}; {unit.name} is "
+                               f"not marked done (fewer --workers needs less memory)") from None
 
     def drain(limit):
         while len(pending) > limit:
@@ -194,7 +259,7 @@ def process_unit(unit, local_files, pool, images_dir, size, bar, ledger):
             result = fut.result()
         except (BrokenProcessPool, futures.CancelledError):
             result = None, WORKER_DIED
-            pool.discard(executor)
+            discard(executor)
         settle(job, *result)
         drain(0)  # a later copy started by a failed one
     rows.sort(key=lambda r: r["member"])
