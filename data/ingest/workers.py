@@ -218,8 +218,8 @@ def process_unit(unit, local_files, pool, images_dir, size, bar, ledger):
         except WorkerKilled as e:
             held = sorted({j.member for j in suspects} | {j.member for j, _ in pending.values()})
             raise WorkerKilled(f"{unit.name}: a decoding worker was killed ({e}: the out-of-memory killer, or kill "
-                               f"-9) while {len(held)} members were in flight, first {held[0]!r}; {unit.name} is "
-                               f"not marked done (fewer --workers needs less memory)") from None
+                               f"-9) with {len(held)} of its members in flight, first {held[0]!r} (fewer --workers "
+                               f"need less memory)") from None
 
     def drain(limit):
         while len(pending) > limit:
