@@ -208,15 +208,15 @@ def process_unit(unit, local_files, pool, images_dir, size, bar, ledger):
                 result = fut.result()
             except (BrokenProcessPool, futures.CancelledError):
                 suspects.append(job)  # any in-flight member may be the one that killed the worker
-                discard(executor)
+                discard(executor, job)
                 continue
             settle(job, *result)
 
-    def discard(executor):
+    def discard(executor, job):
         try:
             pool.discard(executor)
         except WorkerKilled as e:
-            held = sorted({j.member for j in suspects} | {j.member for j, _ in pending.values()})
+            held = sorted({job.member} | {j.member for j in suspects} | {j.member for j, _ in pending.values()})
             raise WorkerKilled(f"{unit.name}: a decoding worker was killed ({e}: the out-of-memory killer, or kill "
                                f"-9) with {len(held)} of its members in flight, first {held[0]!r} (fewer --workers "
                                f"need less memory)") from None
@@ -259,7 +259,7 @@ def process_unit(unit, local_files, pool, images_dir, size, bar, ledger):
             result = fut.result()
         except (BrokenProcessPool, futures.CancelledError):
             result = None, WORKER_DIED
-            discard(executor)
+            discard(executor, job)
         settle(job, *result)
         drain(0)  # a later copy started by a failed one
     rows.sort(key=lambda r: r["member"])
