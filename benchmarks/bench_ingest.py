@@ -2,7 +2,8 @@
 
 Builds zips of 16-bit grayscale PNGs of PadChest's size, 2500 x 2048 (smooth anatomy-like background plus noise, so
 they compress like radiographs; generated here, never committed), and measures per image:
-  (a) decode only: cv2.imdecode of each member's bytes, already in memory, one core: the floor
+  (a) decode only: cv2.imdecode of each member's bytes, already in memory, one core: the floor (freed buffers kept
+      for the next image, data.ingest.workers.keep_image_memory, as step 1 keeps them)
   (b) the ingest end to end (data.ingest.pipeline.ingest, download_images.py's code path) with --workers 0, 1 and 2,
       each in a fresh interpreter (as a run starts: worker start-up counted), for --base and for this tree; wall
       time, and CPU time of every process of the run (the main one, its fork server and workers, read from /proc)
@@ -30,7 +31,7 @@ import cv2
 import numpy as np
 
 from data.decode import decode_image_bytes, resize_longest
-from data.ingest.workers import PNG_PARAMS
+from data.ingest.workers import PNG_PARAMS, keep_image_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,6 +177,7 @@ def main():
     p.add_argument("--original", action="store_true", help="time the original unzip + PIL approach too")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary folder, deleted)")
     args = p.parse_args()
+    keep_image_memory()  # the floor without the page faults of fresh buffers, as step 1's processes decode
     trees = {"new": ROOT, **({"base": os.path.abspath(args.base)} if args.base else {})}
     counts = [int(w) for w in args.workers.split(",")]
 

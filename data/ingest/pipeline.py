@@ -33,7 +33,7 @@ from data.formats import MANIFEST_COLUMNS
 from data.ingest.archives import loose_folder_of, plan_units, safe_file_name, shard_units
 from data.ingest.ledger import ERROR_COLUMNS, Ledger, settings_for, unit_identity
 from data.ingest.lock import OutLock
-from data.ingest.workers import WorkerPool, process_unit
+from data.ingest.workers import WorkerPool, keep_image_memory, process_unit
 
 def csv_text(rows, columns):
     buf = io.StringIO()
@@ -122,6 +122,7 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
     start = time.perf_counter()
     out = os.path.abspath(out)
     check_flags(source, out, size)
+    keep_image_memory()  # this process decodes too: with --workers 0, and while the workers start
     download_dir = os.path.abspath(download_dir or os.path.join(out, ".download"))
     names, file_identities, blobs = list_source(source, [out, download_dir], billing_project)  # before any write
     all_units = plan_units(names)
