@@ -35,52 +35,22 @@ from data.ingest.workers import PNG_PARAMS, keep_image_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Runs one ingest in a fresh interpreter on the tree `root`; prints {images, wall, cpu}. CPU is the process's own
-# (all threads) plus that of every process it started, sampled from /proc while they live (the fork server's workers
-# are not its children, so getrusage cannot count them).
+# Runs one ingest in a fresh interpreter on the tree `root`; prints {images, wall, cpu, busiest}: CPU seconds of every
+# process of the run and of its busiest thread (benchmarks/cpu_clock.py, loaded from this tree by its path).
 RUNNER = """
-import json, os, sys, threading, time
-root, src, out, workers, size = sys.argv[1:6]
+import importlib.util, json, sys, time
+root, clock_path, src, out, workers, size = sys.argv[1:7]
 sys.path.insert(0, root)
-TICK = os.sysconf("SC_CLK_TCK")
-seen, done = {}, threading.Event()  # (pid, thread id) -> CPU seconds
-def tree(pid):
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return found + [g for c in found for g in tree(c)]
-def sample():
-    while not done.wait(0.02):
-        try:
-            pids = [os.getpid()] + tree(os.getpid())
-        except OSError:
-            continue
-        for pid in pids:
-            try:
-                for task in os.listdir(f"/proc/{pid}/task"):
-                    with open(f"/proc/{pid}/task/{task}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                    key = pid, int(task)
-                    seen[key] = max(seen.get(key, 0), (int(fields[11]) + int(fields[12])) / TICK)
-            except (OSError, IndexError):
-                pass
-threading.Thread(target=sample, daemon=True).start()
+spec = importlib.util.spec_from_file_location("cpu_clock", clock_path)
+cpu_clock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cpu_clock)
 from data.ingest.pipeline import ingest
-time.sleep(0.1)
-before = dict(seen)  # the imports' CPU in this process
-wall = time.perf_counter()
-s = ingest(src, out, size=int(size), workers=int(workers), progress=False)
-wall = time.perf_counter() - wall
-time.sleep(0.05)
-done.set()
+with cpu_clock.TreeClock() as clock:
+    wall = time.perf_counter()
+    s = ingest(src, out, size=int(size), workers=int(workers), progress=False)
+    wall = time.perf_counter() - wall
 assert s["error_rows"] == 0, s
-spent = {k: v - before.get(k, 0) for k, v in seen.items()}
-print(json.dumps({"images": s["images_written"], "wall": wall, "cpu": sum(spent.values()),
-                  "busiest": max(spent.values())}))
+print(json.dumps({"images": s["images_written"], "wall": wall, "cpu": clock.total(), "busiest": clock.busiest()}))
 """
 
 
@@ -145,7 +115,8 @@ def original(folder, out, size):
 def ingest_run(tree, src, out, workers, size):
     """(images, wall s, CPU s of all its processes, CPU s of its busiest thread) of one ingest on `tree` in a fresh
     interpreter."""
-    done = subprocess.run([sys.executable, "-c", RUNNER, tree, src, out, str(workers), str(size)], cwd=tree,
+    clock = os.path.join(ROOT, "benchmarks", "cpu_clock.py")
+    done = subprocess.run([sys.executable, "-c", RUNNER, tree, clock, src, out, str(workers), str(size)], cwd=tree,
                           capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"ingest on {tree} failed:\n{done.stderr}")
