@@ -5,10 +5,8 @@ second time, alone, is blamed for it. Bad input comes back as an error row; an E
 be read or written now) comes back as itself and stops the unit, which then is not marked done.
 """
 import ctypes
-import multiprocessing
 import os
 import signal
-import threading
 from concurrent import futures
 from concurrent.futures.process import BrokenProcessPool
 
@@ -19,6 +17,7 @@ from data.decode import ImageError, decode_image_bytes, resize_longest
 from data.errors import EnvironmentFault, InputError
 from data.files import write_bytes_atomic
 from data.ingest.archives import MAX_NAME_BYTES, file_key, iter_members, output_name, read_job_bytes
+from data.pools import PoolStart, forkserver_pool
 
 # Fixed settings and no timestamps: the same input always gives the same PNG bytes.
 # The "up" filter alone at deflate level 1: as small as level 3 with adaptive filters on radiographs,
@@ -145,9 +144,9 @@ class WorkerPool:
     """A process pool that is rebuilt when a worker crashes (a decoder's segfault on bad bytes), and that says when
     a worker was killed instead (WorkerKilled).
 
-    start() launches the fork server and the workers in a thread, so that their start-up (an interpreter importing
-    OpenCV, a few tenths of a second) overlaps what the caller does first; while they come up (`warming`) the
-    caller decodes in its own process, so that no core waits for them."""
+    start() starts the workers (data.pools: a fork server that imports this module once, in a thread), so that
+    their start-up (an interpreter importing OpenCV, a few tenths of a second) overlaps what the caller does first;
+    while they come up (`warming`) the caller decodes in its own process, so that no core waits for them."""
 
     def __init__(self, workers):
         self.workers = workers
@@ -156,42 +155,24 @@ class WorkerPool:
         self.restarted = False
 
     def start(self):
-        if self.executor is not None:
-            return
-        ctx = multiprocessing.get_context("forkserver")  # no fork of a process running threads
-        ctx.set_forkserver_preload(["data.ingest.workers"])
-        self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker)
-        self.failure = None
-        self.starter = threading.Thread(target=self._launch, args=(self.executor,), name="ingest-pool-start",
-                                        daemon=True)
-        self.starter.start()
-
-    def _launch(self, executor):
-        """Start every worker: the pool starts a process per task submitted while none is idle. In a thread, so a
-        signal's exception (raised in the main thread alone) never cuts a worker's start-up in half; with SIGINT
-        blocked, which the fork server inherits: a Ctrl-C to the process group while it imports must not print its
-        traceback (it ignores SIGINT only once it is up)."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            for _ in range(self.workers):
-                executor.submit(int)
-        except Exception as e:  # no process can be started (EAGAIN, ENOMEM), or the pool broke meanwhile
-            self.failure = e
+        if self.executor is None:
+            self.executor = forkserver_pool(self.workers, ["data.ingest.workers"], _init_worker)
+            self.starter = PoolStart(self.executor, self.workers)
 
     @property
     def warming(self):
         """Whether the first start is under way (not a restart after a crash: a member that may crash a decoder is
         never decoded in the caller's process)."""
-        return not self.restarted and self.starter is not None and self.starter.is_alive()
+        return not self.restarted and self.starter is not None and self.starter.running
 
     def submit(self, jobs, images_dir, size):
         """(future of process_chunk, the executor that runs it); a pool broken already gives a future failed with
         BrokenProcessPool."""
         self.start()
-        self.starter.join()
-        if self.failure is not None and not isinstance(self.failure, BrokenProcessPool):
-            raise EnvironmentFault(f"cannot start the decoding workers ({type(self.failure).__name__}: "
-                                   f"{self.failure}); try fewer --workers")
+        failure = self.starter.wait()
+        if failure is not None and not isinstance(failure, BrokenProcessPool):
+            raise EnvironmentFault(f"cannot start the decoding workers ({type(failure).__name__}: {failure}); try "
+                                   f"fewer --workers")
         try:
             return self.executor.submit(process_chunk, jobs, images_dir, size), self.executor
         except BrokenProcessPool as e:
@@ -215,7 +196,7 @@ class WorkerPool:
         if self.executor is None:
             return
         if self.starter is not None:
-            self.starter.join()
+            self.starter.wait()
         if abort:
             # ProcessPoolExecutor cannot stop a running task before Python 3.14's terminate_workers().
             for process in list((getattr(self.executor, "_processes", None) or {}).values()):
