@@ -10,25 +10,20 @@ cores, so on a shared machine the CPU per image is the figure to compare).
     python -m benchmarks.bench_cache [--images 1024] [--workers 2] [--base /work/wt-base]
 """
 import argparse
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import cv2
 import numpy as np
 
+from benchmarks.cpu_clock import run_in_tree
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# One build on the tree given (benchmarks/cpu_clock.run_in_tree), CPU of every process of it.
 RUNNER = """
-import importlib.util, json, sys, time
-root, clock_path, listing, folder, size, workers = sys.argv[1:7]
-sys.path.insert(0, root)
-spec = importlib.util.spec_from_file_location("cpu_clock", clock_path)
-cpu_clock = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cpu_clock)
+listing, folder, size, workers = args
 from data.cache import image_cache
 from data.dataset import decode_square, worker_process_init
 paths = open(listing).read().split()
@@ -56,13 +51,9 @@ def write_pngs(folder, n, side=512):
 
 
 def build(tree, listing, folder, size, workers):
-    clock = os.path.join(ROOT, "benchmarks", "cpu_clock.py")
-    done = subprocess.run([sys.executable, "-c", RUNNER, tree, clock, listing, folder, str(size), str(workers)],
-                          cwd=tree, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"cache build on {tree} failed:\n{done.stderr}")
+    got = run_in_tree(tree, RUNNER, listing, folder, size, workers)
     shutil.rmtree(folder)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return got
 
 
 def main():

@@ -18,11 +18,8 @@ from 1 to 2 workers (>= 1.8; needs two idle cores: on a shared machine the CPU f
 (from the repository root, so that data/ imports as the scripts import it)
 """
 import argparse
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -30,20 +27,16 @@ import zipfile
 import cv2
 import numpy as np
 
+from benchmarks.cpu_clock import run_in_tree
 from data.decode import decode_image_bytes, resize_longest
 from data.ingest.workers import PNG_PARAMS, keep_image_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Runs one ingest in a fresh interpreter on the tree `root`; prints {images, wall, cpu, busiest}: CPU seconds of every
-# process of the run and of its busiest thread (benchmarks/cpu_clock.py, loaded from this tree by its path).
+# One ingest on the tree given (benchmarks/cpu_clock.run_in_tree): CPU seconds of every process of the run and of its
+# busiest thread.
 RUNNER = """
-import importlib.util, json, sys, time
-root, clock_path, src, out, workers, size = sys.argv[1:7]
-sys.path.insert(0, root)
-spec = importlib.util.spec_from_file_location("cpu_clock", clock_path)
-cpu_clock = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cpu_clock)
+src, out, workers, size = args
 from data.ingest.pipeline import ingest
 with cpu_clock.TreeClock() as clock:
     wall = time.perf_counter()
@@ -115,12 +108,7 @@ def original(folder, out, size):
 def ingest_run(tree, src, out, workers, size):
     """(images, wall s, CPU s of all its processes, CPU s of its busiest thread) of one ingest on `tree` in a fresh
     interpreter."""
-    clock = os.path.join(ROOT, "benchmarks", "cpu_clock.py")
-    done = subprocess.run([sys.executable, "-c", RUNNER, tree, clock, src, out, str(workers), str(size)], cwd=tree,
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"ingest on {tree} failed:\n{done.stderr}")
-    r = json.loads(done.stdout.strip().splitlines()[-1])
+    r = run_in_tree(tree, RUNNER, src, out, workers, size)
     return r["images"], r["wall"], r["cpu"], r["busiest"]
 
 

@@ -76,3 +76,29 @@ class TreeClock:
 
     def busiest(self):
         return max(self.spent().values(), default=0.0)
+
+
+# What a benchmark's body runs after, in a fresh interpreter on another checkout: that tree first on sys.path (its
+# data/ is the code measured), this module loaded by its path (the tree may predate it), the body's arguments in
+# `args`.
+_HEAD = """
+import importlib.util, json, sys, time
+root, clock_path, *args = sys.argv[1:]
+sys.path.insert(0, root)
+spec = importlib.util.spec_from_file_location("cpu_clock", clock_path)
+cpu_clock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cpu_clock)
+"""
+
+
+def run_in_tree(tree, body, *args):
+    """Run the code `body` in a fresh interpreter on the checkout `tree` (cpu_clock, json, sys and time imported;
+    `args`: the strings given); returns what it printed last, as JSON. A failure ends the benchmark with its stderr."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _HEAD + body, tree, os.path.abspath(__file__), *map(str, args)],
+                          cwd=tree, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the benchmark's run on {tree} failed:\n{done.stderr}")
+    import json
+    return json.loads(done.stdout.strip().splitlines()[-1])

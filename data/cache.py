@@ -27,6 +27,9 @@ from data.transforms import SquareResize
 CACHE_VERSION = 2
 CHUNK = 256
 MIN_CHUNK = 16
+# Below this many images, this process alone is done (about 2 ms an image) before builders, whose fork server
+# imports torch (about 2 s), would be up.
+PARALLEL_FROM = 1024
 
 
 class ImageCache:
@@ -123,7 +126,7 @@ def _fill(partial, paths, size, decode, init, workers, progress):
     # others idle), large enough that a task's own cost is nothing.
     chunk = max(MIN_CHUNK, min(CHUNK, -(-n // (8 * max(workers, 1)))))
     tasks = collections.deque((partial, n, size, s, paths[s:s + chunk], decode) for s in range(0, n, chunk))
-    workers = min(workers, len(tasks))
+    workers = min(workers, len(tasks)) if n >= PARALLEL_FROM else 1
     with tqdm(total=n, desc="cache", unit="img", disable=not progress) as bar:
         if workers <= 1:
             _collect(map(_decode_chunk, tasks), sizes, errors, bar)
