@@ -8,9 +8,9 @@
                (data.cache, its build timed apart) and from the in-memory --cache (after its filling pass);
                each beside the model alone at the same precision and batch (the ratio loop / model alone);
                with torch.compile, the cached loop compiled too (its compile time: the first step; its steady rate)
-  --amp auto   bf16 against fp16 + GradScaler for CheXNet alone, and the convergence check (utils.runtime's
+  --amp auto   bf16 against fp16 + GradScaler for CheXNet alone, and the convergence check (utils.amp_choice's
                auroc_agreement of the same short run in both precisions on a learnable synthetic task): on CUDA the
-               choice (utils.runtime.choose_amp) and the MEASURED_AMP entry that records it
+               choice (utils.amp_choice.choose_amp) and the MEASURED_AMP entry that records it
   step 5       utils.engine.predict with maps + utils.localization.localize (boxes for every image, heatmap PNGs
                for 50), images per second
 
@@ -41,7 +41,8 @@ from models import build_model
 from models.losses import bce_loss
 from utils.engine import autocast, make_loader, optimizer_step, predict, train_one_epoch
 from utils.localization import localize
-from utils.runtime import amp_name, auroc_agreement, choose_amp, grad_scaler, use_amp
+from utils.amp_choice import auroc_agreement, choose_amp
+from utils.runtime import amp_name, grad_scaler, use_amp
 
 TRAIN_IMAGES = 134_000  # the training split of the 168k-image dataset
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -167,7 +168,7 @@ def short_run(name, device, size, batch, steps, dtype, train, val):
 
 
 def convergence_check(name, device, size, batch, steps, validation, dtypes=(torch.bfloat16, torch.float16)):
-    """utils.runtime.auroc_agreement of the same short run in each of `dtypes`: (agrees, macro a, macro b,
+    """utils.amp_choice.auroc_agreement of the same short run in each of `dtypes`: (agrees, macro a, macro b,
     interval of b - a)."""
     train, val = learnable(batch * steps, size, 1), learnable(validation, size, 2)
     probs = [short_run(name, device, size, batch, steps, dtype, train, val) for dtype in dtypes]

@@ -1,10 +1,11 @@
-"""--amp auto on CUDA from measurements (utils.runtime.choose_amp) and its convergence check (auroc_agreement), whose
+"""--amp auto on CUDA from measurements (utils.amp_choice.choose_amp) and its convergence check (auroc_agreement), whose
 code path runs here on a CPU: no test depends on what this machine would pick."""
 import numpy as np
 import pytest
 import torch
 
-from utils.runtime import amp_dtype, auroc_agreement, choose_amp
+from utils.amp_choice import auroc_agreement, choose_amp
+from utils.runtime import amp_dtype
 
 
 def labels(n=400, classes=3, seed=0):
