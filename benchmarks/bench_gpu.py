@@ -6,17 +6,23 @@
   full loop    utils.engine.train_one_epoch over traintest.py's loader, on synthetic 512-px PNGs written here, at the
                default precision: decoding every batch (uncached), from the persistent --cache-dir cache
                (data.cache, its build timed apart) and from the in-memory --cache (after its filling pass);
-               each beside the model alone at the same precision and batch (the ratio loop / model alone)
+               each beside the model alone at the same precision and batch (the ratio loop / model alone);
+               with torch.compile, the cached loop compiled too (its compile time: the first step; its steady rate)
+  --amp auto   bf16 against fp16 + GradScaler for CheXNet alone, and the convergence check (utils.amp_choice's
+               auroc_agreement of the same short run in both precisions on a learnable synthetic task): on CUDA the
+               choice (utils.amp_choice.choose_amp) and the MEASURED_AMP entry that records it
   step 5       utils.engine.predict with maps + utils.localization.localize (boxes for every image, heatmap PNGs
                for 50), images per second
 
     python -m benchmarks.bench_gpu            # on a GPU VM (torch, torchvision, OpenCV, pandas, scikit-learn,
                                               # scikit-image, tqdm; no pydicom, no GCS client needed)
-    python -m benchmarks.bench_gpu --quick    # on a CPU: the same measurements at small sizes, compile left out
+    python -m benchmarks.bench_gpu --quick    # small sizes, compile left out (what a machine without a GPU runs
+                                              # anyway: every code path, the GPU figures open)
 
 (from the repository root, so that data/, models/ and utils/ import as the scripts import them). A measurement
 that would not fit in --budget seconds is printed as skipped. The last line projects 20 CheXNet epochs over the
-168k-image dataset (134k training images) at the loop's measured rate.
+168k-image dataset (134k training images) at the loop's measured rate (and at the compiled loop's, compilation
+included: whether torch.compile wins over 20 epochs).
 """
 import argparse
 import concurrent.futures
@@ -35,6 +41,7 @@ from models import build_model
 from models.losses import bce_loss
 from utils.engine import autocast, make_loader, optimizer_step, predict, train_one_epoch
 from utils.localization import localize
+from utils.amp_choice import auroc_agreement, choose_amp
 from utils.runtime import amp_name, grad_scaler, use_amp
 
 TRAIN_IMAGES = 134_000  # the training split of the 168k-image dataset
@@ -113,15 +120,59 @@ def model_rate(model, device, image_size, batch_size, dtype, steps, warmup=3):
 
 
 def loop_rate(model, loader, device, dtype, steps):
-    """utils.engine.train_one_epoch over `loader` as traintest.py runs it; one warm-up step (workers, autotuning)."""
+    """(images/s, seconds of the warm-up step) of utils.engine.train_one_epoch over `loader` as traintest.py runs
+    it; the warm-up step starts the workers, autotunes, and compiles a torch.compile'd model."""
     optimizer = optimizer_for(model, device)
     scaler = grad_scaler(dtype, device)
     flips = torch.Generator().manual_seed(0)
     common = dict(scaler=scaler, amp=dtype, flip_generator=flips)
+    start = time.perf_counter()
     train_one_epoch(model, loader, optimizer, bce_loss, device, 0, max_batches=1, desc="warm-up", **common)
     sync(device)
+    warmup = time.perf_counter() - start
     return train_one_epoch(model, loader, optimizer, bce_loss, device, 0, max_batches=steps, desc="loop",
-                           **common).rate
+                           **common).rate, warmup
+
+
+def learnable(n, size, seed):
+    """n uint8 images [n, 1, S, S] and their labels [n, C]: finding c present where cell c of a 5 x 5 grid is
+    brighter, on noise, so that a short run learns something and two precisions can be compared on it."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, NUM_CLASSES)) < 0.3).astype(np.float32)
+    x = rng.normal(100, 30, (n, size, size))
+    cell = size // 5
+    for c in range(NUM_CLASSES):
+        r, k = divmod(c, 5)
+        x[y[:, c] == 1, r * cell:(r + 1) * cell, k * cell:(k + 1) * cell] += 60
+    return torch.from_numpy(np.clip(x, 0, 255).astype(np.uint8)).unsqueeze(1), torch.from_numpy(y)
+
+
+def short_run(name, device, size, batch, steps, dtype, train, val):
+    """Validation probabilities [n, C] of `name` trained `steps` steps from seed 0 at `dtype` (float16 with its
+    GradScaler) on the batches of `train`, as the training loop steps (Adam, autocast, bce_loss)."""
+    model = fresh_model(name, device, size)
+    optimizer = optimizer_for(model, device)
+    scaler = grad_scaler(dtype, device)
+    normalize = Normalize(model.mean, model.std, device)
+    (x, y), (vx, _) = train, val
+    model.train()
+    for step in range(steps):
+        rows = torch.arange(step * batch, (step + 1) * batch) % len(x)
+        with autocast(device, dtype):
+            loss = bce_loss(model(normalize(x[rows].to(device))), y[rows].to(device))
+        optimizer_step(loss, optimizer, scaler)
+    model.eval()
+    with torch.no_grad(), autocast(device, dtype):
+        return torch.cat([torch.sigmoid(model(normalize(vx[i:i + batch].to(device))).float()).cpu()
+                          for i in range(0, len(vx), batch)]).numpy()
+
+
+def convergence_check(name, device, size, batch, steps, validation, dtypes=(torch.bfloat16, torch.float16)):
+    """utils.amp_choice.auroc_agreement of the same short run in each of `dtypes`: (agrees, macro a, macro b,
+    interval of b - a)."""
+    train, val = learnable(batch * steps, size, 1), learnable(validation, size, 2)
+    probs = [short_run(name, device, size, batch, steps, dtype, train, val) for dtype in dtypes]
+    return auroc_agreement(val[1].numpy(), *probs)
 
 
 def main():
@@ -140,15 +191,19 @@ def main():
                    help="loader workers of the loop")
     p.add_argument("--compile", choices=["on", "off", "auto"], default="auto",
                    help="time torch.compile too (auto: on a GPU, not with --quick)")
+    p.add_argument("--check-steps", type=int, help="training steps of the convergence check's short run in each "
+                   "precision (default 60; on a CPU 6)")
+    p.add_argument("--check-model", default="chexnet", help="the model of the convergence check (default chexnet)")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    quick = args.quick
+    quick = args.quick or device.type != "cuda"  # a CPU runs the same code paths at tiny sizes
     batches = [int(b) for b in (args.batches or ("4,8" if quick else "128,256")).split(",")]
     size = args.image_size or (64 if quick else 224)
     stored = args.stored_size or (128 if quick else 512)
     steps = args.steps or (2 if quick else 10)
     precisions = (args.precisions or ("fp32,bf16" if quick else "fp32,fp16,bf16")).split(",")
     compile_on = args.compile == "on" or args.compile == "auto" and device.type == "cuda" and not quick
+    check_steps = args.check_steps or (6 if quick else 60)
     budget = Budget(args.budget)
     default = use_amp("auto", device)  # traintest.py's --amp auto on this machine
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
@@ -156,6 +211,8 @@ def main():
           f"precision {amp_name(default)}; budget {args.budget:.0f} s", flush=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        print("no GPU: tiny sizes on the CPU, every code path run; the GPU figures are open", flush=True)
 
     def time_alone(name, batch, label):
         if budget.fits(5 if quick else 8, f"  {name} batch {batch} {label}"):
@@ -178,21 +235,30 @@ def main():
         loops = {}
         if budget.fits(20 if quick else 30, "  uncached"):
             loops["uncached"] = loop_rate(fresh_model("chexnet", device, size),
-                                          make_loader(frame, size, CLASSES, **loader), device, default, steps)
+                                          make_loader(frame, size, CLASSES, **loader), device, default, steps)[0]
         if budget.fits(20 if quick else 30, "  --cache-dir"):
             start = time.perf_counter()
             cached = make_loader(frame, size, CLASSES, cache_dir=os.path.join(tmp, "cache"), **loader)
             print(f"  --cache-dir build: {rows / (time.perf_counter() - start):8.1f} images/s ({rows} images, all "
                   f"cores)", flush=True)
-            loops["--cache-dir"] = loop_rate(fresh_model("chexnet", device, size), cached, device, default, steps)
+            loops["--cache-dir"] = loop_rate(fresh_model("chexnet", device, size), cached, device, default,
+                                             steps)[0]
         if budget.fits(25 if quick else 40, "  --cache"):
             memory = make_loader(frame, size, CLASSES, cache=True, **loader)
             for _ in memory:  # the filling pass; the epochs after it are what --cache buys
                 pass
-            loops["--cache"] = loop_rate(fresh_model("chexnet", device, size), memory, device, default, steps)
+            loops["--cache"] = loop_rate(fresh_model("chexnet", device, size), memory, device, default, steps)[0]
+        compile_s = None
+        if compile_on and "--cache-dir" in loops and budget.fits(60 if quick else 200, "  --cache-dir, compiled"):
+            # inside the loop, as traintest.py would run it: the warm-up step is the compilation
+            loops["--cache-dir, compiled"], compile_s = loop_rate(torch.compile(fresh_model("chexnet", device, size)),
+                                                                  cached, device, default, steps)
         for label, rate in loops.items():
             ratio = f"{rate / reference:.2f}" if reference else "n/a"
             print(f"  {label:>11}: {rate:8.1f}  loop/model alone {ratio}", flush=True)
+        if compile_s is not None:
+            print(f"  torch.compile inside the loop: {compile_s:.0f} s to compile (the first step), then "
+                  f"{loops['--cache-dir, compiled']:.1f} images/s", flush=True)
 
         if budget.fits(15 if quick else 25, "\nstep 5"):
             test = frame.head(batch * min(steps, 4)).copy()  # box finding runs on the CPU: ~100 images/s today
@@ -213,6 +279,31 @@ def main():
             for label in precisions:
                 if (name, b, PRECISIONS[label]) not in alone:
                     time_alone(name, b, label)
+
+    print("\n--amp auto: bf16 against fp16 with GradScaler (chexnet alone, training images/s):", flush=True)
+    for label in ("bf16", "fp16"):
+        if ("chexnet", batch, PRECISIONS[label]) not in alone:
+            time_alone("chexnet", batch, label)
+    race = {PRECISIONS[k]: alone.get(("chexnet", batch, PRECISIONS[k])) for k in ("bf16", "fp16")}
+    validation = 64 if quick else 512
+    check_batch = min(batch, 8 if quick else 64)
+
+    def agrees():
+        ok, macro_bf16, macro_fp16, (low, high) = convergence_check(args.check_model, device, size, check_batch,
+                                                                    check_steps, validation)
+        print(f"  convergence check ({args.check_model}, the same {check_steps} steps of batch {check_batch} in each, "
+              f"{validation} validation images): macro AUROC bf16 {macro_bf16:.3f}, fp16 {macro_fp16:.3f}; "
+              f"fp16 - bf16 in [{low:+.3f}, {high:+.3f}]: {'agree' if ok else 'differ'}", flush=True)
+        return ok
+    if None not in race.values() and budget.fits(20 if quick else 60, "  convergence check"):
+        if device.type == "cuda":
+            dtype, why = choose_amp(race, agrees)
+            print(f"  --amp auto for chexnet on {where}: {amp_name(dtype)} ({why}); utils.runtime.MEASURED_AMP"
+                  f"[{where!r}, 'chexnet'] = torch.{dtype} records it", flush=True)
+        else:
+            agrees()  # the check's code path; the choice is CUDA's
+            print("  on a CPU --amp auto keeps its rule (bf16 only where native); the GPU's choice is open",
+                  flush=True)
 
     if compile_on:
         print(f"\ntorch.compile, bf16, batch {batch} (the first steps compile):", flush=True)
@@ -236,6 +327,11 @@ def main():
         hours = 20 * TRAIN_IMAGES / best / 3600
         print(f"\n20 CheXNet epochs over {TRAIN_IMAGES:,} training images at {best:.1f} images/s (the cached loop): "
               f"{hours:.2f} h ({hours * 60:.0f} min), validation not counted", flush=True)
+    if best and "--cache-dir, compiled" in loops:
+        compiled = (20 * TRAIN_IMAGES / loops["--cache-dir, compiled"] + compile_s) / 3600
+        verdict = "wins" if compiled < hours else "loses"
+        print(f"  compiled: {compiled:.2f} h ({compiled * 60:.0f} min) with its {compile_s:.0f} s of compilation: "
+              f"torch.compile {verdict} over 20 epochs", flush=True)
     print(f"total {args.budget - budget.left():.0f} s", flush=True)
 
 

@@ -8,12 +8,11 @@ when every image is in), and the index (`.json`) is written last, so a build tha
 mistaken for a cache.
 Builds take an exclusive lock (flock) on the cache's lock file: the first process builds, the others wait and open it.
 """
-import concurrent.futures
+import collections
 import errno
 import fcntl
 import hashlib
 import json
-import multiprocessing
 import os
 
 import numpy as np
@@ -21,11 +20,16 @@ from tqdm import tqdm
 
 from data.errors import InputError
 from data.files import atomic_path, remove_temporary_files, write_text_atomic
+from data.pools import PoolStart, forkserver_pool
 from data.transforms import SquareResize
 
 # Bump when the decoding or the resizing of training images changes: old caches then no longer match.
 CACHE_VERSION = 2
 CHUNK = 256
+MIN_CHUNK = 16
+# Below this many images, this process alone is done (about 2 ms an image) before builders, whose fork server
+# imports torch (about 2 s), would be up.
+PARALLEL_FROM = 1024
 
 
 class ImageCache:
@@ -118,26 +122,31 @@ def _fill(partial, paths, size, decode, init, workers, progress):
         if n:  # allocated now: a full disk is an error here, not a SIGBUS in a worker writing to a sparse file
             os.posix_fallocate(f.fileno(), 0, n * size * size)
     sizes, errors = np.zeros((n, 2), dtype=np.int64), [""] * n
-    tasks = [(partial, n, size, s, paths[s:s + CHUNK], decode) for s in range(0, n, CHUNK)]
-    workers = min(workers, len(tasks))
+    # Chunks small enough that every builder gets several (the last one is not decoded by one builder while the
+    # others idle), large enough that a task's own cost is nothing.
+    chunk = max(MIN_CHUNK, min(CHUNK, -(-n // (8 * max(workers, 1)))))
+    tasks = collections.deque((partial, n, size, s, paths[s:s + chunk], decode) for s in range(0, n, chunk))
+    workers = min(workers, len(tasks)) if n >= PARALLEL_FROM else 1
     with tqdm(total=n, desc="cache", unit="img", disable=not progress) as bar:
-        if workers <= 1:  # a start-up of a process that imports torch would cost more than the decoding
-            results = map(_decode_chunk, tasks)
-            _collect(results, sizes, errors, bar)
+        if workers <= 1:
+            _collect(map(_decode_chunk, tasks), sizes, errors, bar)
         else:
-            # spawn: the caller may hold CUDA or threads that a fork would copy in a broken state. The builders
-            # ignore SIGINT/SIGTERM; on either, the caller cancels what has not started and waits only for the
-            # chunks in hand (seconds), and the partial file is never taken for a cache. The tasks are submitted
-            # (and the builders started) from a thread: Python raises a signal's exception in the main thread only,
-            # so it never cuts a builder's start-up (the builder would die reading half its start-up data).
-            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                          initializer=init)
-            starter = concurrent.futures.ThreadPoolExecutor(1)
+            # From a fork server (data.pools): a clean process, no CUDA or threads of the caller's copied, that
+            # imports torch and the decoder once instead of once per builder; while the builders start, this process
+            # decodes the first chunks itself. The builders ignore SIGINT/SIGTERM; on either, the caller cancels what
+            # has not started and waits only for the chunks in hand (seconds), and the partial file is never taken
+            # for a cache.
+            modules = {__name__, decode.__module__} | ({init.__module__} if init is not None else set())
+            pool = forkserver_pool(workers, sorted(modules), init)
+            starter = PoolStart(pool, workers)
             try:
-                jobs = starter.submit(lambda: [pool.submit(_decode_chunk, task) for task in tasks]).result()
+                while tasks and starter.running:
+                    _collect([_decode_chunk(tasks.popleft())], sizes, errors, bar)
+                starter.wait()
+                jobs = [pool.submit(_decode_chunk, task) for task in tasks]  # all started: no start-up to cut
                 _collect((job.result() for job in jobs), sizes, errors, bar)
             finally:
-                starter.shutdown(wait=True)
+                starter.wait()
                 pool.shutdown(wait=True, cancel_futures=True)
     return sizes, errors
 

@@ -18,7 +18,6 @@ import shutil
 import zlib
 
 import numpy as np
-import pandas as pd
 
 from data.decode import IMAGE_SUFFIXES
 from data.errors import InputError, LabelFileError
@@ -42,6 +41,7 @@ def read_table(path, columns, what="CSV", error=LabelFileError, fallback_encodin
     (then `frame.attrs["encoding"]` names it, so the caller can say so). Keyword arguments go to pandas.read_csv;
     `usecols` is checked against the header before the body is read.
     """
+    import pandas as pd  # here, not at the top: step 1's decoding workers import this module and never read a CSV
     if not os.path.isfile(path):
         raise error(f"{path}: {what} not found" + (" (it is a folder)" if os.path.isdir(path) else ""))
     try:
@@ -65,6 +65,7 @@ def read_table(path, columns, what="CSV", error=LabelFileError, fallback_encodin
 
 
 def _read_checked(path, columns, what, error, kwargs):
+    import pandas as pd
     header = pd.read_csv(path, nrows=0, **{k: v for k, v in kwargs.items() if k != "usecols"}).columns
     missing = [c for c in columns if c not in header]
     if missing:
@@ -103,6 +104,7 @@ def check_values(frame, path, columns, allowed, error=LabelFileError, blank=Fals
     value of `columns` is not one of `allowed` (for numbers, text that reads as one, '1' or '1.0', is fine; blank
     is not, unless `blank`: then an empty cell, or one of spaces, is fine too). `frame` is the CSV at `path` as read,
     one frame row per data row, with or without pandas' NA reading."""
+    import pandas as pd
     columns, allowed = list(columns), list(allowed)
     numbers = frame[columns].apply(pd.to_numeric, errors="coerce")
     bad = ~numbers.isin(allowed).to_numpy() & ~frame[columns].isin(allowed).to_numpy()  # numbers, or text ('train')
@@ -122,6 +124,7 @@ def check_values(frame, path, columns, allowed, error=LabelFileError, blank=Fals
 
 def _as_written(path, i, column, parsed):
     """The text of one cell as the file has it: a parsed frame shows blanks as NaN and 2 as 2.0."""
+    import pandas as pd
     try:
         raw = pd.read_csv(path, usecols=[column], dtype=str, keep_default_na=False)[column]
         return raw.iloc[i] if i < len(raw) else str(parsed)

@@ -59,6 +59,24 @@ def test_cache_holds_what_the_loader_decodes(tmp_path, images):
     assert identities(changed) != built and not os.path.exists(cache.path)  # rebuilt, and the stale one removed
 
 
+@pytest.mark.parametrize("builders_only", [False, True], ids=["this process while they start", "builders only"])
+def test_builders_and_this_process_together_write_what_the_loader_decodes(tmp_path, images, monkeypatch,
+                                                                         builders_only):
+    """The parallel build (builders forked from a fork server, this process decoding while they start) on a set
+    small enough for a test: every image in its row, byte for byte the loader's, whoever decoded it."""
+    import data.cache
+    from data.pools import PoolStart
+    monkeypatch.setattr(data.cache, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(data.cache, "MIN_CHUNK", 1)
+    if builders_only:  # as if the builders were up at once: every chunk goes to them
+        monkeypatch.setattr(data.cache, "PoolStart", type("Started", (PoolStart,), {"running": False}))
+    many = images[:-1] * 4 + images[-1:]  # 29 images, 8 chunks of up to 4 for 2 builders
+    cache = image_cache(tmp_path / "cache", many, 32, workers=2, progress=False)
+    for i, path in enumerate(many[:-1]):
+        assert np.array_equal(cache.images[i], expected(path, 32)), i
+    assert cache.errors == [""] * 28 + ["not a readable PNG (no PNG signature and IHDR header)"]
+
+
 def test_stale_or_partial_caches_are_rebuilt(tmp_path, images):
     folder = tmp_path / "cache"
     first = image_cache(folder, images, 32, workers=1, progress=False)

@@ -22,6 +22,7 @@ import download_images
 from conftest import (ROOT, add_tar_bytes, dicom_crop, files_under, make_zips, outputs, png8, png16, read_csv,
                       run_cli, write_zip)
 from data.decode import decode_image_bytes
+from data.files import is_temporary
 from data.ingest.archives import safe_file_name
 
 
@@ -467,3 +468,62 @@ def test_markers_from_before_the_view_column_stay_done_unless_they_hold_dicoms(t
     assert "1 of 2 archives already done" in capsys.readouterr().out
     assert [r["view"] for r in read_csv(out / "manifest.csv")] == ["", "", "PA"]
     assert_same_as_fresh(src, out, tmp_path)
+
+
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def no_core_dumps():
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSEGV], ids=["killed (OOM)", "crashed"])
+def test_a_worker_killed_mid_unit_stops_the_run_with_one_line_naming_it_and_a_rerun_completes(tmp_path, signum):
+    """The out-of-memory killer's SIGKILL to a decoding worker: not the member's fault (no error row), not a hang: the
+    run stops with one line naming the unit, leaves it not done and no partial file, and a rerun finishes it. A
+    worker that crashes (SIGSEGV, as a decoder on bad bytes) is not the machine's: its members are retried alone and
+    the run goes on."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_zips(src, archives=3, per_archive=8)
+    proc = subprocess.Popen(run_cli(src, out, 1), start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=no_core_dumps)
+    workers, deadline = [], time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:  # main -> fork server -> the worker
+        workers = [w for server in children(proc.pid) for w in children(server)]
+        if workers and (out / ".parts").is_dir() and os.listdir(out / ".parts"):
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGSTOP)  # held still: the kill lands while a unit is under way however fast the machine
+    done = os.listdir(out / ".parts")
+    assert proc.poll() is None and workers and len(done) < 3, "the kill should land mid-run"
+    os.kill(workers[0], signum)
+    os.kill(proc.pid, signal.SIGCONT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    reference = tmp_path / "reference"
+    assert download_images.main(["--source", str(src), "--out", str(reference), "--size", "128",
+                                 "--workers", "0", "--quiet"]) == 0
+    if signum == signal.SIGSEGV:
+        assert proc.returncode == 0 and not err.strip(), err
+        assert outputs(out) == outputs(reference)  # every member written, no error row
+        return
+    assert proc.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("download_images.py: error: "), err
+    named = lines[0].split("error: ", 1)[1].split(":", 1)[0]
+    assert named in {"0.zip", "1.zip", "2.zip"} and "killed (SIGKILL" in lines[0], lines[0]
+    assert not (out / ".parts" / f"{named}.json").exists()  # not done: the rerun does it again
+    assert not (out / "manifest.csv").exists() and not any(is_temporary(f) for f in files_under(out)), \
+        files_under(out)
+    deadline = time.monotonic() + 10
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert session_processes(proc.pid) == []
+    assert subprocess.run(run_cli(src, out, 1)).returncode == 0
+    assert outputs(out) == outputs(reference)

@@ -74,34 +74,47 @@ def seed_everything(seed, deterministic):
         torch.backends.cudnn.benchmark = True
 
 
-def amp_dtype(setting, device_type, bf16_native):
+# --amp auto on CUDA where benchmarks.bench_gpu has measured a model on a GPU: {(torch.cuda.get_device_name(),
+# model name): dtype}, the faster of bfloat16 and float16 with a GradScaler, entered only where its convergence check
+# agreed (utils.amp_choice.choose_amp). Empty: no GPU has been measured yet (issue 20's GPU figures are open), so auto follows
+# amp_dtype's rule everywhere.
+MEASURED_AMP = {}
+
+
+def amp_dtype(setting, device_type, bf16_native, measured=None):
     """The autocast dtype for --amp on|off|auto, or None for float32: the rule, apart from asking the hardware.
 
     CUDA: bfloat16 where the GPU has it natively (Ampere and later: float32's range, so no GradScaler and no
-    host synchronization for it), float16 with a GradScaler elsewhere; auto and on alike. CPU: bfloat16 when on;
-    auto only where the CPU has native bfloat16 (AVX-512 BF16/AMX; elsewhere it is emulated and many times slower)."""
+    host synchronization for it), float16 with a GradScaler elsewhere; auto and on alike, except that auto takes
+    `measured` (MEASURED_AMP's entry for this GPU and model) when there is one. CPU: bfloat16 when on; auto only
+    where the CPU has native bfloat16 (AVX-512 BF16/AMX; elsewhere it is emulated and many times slower)."""
     if setting == "off":
         return None
     if device_type == "cuda":
+        if setting == "auto" and measured is not None:
+            return measured
         return torch.bfloat16 if bf16_native else torch.float16
     return torch.bfloat16 if setting == "on" or bf16_native else None
 
 
-def use_amp(setting, device):
-    """amp_dtype on this machine's `device`."""
+def use_amp(setting, device, model=None):
+    """amp_dtype on this machine's `device`, for the model named `model` (its MEASURED_AMP entry, if any)."""
+    measured = None
     if device.type == "cuda":
         try:  # torch's default counts bfloat16 emulated in float32 (Volta, Turing) as supported: it is slower there
             native = torch.cuda.is_bf16_supported(including_emulation=False)
         except TypeError:
             native = torch.cuda.is_bf16_supported()
+        if model is not None:
+            measured = MEASURED_AMP.get((torch.cuda.get_device_name(device), model))
     else:
         native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return amp_dtype(setting, device.type, native)
+    return amp_dtype(setting, device.type, native, measured)
 
 
 def grad_scaler(dtype, device):
-    """float16 on CUDA needs a GradScaler (its range is too narrow for small gradients); bfloat16 and float32 none."""
-    return torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None
+    """float16 needs a GradScaler (its range is too narrow for small gradients); bfloat16 and float32 none."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
 
 def amp_name(dtype):

@@ -33,7 +33,7 @@ from data.formats import MANIFEST_COLUMNS
 from data.ingest.archives import loose_folder_of, plan_units, safe_file_name, shard_units
 from data.ingest.ledger import ERROR_COLUMNS, Ledger, settings_for, unit_identity
 from data.ingest.lock import OutLock
-from data.ingest.workers import WorkerPool, process_unit
+from data.ingest.workers import WorkerPool, keep_image_memory, process_unit
 
 def csv_text(rows, columns):
     buf = io.StringIO()
@@ -122,6 +122,7 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
     start = time.perf_counter()
     out = os.path.abspath(out)
     check_flags(source, out, size)
+    keep_image_memory()  # this process decodes too: with --workers 0, and while the workers start
     download_dir = os.path.abspath(download_dir or os.path.join(out, ".download"))
     names, file_identities, blobs = list_source(source, [out, download_dir], billing_project)  # before any write
     all_units = plan_units(names)
@@ -159,8 +160,11 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
             ledger = Ledger(parts_dir, images_dir, settings_for(size), identities, _warn,
                             loose_folders={loose_folder_of(u.name) for u in all_units if u.kind == "loose"})
             done_before = {u.name for u in units if ledger.is_done(u.name)}
+            pool = WorkerPool(workers) if workers > 0 and len(done_before) < len(units) else None
+            if pool is not None:
+                pool.start()  # coming up while the first unit is fetched (and decoded here meanwhile)
             processed, written, unit_errors = _run_units(
-                units, ledger, fetch, remove_fetched=blobs is not None and not keep_archives, pool_size=workers,
+                units, ledger, fetch, remove_fetched=blobs is not None and not keep_archives, pool=pool,
                 images_dir=images_dir, size=size, progress=progress,
                 on_unit_done=publish and publish.unit_done)
             ledger.drop_retired()
@@ -186,13 +190,13 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
             "images_per_s": written / seconds if seconds > 0 else 0.0}
 
 
-def _run_units(units, ledger, fetch, remove_fetched, pool_size, images_dir, size, progress, on_unit_done):
+def _run_units(units, ledger, fetch, remove_fetched, pool, images_dir, size, progress, on_unit_done):
     """Ingest every unit that is not done, in name order, including those an earlier one makes not done on the
-    way; returns (names processed, images written, error rows)."""
+    way, with `pool` (a WorkerPool, closed here; None: in this process); returns (names processed, images written,
+    error rows)."""
     by_name = {u.name: u for u in units}
     heap = sorted(u.name for u in units if not ledger.is_done(u.name))
     queued, processed, written, unit_errors = set(heap), set(), 0, 0
-    pool = WorkerPool(pool_size) if pool_size > 0 else None
     fetcher = futures.ThreadPoolExecutor(1)
     prefetched = {}
     archive_bar = tqdm(total=len(heap), desc="archives", unit="archive", disable=not progress, position=0)
@@ -238,6 +242,8 @@ def _run_units(units, ledger, fetch, remove_fetched, pool_size, images_dir, size
         fetcher.shutdown(wait=not aborted, cancel_futures=True)  # an interrupt does not wait for a download
         if pool is not None:
             pool.close(abort=aborted)
+            if aborted:  # what a killed worker was writing: the atomic writes of those that ended cleaned up
+                remove_temporary_files(images_dir)
         archive_bar.close()
         image_bar.close()
     return processed, written, unit_errors
