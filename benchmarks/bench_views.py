@@ -12,6 +12,7 @@ from the --old checkout (its own defaults), the new one from this checkout.
 """
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -51,13 +52,19 @@ def scores(guesses, truth, frame):
     return out
 
 
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(checkout, csv, out, cache):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds, stdout) of one classifier's run."""
+    start, cpu = time.perf_counter(), cpu_seconds()
     proc = subprocess.run([sys.executable, "-m", "utils.view_classifier", "--csv", csv, "--out", out, "--cache-dir",
                            cache], cwd=checkout, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{checkout}: view classifier failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start, proc.stdout
+    return time.perf_counter() - start, cpu_seconds() - cpu, proc.stdout
 
 
 def main():
@@ -87,16 +94,16 @@ def main():
         csv = os.path.join(folder, "blind.csv")
         blind.to_csv(csv, index=False)
         for name, checkout in (("old", os.path.abspath(args.old)), ("new", ROOT)):
-            seconds, printed = run(checkout, csv, os.path.join(folder, f"{name}.csv"), os.path.join(folder, name))
+            seconds, cpu, printed = run(checkout, csv, os.path.join(folder, f"{name}.csv"), os.path.join(folder, name))
             guesses = pd.read_csv(os.path.join(folder, f"{name}.csv"), dtype={"view": str}, keep_default_na=False)
             for source, (n, accuracy, recall, abstained) in scores(guesses, truth, shifted).items():
-                rows.append([condition, name, source, n, accuracy, recall, abstained, round(seconds, 1)])
+                rows.append([condition, name, source, n, accuracy, recall, abstained, round(seconds), round(cpu)])
             print(printed.strip(), file=sys.stderr)
     table = pd.DataFrame(rows, columns=["shift", "classifier", "source", "images", "accuracy", "lateral_recall",
-                                        "abstained", "seconds"])
+                                        "abstained", "wall_s", "cpu_s"])
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"(shift applied to {args.shifted_source} only; both trained on the other sources' known train/val views; "
-          f"seconds: wall time of the whole command on a shared machine)")
+          f"wall_s and cpu_s: the whole command's, thumbnail cache built included, on a shared machine)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ in view_p_lateral, so that nobody mistakes a guess for a header. A guess whose p
 between the two --abstain limits is not made: the view stays empty (view_source 'abstained', the probability kept),
 so that the frontal-only default leaves the image out rather than training on a wrong view; they are counted.
 """
+import contextlib
 import math
 import os
 import sys
@@ -95,6 +96,19 @@ def augment(x, generator):
     return (x + uniform(0, 0.04).view(b, 1, 1, 1) * torch.randn(x.shape, generator=generator)).clamp(0, 1)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread for the block (or the function it decorates): a net this small gains little from more,
+    and on a shared 2-core machine two threads spinning against other processes made each step 6-12 times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@one_thread()
 def train_net(images, lateral, seed=0, steps=STEPS, batch=BATCH, progress=False):
     """A ViewNet trained on uint8 thumbnails [N, S, S] with their lateral flags: AdamW with a cosine schedule, each
     batch drawn half frontal and half lateral (laterals are the minority, and the misses that matter), augmented."""
@@ -122,6 +136,7 @@ def train_net(images, lateral, seed=0, steps=STEPS, batch=BATCH, progress=False)
     return model.eval()
 
 
+@one_thread()
 @torch.no_grad()
 def p_lateral(model, images, batch=256):
     """p(lateral) of uint8 thumbnails [N, S, S]: the mean over the image and its mirror image."""
