@@ -114,7 +114,8 @@ def test_shift_image_crops_rotates_and_borders():
 @pytest.mark.slow
 def test_views_hold_on_a_source_windowed_cropped_and_rotated_unlike_the_training_one(tmp_path):
     # PadChest's known views train the classifier; every OpenI image (ingested) is shifted, and all of OpenI's
-    # known views are held out: the old 32-px standardized pixels fell to 0.91 accuracy here
+    # known views are held out. On this world with another draw of the shift, the old logistic regression on 32-px
+    # standardized pixels got 0.89 of OpenI's views right and 0.91 of its laterals (benchmarks/bench_views.py)
     world = tmp_path / "world"
     sw.generate(str(world), padchest_images=240, openi_reports=90, images_per_zip=120, nih_images=0, progress=False)
     assert download_images.main(["--source", str(world / "images"), "--out", str(tmp_path / "ingest"), "--size",
@@ -130,6 +131,7 @@ def test_views_hold_on_a_source_windowed_cropped_and_rotated_unlike_the_training
     shift_files([tmp_path / p if not os.path.isabs(p) else p for p in openi.path], seed=1)
 
     result, stats = vc.classify_views(frame, str(tmp_path / "cache"), progress=False, train_sources=["padchest"])
+    print("\n".join(vc.summary_lines(stats, "(not written)")))  # on a failure, what it scored
     kinds = openi.view.map(view_kind)
     assert stats["openi:images"] == kinds.isin(["frontal", "lateral"]).sum() >= 80 and stats["openi:laterals"] >= 15
     assert stats["openi:accuracy"] >= 0.97 and stats["openi:lateral_recall"] >= 0.95, stats
