@@ -139,3 +139,12 @@ def test_views_hold_on_a_source_windowed_cropped_and_rotated_unlike_the_training
     assert stats["train_sources"] == ["padchest"] and stats["padchest:accuracy"] >= 0.97, stats
     unknown = (frame.Source == "openi") & (frame.view == "")
     assert result.loc[unknown, "view_source"].isin(["predicted", "abstained"]).all() and unknown.sum() >= 10
+
+
+def test_a_training_source_the_csv_lacks_is_one_line_before_any_thumbnail(tmp_path, capsys):
+    csv = thumbnails_csv(tmp_path)
+    assert vc.main(["--csv", str(csv), "--train-sources", "padchest,nih"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("python -m utils.view_classifier: error: --train-sources nih: no such Source in this CSV (it has "
+                   "padchest)")
+    assert not (tmp_path / "cache").exists()
