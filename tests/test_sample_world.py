@@ -383,8 +383,11 @@ def test_the_view_classifier_learns_the_laterals_and_labels_openi_views_nobody_w
     truth = {"CXR" + name[:-4]: "lateral" if is_lateral(ds) else "frontal" for name, ds in dicoms(world).items()}
     views = pd.read_csv(tmp_path / "views.csv", dtype={"view": str}, keep_default_na=False)
     guessed = views[views.view_source == "predicted"]
+    abstained = views[views.view_source == "abstained"]
     unknown = frame[(frame.Source == "openi") & (frame.view == "")]
-    assert sorted(guessed.ImageID) == sorted(unknown.ImageID) and len(guessed) >= 8
+    # every unknown view is guessed, or left unknown inside the abstain band (then counted, its view empty)
+    assert sorted([*guessed.ImageID, *abstained.ImageID]) == sorted(unknown.ImageID) and len(guessed) >= 8
+    assert len(abstained) <= 0.1 * len(unknown) and (abstained.view == "").all(), abstained
     assert {truth[i] for i in guessed.ImageID} == {"frontal", "lateral"}  # both kinds lack a header view
     correct = np.mean([view == truth[i] for i, view in zip(guessed.ImageID, guessed.view)])
     assert correct >= 0.95, guessed[["ImageID", "view", "view_p_lateral"]]
