@@ -1,19 +1,18 @@
 """Heatmap pictures: a radiograph under one class activation map in the jet colormap, with predicted and true boxes.
 
-The whole rendering: what each picture of one image shows, reading the radiograph for display, drawing, and writing
-the PNGs. utils.localization decides which classes of which images are drawn and where their boxes are, and calls
-render_image.
-"""
-import os
+The whole rendering, in two halves: picture_job (in step 5's main process) reads the radiograph for display, upsamples
+the image's maps to its size and puts the boxes and titles in its pixels; draw_pictures (in a worker process of
+utils.localization_workers, or in the main process) draws them and encodes the PNGs, whose bytes the main process
+writes. utils.localization decides which classes of which images are drawn and where their boxes are.
 
+This module's top level imports neither torch nor pandas: step 5's worker processes import it, and start in a fraction
+of a second without them (torch alone takes seconds); the main-process half imports them where it uses them.
+"""
 import cv2
 import numpy as np
 
 from data.classes import CLASSES
-from data.dataset import read_gray
 from data.decode import resize_longest
-from data.files import atomic_path
-from models import upsample_maps
 
 DISPLAY_SIZE = 512  # longest side of a heatmap PNG
 PRED_COLOUR = (255, 255, 255)  # BGR: predicted boxes white
@@ -49,6 +48,7 @@ def heatmap_filename(image_id, cls):
 
 def display_image(path):
     """The radiograph at `path` as uint8 gray, longest side DISPLAY_SIZE (never enlarged)."""
+    from data.dataset import read_gray  # torch, pandas: see the module's docstring
     return resize_longest(read_gray(path), DISPLAY_SIZE)
 
 
@@ -71,31 +71,36 @@ def overlay_heatmap(gray, heat, pred_boxes=(), true_boxes=(), title="", alpha=0.
     return out
 
 
-def write_png(path, picture):
-    """`picture` (uint8, gray or BGR) as the PNG at `path`, written atomically: a run killed while drawing leaves no
-    half picture for the report. The bytes are cv2.imwrite's."""
+def encode_png(picture):
+    """`picture` (uint8, gray or BGR) as PNG bytes: cv2.imwrite's, fixed settings, so the same picture always gives
+    the same file."""
     ok, png = cv2.imencode(".png", picture)
     if not ok:
-        raise ValueError(f"{path}: OpenCV could not encode the picture as PNG")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(png.tobytes())
+        raise ValueError("OpenCV could not encode the picture as PNG")
+    return png.tobytes()
 
 
-def render_image(path, image_id, size, maps, wanted, probs, boxes, truths, heat_dir):
-    """One heatmap PNG per class index in `wanted` for one image (read again, for display); returns `wanted`.
+def draw_pictures(gray, heat, pred_boxes, true_boxes, titles):
+    """The PNG bytes of one image's pictures, one per map of heat [j, H, W] (uint8, gray's size), each with its
+    predicted and true boxes ([k, 4], gray's pixels) and title: what a worker process of step 5 runs."""
+    return [encode_png(overlay_heatmap(gray, h, p, t, title))
+            for h, p, t, title in zip(heat, pred_boxes, true_boxes, titles)]
 
-    maps: the image's maps [C, h, w] at feature resolution; probs: its reported probabilities [C] (shown in the
-    title); boxes: {class index: [k, 5] predicted, original pixels}; truths: {class index: [k, 4] ground truth,
+
+def picture_job(path, size, maps, wanted, probs, boxes, truths):
+    """draw_pictures' arguments for one image, one picture per class index in `wanted` (the radiograph read again,
+    for display).
+
+    maps: the image's maps [C, h, w] at feature resolution (a tensor); probs: its reported probabilities [C] (shown in
+    the title); boxes: {class index: [k, 5] predicted, original pixels}; truths: {class index: [k, 4] ground truth,
     original pixels}; size: the original (width, height).
     """
+    from models import upsample_maps  # torch: see the module's docstring
+
     gray = display_image(path)
     dh, dw = gray.shape
     # Upsampled straight from the feature cells to the display size: the model's input is the image stretched to a
     # square, so a map cell covers the same fraction of the image along each axis whatever the aspect ratio.
     heat = heatmaps_to_uint8(upsample_maps(maps[wanted][None], (dh, dw))[0].numpy())
-    for j, k in enumerate(wanted):
-        picture = overlay_heatmap(gray, heat[j], scale_boxes(boxes[k], size, (dw, dh))[:, :4],
-                                  scale_boxes(truths[k], size, (dw, dh)), f"{CLASSES[k]}  p={probs[k]:.2f}")
-        write_png(os.path.join(heat_dir, heatmap_filename(image_id, CLASSES[k])), picture)
-    return wanted
+    return (gray, heat, [scale_boxes(boxes[k], size, (dw, dh))[:, :4] for k in wanted],
+            [scale_boxes(truths[k], size, (dw, dh)) for k in wanted], [f"{CLASSES[k]}  p={probs[k]:.2f}" for k in wanted])

@@ -1,0 +1,168 @@
+"""Step 5's worker processes: boxes found on chunks of heatmaps and heatmap pictures drawn and PNG-encoded, on every
+core, for utils.localization.localize.
+
+The split: the main process upsamples the maps (torch) and reads the radiographs for display; the workers label the
+thresholded heatmaps (scikit-image) and draw and encode the pictures (OpenCV); the main process gathers the results in
+the images' order and writes every file itself, atomically, so a worker never leaves anything on disk. The workers
+come from a fork server, as step 1's do (data/ingest/workers.py; no fork of a process running torch's and OpenCV's
+thread pools), and import neither torch nor pandas, so that they start in a fraction of a second. Their tasks travel
+pickled: a chunk of 64 images' heatmaps is about 2 MB, and pickling it costs under 1% of labelling it (measured by
+benchmarks/bench_localize.py --transfer), so shared memory would buy nothing.
+
+A worker that dies (killed, out of memory) breaks the pool: the chunk it was given is named and the run stops with one
+line (EnvironmentFault), after every other worker is ended. A stop signal in the main process (Interrupted) ends every
+worker too; the workers ignore the stop signals themselves (data.commands.helper_process_signals).
+"""
+import ctypes
+import multiprocessing
+import os
+import signal
+from concurrent import futures
+from concurrent.futures.process import BrokenProcessPool
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from skimage.measure import label
+
+from data.commands import helper_process_signals
+from data.errors import EnvironmentFault
+from utils.heatmaps import draw_pictures
+
+PR_SET_PDEATHSIG = 1
+
+
+def default_workers():
+    """All the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def boxes_from_heatmaps(heat, thresholds=(60, 180)):
+    """Boxes around the connected regions of heat >= t for every t, for each map of heat [N, h, w] (uint8, 0..255).
+
+    Returns a list of N float arrays [k, 5]: x, y, w, h in heatmap pixels and the region's mean heat / 255.
+    All N * len(thresholds) binary maps are labelled in one scikit-image call: they are stacked into one tall image with
+    an empty row between neighbours, so regions connect within a map (8-neighbourhood) but never across maps.
+    """
+    heat = np.asarray(heat)
+    if heat.ndim == 2:
+        heat = heat[None]
+    n, h, w = heat.shape
+    if n == 0:
+        return []
+    levels = np.asarray(list(thresholds)).reshape(1, -1, 1, 1)
+    t = levels.shape[1]
+    # tile order: map i, threshold j -> i * t + j
+    tiles = np.zeros((n, t, h + 1, w), dtype=bool)
+    np.greater_equal(heat[:, None], levels, out=tiles[:, :, :h])
+    labels = label(tiles.reshape(n * t * (h + 1), w), connectivity=2)
+    # Labels run in raster order, so the regions come tile by tile (map by map, then threshold by threshold) and each
+    # map's boxes stay together. The heat is whole numbers, so every region's sum is exact in any float type.
+    regions = ndimage.find_objects(labels)
+    if not regions:
+        return [np.zeros((0, 5), dtype=np.float32) for _ in range(n)]
+    spans = np.array([(rows.start, rows.stop, cols.start, cols.stop) for rows, cols in regions])
+    in_tiles = labels.reshape(n, t, h + 1, w)[:, :, :h].ravel()
+    sums = np.bincount(in_tiles, weights=np.broadcast_to(heat[:, None], (n, t, h, w)).ravel())[1:]
+    mean = sums / np.bincount(in_tiles)[1:] / 255.0
+    top, left = spans[:, 0], spans[:, 2]
+    tile = top // (h + 1)
+    boxes = np.stack([left, top - tile * (h + 1), spans[:, 3] - left, spans[:, 1] - top, mean], 1).astype(np.float32)
+    return np.split(boxes, np.searchsorted(tile // t, np.arange(1, n)))
+
+
+_started = None  # in a worker: the pool's shared record of which process runs which task (Step5Pool)
+
+
+def _init_worker(started):
+    global _started
+    _started = started
+    cv2.setNumThreads(1)  # one core per worker process; the pool provides the parallelism
+    helper_process_signals()  # the stop signals are the main process's: it ends the workers
+    try:  # Linux: die with the fork server, which dies with the main process, even when that one is SIGKILLed
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+TASKS = {"boxes": boxes_from_heatmaps, "pictures": draw_pictures}
+
+
+def _run(number, kind, *args):
+    """Task `number` in a worker: its process id recorded while it runs, so that a worker's death names its task."""
+    _started[number] = os.getpid()
+    result = TASKS[kind](*args)
+    _started[number] = 0
+    return result
+
+
+class Step5Pool:
+    """Step 5's tasks ("boxes": boxes_from_heatmaps' arguments; "pictures": draw_pictures') on `workers` worker
+    processes, or in this process with workers=0 (the same functions, so the same results); `tasks`: how many will be
+    submitted. submit() returns a future; result() raises EnvironmentFault naming the task that a dead worker was
+    running (its `what`). A with-block; leaving it with an exception (a fault, a stop signal) ends every worker."""
+
+    def __init__(self, workers, tasks):
+        self.workers, self.tasks = workers, tasks
+        self.executor, self.started, self.processes, self.what = None, None, {}, []
+
+    def __enter__(self):
+        if self.workers > 0:
+            ctx = multiprocessing.get_context("forkserver")  # no fork of a process running threads
+            ctx.set_forkserver_preload(["utils.localization_workers"])
+            self.started = ctx.Array("q", max(1, self.tasks), lock=False)
+            self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                                        initargs=(self.started,))
+        return self
+
+    def submit(self, kind, what, *args):
+        if self.executor is None:
+            done = futures.Future()
+            done.set_result(TASKS[kind](*args))
+            return done
+        self.what.append(what)
+        future = self.executor.submit(_run, len(self.what) - 1, kind, *args)
+        self.processes.update(getattr(self.executor, "_processes", None) or {})  # kept: a broken pool forgets them
+        return _Named(future, self)
+
+    def fault(self):
+        """The one line for a broken pool: the task of the worker that died, and how it died."""
+        for pid, process in self.processes.items():
+            process.join(5)
+            code = process.exitcode
+            if code not in (0, None):  # the pool ends the other workers with SIGTERM, to which they exit 0
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+                running = [self.what[n] for n in range(len(self.what)) if self.started[n] == pid]
+                task = running[0] if running else "a task of step 5"
+                return EnvironmentFault(f"step 5: the worker process running {task} died ({how}; out of memory, "
+                                        f"or killed)")
+        return EnvironmentFault("step 5: a worker process died (out of memory, or killed)")
+
+    def __exit__(self, kind, error, trace):
+        if self.executor is None:
+            return
+        if error is not None:
+            # ProcessPoolExecutor cannot stop a running task before Python 3.14's terminate_workers().
+            for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+                process.kill()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = None
+
+
+class _Named:
+    """A worker's future whose result() names the task a dead worker was running."""
+
+    def __init__(self, future, pool):
+        self.future, self.pool = future, pool
+
+    def done(self):
+        return self.future.done()
+
+    def result(self):
+        try:
+            return self.future.result()
+        except BrokenProcessPool:
+            raise self.pool.fault() from None
