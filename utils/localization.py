@@ -320,15 +320,18 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
         maps = torch.from_numpy(predictions.maps[chunk]).float()
         grid = min(input_size, CELLS_TO_GRID * max(maps.shape[-2:]))
         pairs = [(b, k) for b, i in enumerate(chunk) for k in wanted[i]]
-        # only the maps wanted: each map is upsampled and scaled on its own, so this is what all 22 would give
-        heat = heatmaps_to_uint8(upsample_maps(maps[[b for b, _ in pairs], [k for _, k in pairs]][:, None],
-                                               (grid, grid))[:, 0].numpy()) if pairs else np.zeros((0, grid, grid))
+        # Every class upsampled (torch's bilinear kernel rounds differently for another number of channels), but only
+        # the maps wanted scaled to 0..255: each map is scaled on its own.
+        heat = heatmaps_to_uint8(upsample_maps(maps, (grid, grid))[[b for b, _ in pairs], [k for _, k in pairs]]
+                                 .numpy()) if pairs else np.zeros((0, grid, grid), np.uint8)
         ids = frame["ImageID"].iloc[[chunk[0], chunk[-1]]].tolist()
         what = f"chunk {number + 1} of {len(chunks)} ({len(chunk)} images, {ids[0]} ... {ids[1]})"
         return maps, grid, what, heat
 
     pictures_dir = temporary_path(heat_dir)  # renamed into heat_dir at the end: no partial set of pictures
     pred_rows, eval_rows, gallery, pictures, boxes_in_flight = [], [], [], [], []
+    # torch keeps its threads here: a bilinear upsample's last bits depend on how its loop is split among them, and
+    # the maps are upsampled as before, so the pictures stay what they were
     try:
         with Step5Pool(workers, len(chunks) + len(render)) as pool:
             def write_pictures(limit):

@@ -2,7 +2,7 @@
 core, for utils.localization.localize.
 
 The split: the main process upsamples the maps (torch) and reads the radiographs for display; the workers label the
-thresholded heatmaps (scikit-image) and draw and encode the pictures (OpenCV); the main process gathers the results in
+thresholded heatmaps (SciPy) and draw and encode the pictures (OpenCV); the main process gathers the results in
 the images' order and writes every file itself, atomically, so a worker never leaves anything on disk. The workers
 come from a fork server, as step 1's do (data/ingest/workers.py; no fork of a process running torch's and OpenCV's
 thread pools), and import neither torch nor pandas, so that they start in a fraction of a second. Their tasks travel
@@ -13,23 +13,25 @@ A worker that dies (killed, out of memory) breaks the pool: the chunk it was giv
 line (EnvironmentFault), after every other worker is ended. A stop signal in the main process (Interrupted) ends every
 worker too; the workers ignore the stop signals themselves (data.commands.helper_process_signals).
 """
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 from concurrent import futures
 from concurrent.futures.process import BrokenProcessPool
 
 import cv2
 import numpy as np
 from scipy import ndimage
-from skimage.measure import label
 
 from data.commands import helper_process_signals
 from data.errors import EnvironmentFault
 from utils.heatmaps import draw_pictures
 
 PR_SET_PDEATHSIG = 1
+EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
 
 def default_workers():
@@ -44,8 +46,10 @@ def boxes_from_heatmaps(heat, thresholds=(60, 180)):
     """Boxes around the connected regions of heat >= t for every t, for each map of heat [N, h, w] (uint8, 0..255).
 
     Returns a list of N float arrays [k, 5]: x, y, w, h in heatmap pixels and the region's mean heat / 255.
-    All N * len(thresholds) binary maps are labelled in one scikit-image call: they are stacked into one tall image with
-    an empty row between neighbours, so regions connect within a map (8-neighbourhood) but never across maps.
+    All N * len(thresholds) binary maps are labelled in one SciPy call: they are stacked into one tall image with an empty
+    row between neighbours, so regions connect within a map (8-neighbourhood) but never across maps. (SciPy's label is
+    what scikit-image's label(connectivity=2) calls for a boolean image; called directly, it spares each worker
+    process the quarter second of scikit-image's first call.)
     """
     heat = np.asarray(heat)
     if heat.ndim == 2:
@@ -58,7 +62,7 @@ def boxes_from_heatmaps(heat, thresholds=(60, 180)):
     # tile order: map i, threshold j -> i * t + j
     tiles = np.zeros((n, t, h + 1, w), dtype=bool)
     np.greater_equal(heat[:, None], levels, out=tiles[:, :, :h])
-    labels = label(tiles.reshape(n * t * (h + 1), w), connectivity=2)
+    labels, _ = ndimage.label(tiles.reshape(n * t * (h + 1), w), structure=EIGHT_NEIGHBOURS)
     # Labels run in raster order, so the regions come tile by tile (map by map, then threshold by threshold) and each
     # map's boxes stay together. The heat is whole numbers, so every region's sum is exact in any float type.
     regions = ndimage.find_objects(labels)
@@ -116,6 +120,10 @@ class Step5Pool:
             self.started = ctx.Array("q", max(1, self.tasks), lock=False)
             self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
                                                         initargs=(self.started,))
+            with _main_module_left_out():
+                for _ in range(self.workers):  # each submit to a pool with no idle worker starts one
+                    self.executor.submit(os.getpid)
+            self.processes.update(self.executor._processes)  # kept: a broken pool forgets them
         return self
 
     def submit(self, kind, what, *args):
@@ -124,9 +132,7 @@ class Step5Pool:
             done.set_result(TASKS[kind](*args))
             return done
         self.what.append(what)
-        future = self.executor.submit(_run, len(self.what) - 1, kind, *args)
-        self.processes.update(getattr(self.executor, "_processes", None) or {})  # kept: a broken pool forgets them
-        return _Named(future, self)
+        return _Named(self.executor.submit(_run, len(self.what) - 1, kind, *args), self)
 
     def fault(self):
         """The one line for a broken pool: the task of the worker that died, and how it died."""
@@ -150,6 +156,23 @@ class Step5Pool:
                 process.kill()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.executor = None
+
+
+@contextlib.contextmanager
+def _main_module_left_out():
+    """Worker processes started inside import neither the main module (traintest.py, which imports torch) nor anything
+    it imports: multiprocessing re-imports a spawned child's main module by its file or module name unless it has
+    neither, and the workers need nothing from it (their tasks are functions of this module and utils.heatmaps)."""
+    main = sys.modules["__main__"]
+    saved = {name: getattr(main, name) for name in ("__spec__", "__file__") if hasattr(main, name)}
+    main.__spec__ = None
+    if "__file__" in saved:
+        del main.__file__
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
 
 
 class _Named:
