@@ -43,8 +43,8 @@ from data.classes import CLASSES, NUM_CLASSES
 from data.files import write_bytes_atomic, write_text_atomic
 from models import upsample_maps
 from utils.engine import Predictions
-from utils.heatmaps import (display_image, encode_png, heatmap_filename, heatmaps_to_uint8, overlay_heatmap,
-                            picture_job, scale_boxes)
+from utils.heatmaps import (caption, display_image, encode_png, heatmap_filename, heatmap_stems, heatmaps_to_uint8,
+                            overlay_heatmap, picture_job, picture_title, scale_boxes, truth_word)
 from utils.localization import (BOX_COLUMNS, CELLS_TO_GRID, CHUNK, DEFAULT_BOX_THRESHOLDS, GALLERY_COLUMNS, localize,
                                 original_sizes)
 from utils.localization_workers import boxes_from_heatmaps, default_workers
@@ -98,7 +98,8 @@ def old_boxes_from_heatmaps(heat, thresholds):
 
 
 def old_localize(frame, predictions, run_dir, *, input_size, max_images, threads):
-    """localize() before its worker processes, for the outputs this benchmark compares (no box CSV, no thresholds)."""
+    """localize() before its worker processes, for the outputs this benchmark compares (no box CSV, no thresholds),
+    with today's file names and captions."""
     frame = frame.iloc[predictions.indices].reset_index(drop=True)
     heat_dir = os.path.join(run_dir, HEATMAPS_DIR)
     os.makedirs(heat_dir, exist_ok=True)
@@ -106,6 +107,9 @@ def old_localize(frame, predictions, run_dir, *, input_size, max_images, threads
     probs = predictions.probs
     chosen = classes_to_map(probs)
     wanted = [list(np.flatnonzero(chosen[i])) for i in range(len(frame))]
+    stems = heatmap_stems(frame["ImageID"][:max_images])
+    captions = {i: [caption(probs[i, k], 0.5, chosen[i, k], truth_word(predictions.labels[i, k])) for k in wanted[i]]
+                for i in range(min(max_images, len(frame)))}
 
     def chunk_boxes(chunk):
         maps = torch.from_numpy(predictions.maps[chunk]).float()
@@ -116,14 +120,15 @@ def old_localize(frame, predictions, run_dir, *, input_size, max_images, threads
                                              DEFAULT_BOX_THRESHOLDS) if pairs else [])
         return maps, {i: {k: scale_boxes(next(found), (grid, grid), sizes[i]) for k in wanted[i]} for i in chunk}
 
-    def render_image(path, image_id, size, maps, wanted, probs, boxes):
+    def render_image(path, image_id, size, maps, wanted, texts, boxes):
         gray = display_image(path)
         dh, dw = gray.shape
         heat = heatmaps_to_uint8(upsample_maps(maps[wanted][None], (dh, dw))[0].numpy())
         for j, k in enumerate(wanted):
             picture = overlay_heatmap(gray, heat[j], scale_boxes(boxes[k], size, (dw, dh))[:, :4], np.zeros((0, 4)),
-                                      f"{CLASSES[k]}  p={probs[k]:.2f}")
-            write_bytes_atomic(os.path.join(heat_dir, heatmap_filename(image_id, CLASSES[k])), encode_png(picture))
+                                      picture_title(CLASSES[k], texts[j]))
+            write_bytes_atomic(os.path.join(heat_dir, heatmap_filename(stems[image_id], CLASSES[k])),
+                               encode_png(picture))
         return wanted
 
     rows, rendered = [], []
@@ -138,9 +143,10 @@ def old_localize(frame, predictions, run_dir, *, input_size, max_images, threads
                     rows += [(image_id, CLASSES[k], *bx[:4], probs[i, k] * bx[4]) for bx in found[i][k]]
                 if i < max_images:
                     rendered.append((pool.submit(render_image, frame.at[i, "path"], image_id, sizes[i], maps[b],
-                                                 wanted[i], probs[i], found[i]), i, found[i]))
-        gallery = [(heatmap_filename(frame.at[i, "ImageID"], CLASSES[k]), frame.at[i, "ImageID"], CLASSES[k],
-                    probs[i, k], int(chosen[i, k]), len(boxes[k]), 0) for job, i, boxes in rendered for k in job.result()]
+                                                 wanted[i], captions[i], found[i]), i, found[i]))
+        gallery = [(heatmap_filename(stems[frame.at[i, "ImageID"]], CLASSES[k]), frame.at[i, "ImageID"], CLASSES[k],
+                    probs[i, k], int(chosen[i, k]), len(boxes[k]), 0, 0.5, int(predictions.labels[i, k]), text)
+                   for job, i, boxes in rendered for k, text in zip(job.result(), captions[i])]
     write_text_atomic(os.path.join(heat_dir, HEATMAP_INDEX_CSV),
                       pd.DataFrame(gallery, columns=GALLERY_COLUMNS).to_csv(index=False))
     boxes = pd.DataFrame(rows, columns=BOX_COLUMNS).round({"x": 1, "y": 1, "w": 1, "h": 1, "score": 4})

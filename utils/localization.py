@@ -33,7 +33,8 @@ from data.files import temporary_path, write_text_atomic
 from data.labels.boxes import BOX_COLUMNS as TRUE_BOX_COLUMNS, read_box_csv
 from data.labels.nih import finding_class
 from models import upsample_maps
-from utils.heatmaps import heatmap_filename, heatmaps_to_uint8, picture_job, scale_boxes
+from utils.heatmaps import (caption, heatmap_filename, heatmap_stems, heatmaps_to_uint8, picture_job, picture_title,
+                            scale_boxes, truth_word)
 from utils.localization_workers import Step5Pool, default_workers
 from utils.localization_workers import boxes_from_heatmaps  # noqa: F401 (its home before step 5's workers)
 from utils.metrics import classes_to_map
@@ -227,8 +228,10 @@ def format_table(table):
 
 
 # heatmaps/index.csv: what each PNG shows (predicted: the probability reached the class's threshold, 0.5 without
-# thresholds; boxes: predicted boxes drawn; true_boxes: ground-truth boxes drawn)
-GALLERY_COLUMNS = ["file", "ImageID", "class", "probability", "predicted", "boxes", "true_boxes"]
+# thresholds; boxes: predicted boxes drawn; true_boxes: ground-truth boxes drawn; truth: the image's label, 1, 0 or
+# -1 for unknown, 1 where it has a true box; caption: utils.heatmaps.caption, the model's call apart from the truth)
+GALLERY_COLUMNS = ["file", "ImageID", "class", "probability", "predicted", "boxes", "true_boxes", "threshold", "truth",
+                   "caption"]
 
 
 def parse_levels(text):
@@ -286,10 +289,11 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     maps, its probs the reported ones (utils.calibration.reported_probs(...).reported, what predictions.csv holds:
     they choose the classes mapped and score the boxes, as given); input_size: the model's input side. Writes
     run_dir/boxes.csv (ImageID, class, x, y, w, h, score; original pixels; score = class probability x mean
-    normalized heat in the region), run_dir/heatmaps/<ImageID>__<class>.png for at most max_images images (those with
-    ground-truth boxes first) with heatmaps/index.csv, and with boxes_csv run_dir/localization.csv, each written
-    atomically, and only once every box and picture is made: a run stopped or failed in step 5 leaves none of them
-    (the pictures wait in a temporary folder). Images listed in boxes_csv are mapped for their true classes whatever
+    normalized heat in the region), run_dir/heatmaps/<ImageID>__<class>.png (the ImageID without its image extension:
+    utils.heatmaps.heatmap_stems) for at most max_images images (those with ground-truth boxes first), captioned with
+    the model's call apart from the truth, with heatmaps/index.csv (GALLERY_COLUMNS), and with boxes_csv
+    run_dir/localization.csv, each written atomically, and only once every box and picture is made: a run stopped or
+    failed in step 5 leaves none of them (the pictures wait in a temporary folder). Images listed in boxes_csv are mapped for their true classes whatever
     the prediction, as in the paper. Returns {"images", "heatmaps", "boxes", "iobb_0.5" ({class: accuracy at T(IoBB) =
     0.5}), "iobb_0.5_chance" ({class: the chance baseline's}), "box_counts" ({BOX_COUNTS measure: total})}; the last
     three are empty without boxes_csv. workers: the worker processes that find boxes and draw pictures
@@ -304,6 +308,9 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     for image_id, c in true_boxes:
         true_classes.setdefault(image_id, set()).add(c)
     probs = predictions.probs
+    # the true labels (1, 0, -1 unknown) for the captions; new studies have none
+    labels = predictions.labels if np.shape(predictions.labels) == probs.shape else np.full(probs.shape, -1)
+    levels = np.full(len(CLASSES), 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     chosen = classes_to_map(probs, thresholds, classes)
     positive = classes_to_map(probs, thresholds)
     # Images with true boxes first, so the heatmap gallery (capped by max_images) shows what can be checked.
@@ -312,6 +319,7 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     gts = [true_classes.get(image_id, set()) for image_id in frame["ImageID"]]
     wanted = [[k for k, c in enumerate(CLASSES) if chosen[i, k] or c in gts[i]] for i in range(len(frame))]
     chunks = [order[start:start + CHUNK] for start in range(0, len(order), CHUNK)]
+    stems = heatmap_stems(frame["ImageID"].iloc[sorted(render)])
     workers = default_workers() if workers is None else workers
 
     def chunk_heat(number, chunk):
@@ -354,12 +362,16 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
                         eval_rows.extend(rows if CLASSES[k] in gt else [])
                     if i in render:
                         truths = {k: true_boxes.get((image_id, CLASSES[k]), np.zeros((0, 4))) for k in wanted[i]}
-                        names = [heatmap_filename(image_id, CLASSES[k]) for k in wanted[i]]
+                        names = [heatmap_filename(stems[image_id], CLASSES[k]) for k in wanted[i]]
+                        said = [(k, truth_word(labels[i, k], len(truths[k]) > 0)) for k in wanted[i]]
+                        captions = [caption(probs[i, k], levels[k], positive[i, k], truth) for k, truth in said]
                         job = pool.submit("pictures", f"the heatmaps of {image_id}", *picture_job(
-                            frame.at[i, "path"], sizes[i], maps[b], wanted[i], probs[i], boxes, truths))
+                            frame.at[i, "path"], sizes[i], maps[b], wanted[i],
+                            [picture_title(CLASSES[k], text) for k, text in zip(wanted[i], captions)], boxes, truths))
                         pictures.append((job, names))
                         gallery.extend((name, image_id, CLASSES[k], probs[i, k], int(positive[i, k]), len(boxes[k]),
-                                        len(truths[k])) for name, k in zip(names, wanted[i]))
+                                        len(truths[k]), levels[k], {"positive": 1, "negative": 0}.get(truth, -1), text)
+                                       for name, (k, truth), text in zip(names, said, captions))
                         write_pictures(2 * workers)  # bounded: the pictures wait in memory until written
 
             os.makedirs(pictures_dir)
