@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import utils.localization
-from benchmarks.bench_localize import old_boxes_from_heatmaps
+from benchmarks.bench_localize import drawn_predictions, old_boxes_from_heatmaps
 from data.classes import CLASSES, NUM_CLASSES
 from data.errors import EnvironmentFault
 from data.transforms import Normalize
@@ -32,12 +32,12 @@ CARDIOMEGALY = CLASSES.index("cardiomegaly")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(frame, Predictions with maps, box CSV): 40 radiograph-sized noise images, half with a bright block labelled
+    """(frame, Predictions with maps, box CSV): 32 small noise images, half with a bright block labelled
     cardiomegaly, and the predictions of a small AlexNet-style Unified DCNN trained on them for a few steps."""
     folder = tmp_path_factory.mktemp("step5")
     rng = np.random.default_rng(0)
     rows, boxes = [], []
-    for i in range(40):
+    for i in range(32):
         img = rng.integers(20, 90, (150, 120), dtype=np.uint8)
         if i % 2 == 0:
             x, y = int(rng.integers(0, 60)), int(rng.integers(0, 80))
@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = make_loader(frame, 96, CLASSES, batch_size=20, workers=0, train=True)
     model.train()
-    for _ in range(3):
+    for _ in range(2):
         for images, labels, *_ in loader:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(normalize(images)), labels.float())
             optimizer.zero_grad()
@@ -77,9 +77,10 @@ def run_files(run):
     return files
 
 
+@pytest.mark.slow  # trains a model
 def test_worker_processes_write_what_one_process_writes(trained, tmp_path, monkeypatch):
     frame, out, boxes_csv = trained
-    monkeypatch.setattr(utils.localization, "CHUNK", 8)  # five chunks: several in flight at once
+    monkeypatch.setattr(utils.localization, "CHUNK", 8)  # four chunks: several in flight at once
     runs = {}
     for workers in (0, 2):
         runs[workers] = tmp_path / f"workers{workers}"
@@ -91,7 +92,7 @@ def test_worker_processes_write_what_one_process_writes(trained, tmp_path, monke
     # and what they wrote is a whole step 5: boxes on every image, localization scores, 12 images' pictures
     assert {"boxes.csv", "localization.csv", "heatmaps/index.csv"} <= set(one)
     boxes = pd.read_csv(runs[0] / "boxes.csv")
-    assert summary["boxes"] == len(boxes) > 0 and summary["images"] == 40
+    assert summary["boxes"] == len(boxes) > 0 and summary["images"] == 32
     index = pd.read_csv(runs[0] / "heatmaps" / "index.csv")
     assert index["ImageID"].nunique() == 12 and len(index) == summary["heatmaps"] == len(one) - 3
     assert set(index["file"]) == {name.split("/", 1)[1] for name in one if name.endswith(".png")}
@@ -114,18 +115,18 @@ def test_box_finder_gives_what_the_one_it_replaced_gave():
     assert boxes_from_heatmaps(np.zeros((0, 8, 8), np.uint8)) == []
 
 
-def test_a_worker_that_dies_is_named_and_step_5_leaves_nothing(trained, tmp_path, monkeypatch):
-    frame, out, boxes_csv = trained
-    monkeypatch.setattr(utils.localization, "CHUNK", 8)
+def test_a_worker_that_dies_is_named_and_step_5_leaves_nothing(tmp_path, monkeypatch):
+    frame, out = drawn_predictions(str(tmp_path), 64, 128, 7, 4)
+    monkeypatch.setattr(utils.localization, "CHUNK", 16)
     run = tmp_path / "run"
     with pytest.raises(EnvironmentFault) as caught:
-        localize(frame, out, str(run), input_size=96, boxes_csv=boxes_csv, max_images=12, workers=2,
+        localize(frame, out, str(run), input_size=224, max_images=12, workers=2,
                  box_thresholds=Levels((60, 180), "die"))
     message = str(caught.value)
     assert "\n" not in message
-    assert "step 5: the worker process running chunk " in message and " of 5 (8 images, im" in message
+    assert "step 5: the worker process running chunk " in message and " of 4 (16 images, im0000" in message
     assert "killed by SIGKILL" in message
-    # no boxes.csv, no localization.csv, no pictures, no temporary folder of them
+    # no boxes.csv, no pictures, no temporary folder of them
     assert os.listdir(run) == ["heatmaps"] and os.listdir(run / "heatmaps") == []
 
 
@@ -162,6 +163,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
 def test_a_stop_signal_in_step_5_ends_every_worker_and_leaves_nothing(tmp_path, signum, group):
     folder, run = tmp_path / "inputs", tmp_path / "run"

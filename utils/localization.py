@@ -378,7 +378,9 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
             for number, chunk in enumerate(chunks):
                 maps, grid, what, heat = chunk_heat(number, chunk)
                 boxes_in_flight.append((chunk, maps, grid, pool.submit("boxes", what, heat, box_thresholds)))
-                if len(boxes_in_flight) > workers:  # the workers label the next chunks while this one is drawn
+                # Chunks go out well ahead of the pictures, which queue behind them: the workers label while this
+                # process prepares pictures, and never wait for a chunk behind pictures. Bounded, for memory.
+                if len(boxes_in_flight) > 4 * workers:
                     collect(*boxes_in_flight.pop(0))
             while boxes_in_flight:
                 collect(*boxes_in_flight.pop(0))

@@ -6,8 +6,9 @@ thresholded heatmaps (SciPy) and draw and encode the pictures (OpenCV); the main
 the images' order and writes every file itself, atomically, so a worker never leaves anything on disk. The workers
 come from a fork server, as step 1's do (data/ingest/workers.py; no fork of a process running torch's and OpenCV's
 thread pools), and import neither torch nor pandas, so that they start in a fraction of a second. Their tasks travel
-pickled: a chunk of 64 images' heatmaps is about 2 MB, and pickling it costs under 1% of labelling it (measured by
-benchmarks/bench_localize.py --transfer), so shared memory would buy nothing.
+pickled: a chunk of 64 images' heatmaps, or one image's pictures, is about 2 MB, and pickling and unpickling
+it costs 1-2% of running it (benchmarks/bench_localize.py --transfer: 2.7 ms against 186 ms and 134 ms on 2
+cores), so shared memory would buy little.
 
 A worker that dies (killed, out of memory) breaks the pool: the chunk it was given is named and the run stops with one
 line (EnvironmentFault), after every other worker is ended. A stop signal in the main process (Interrupted) ends every
@@ -132,7 +133,10 @@ class Step5Pool:
             done.set_result(TASKS[kind](*args))
             return done
         self.what.append(what)
-        return _Named(self.executor.submit(_run, len(self.what) - 1, kind, *args), self)
+        try:
+            return _Named(self.executor.submit(_run, len(self.what) - 1, kind, *args), self)
+        except BrokenProcessPool:  # a worker died on an earlier task
+            raise self.fault() from None
 
     def fault(self):
         """The one line for a broken pool: the task of the worker that died, and how it died."""
