@@ -107,10 +107,14 @@ def overlay_heatmap(gray, heat, pred_boxes=(), true_boxes=(), title="", alpha=0.
         widest = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 1, thick)[0][0] for line in lines)
         scale = min(max(gray.shape) / 900, (gray.shape[1] - 12) / max(widest, 1))
         step = int(30 * scale) + 4
+        text = np.zeros(out.shape[:2], np.uint8)
         for n, line in enumerate(lines):
-            org = (6, int(22 * scale) + 6 + n * step)
-            cv2.putText(out, line, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3 * thick, cv2.LINE_AA)
-            cv2.putText(out, line, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+            cv2.putText(text, line, (6, int(22 * scale) + 6 + n * step), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thick,
+                        cv2.LINE_AA)
+        # white letters in a dark halo, readable on any colour: the halo is the letters grown by a pixel or two (a
+        # second, thicker putText would advance wider than the letters and smear their ends)
+        halo = cv2.dilate(text, np.ones((2 * thick + 1, 2 * thick + 1), np.uint8))
+        out = np.maximum(out * (1 - halo[..., None] / 255.0), text[..., None]).astype(np.uint8)
     return out
 
 
