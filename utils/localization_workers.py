@@ -140,15 +140,17 @@ class Step5Pool:
 
     def fault(self):
         """The one line for a broken pool: the task of the worker that died, and how it died."""
+        dead = {}
         for pid, process in self.processes.items():
             process.join(5)
-            code = process.exitcode
-            if code not in (0, None):  # the pool ends the other workers with SIGTERM, to which they exit 0
-                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-                running = [self.what[n] for n in range(len(self.what)) if self.started[n] == pid]
-                task = running[0] if running else "a task of step 5"
-                return EnvironmentFault(f"step 5: the worker process running {task} died ({how}; out of memory, "
-                                        f"or killed)")
+            if process.exitcode not in (0, None):  # the pool ends the other workers with SIGTERM, to which they exit 0
+                dead[pid] = process.exitcode
+        running = {self.started[n]: self.what[n] for n in range(len(self.what)) if self.started[n]}
+        # the one that died in a task, and by a signal of its own rather than the pool's SIGTERM, first
+        for pid, code in sorted(dead.items(), key=lambda item: (item[0] not in running, item[1] == -signal.SIGTERM)):
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            return EnvironmentFault(f"step 5: the worker process running {running.get(pid, 'a task of step 5')} died "
+                                    f"({how}; out of memory, or killed)")
         return EnvironmentFault("step 5: a worker process died (out of memory, or killed)")
 
     def __exit__(self, kind, error, trace):
