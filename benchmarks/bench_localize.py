@@ -174,7 +174,8 @@ def transfer_costs(frame, predictions, input_size):
     wanted = list(np.flatnonzero(classes_to_map(predictions.probs[:1])[0])) or [0]
     boxes = {j: np.zeros((0, 5)) for j in wanted}
     job = picture_job(frame.at[0, "path"], (int(frame.at[0, "width"]), int(frame.at[0, "height"])), maps[0], wanted,
-                      predictions.probs[0], boxes, {j: np.zeros((0, 4)) for j in wanted})
+                      [picture_title(CLASSES[j], caption(predictions.probs[0, j], 0.5, True, "")) for j in wanted],
+                      boxes, {j: np.zeros((0, 4)) for j in wanted})
     from utils.heatmaps import draw_pictures
     out = []
     for task, run in (((heat, DEFAULT_BOX_THRESHOLDS), boxes_from_heatmaps), (job, draw_pictures)):
