@@ -7,8 +7,8 @@ the images' order and writes every file itself, atomically, so a worker never le
 come from a fork server, as step 1's do (data/ingest/workers.py; no fork of a process running torch's and OpenCV's
 thread pools), and import neither torch nor pandas, so that they start in a fraction of a second. Their tasks travel
 pickled: a chunk of 64 images' heatmaps, or one image's pictures, is about 2 MB, and pickling and unpickling
-it costs 1-2% of running it (benchmarks/bench_localize.py --transfer: 2.7 ms against 186 ms and 134 ms on 2
-cores), so shared memory would buy little.
+it costs 0.2-2% of running it (benchmarks/bench_localize.py --transfer on 2 busy cores: 0.15-2.7 ms against
+60-190 ms), so shared memory would buy little.
 
 A worker that dies (killed, out of memory) breaks the pool: the chunk it was given is named and the run stops with one
 line (EnvironmentFault), after every other worker is ended. A stop signal in the main process (Interrupted) ends every
