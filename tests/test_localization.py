@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REAL_DATA
 from data.errors import LabelFileError
-from utils.heatmaps import heatmaps_to_uint8, scale_boxes
+from utils.heatmaps import caption, heatmap_stems, heatmaps_to_uint8, scale_boxes, truth_word
 from utils.localization import (PAPER_ACCURACY, box_overlaps, boxes_from_heatmaps, clip_to_images, format_table,
                                 ground_truth, localization_table, match_image_ids, read_box_csv)
 
@@ -283,11 +283,44 @@ def test_localize_finds_a_bright_region_in_original_pixels(tmp_path, bright_spot
     assert table[(table.criterion == "IoU") & (table["T"] == 0.5) & (table.measure == "acc")]["cardiomegaly"].item() == 1
     # what the run folder holds, and nothing else: no temporary file, no .rows count
     assert sorted(os.listdir(run)) == ["boxes.csv", "heatmaps", "localization.csv"]
-    assert sorted(os.listdir(run / "heatmaps")) == ["img0.png__cardiomegaly.png", "img1.png__cardiomegaly.png",
-                                                    "index.csv"]
-    picture = cv2.imread(str(run / "heatmaps" / "img0.png__cardiomegaly.png"))
+    assert sorted(os.listdir(run / "heatmaps")) == ["img0__cardiomegaly.png", "img1__cardiomegaly.png", "index.csv"]
+    # the caption keeps the model's call apart from the truth: both images are truly positive (a true box)
+    index = pd.read_csv(run / "heatmaps" / "index.csv")
+    assert index["file"].tolist() == ["img0__cardiomegaly.png", "img1__cardiomegaly.png"]
+    assert index["truth"].tolist() == [1, 1] and index["threshold"].tolist() == [0.5, 0.5]
+    for row in index.itertuples():
+        call = "positive" if row.probability >= 0.5 else "negative"
+        assert row.caption == f"p {row.probability:.4f} · threshold 0.5000 · predicted {call} · truth positive"
+    picture = cv2.imread(str(run / "heatmaps" / "img0__cardiomegaly.png"))
     assert picture.shape == (341, 512, 3)  # the stored image shrunk to a longest side of 512
     # the true box (magenta) drawn where it belongs: (600, 200, 300, 200) of 1200 x 800 is (256, 85, 128, 85) here
     ys, xs = np.nonzero((picture[:, :, 0] > 200) & (picture[:, :, 1] < 60) & (picture[:, :, 2] > 200))
     assert len(xs) > 50
     assert abs(xs.min() - 256) <= 3 and abs(xs.max() - 384) <= 3 and abs(ys.min() - 85) <= 3 and abs(ys.max() - 171) <= 3
+
+
+def test_heatmap_names_drop_the_image_extension_and_stay_unique():
+    ids = ["00000012_000.png", "CXR1000_IM-0003-2001", "1.2.840.113619.2.55", "scan.DCM", "a.png", "a.jpg", "b",
+           "b.png", "x/y.png", "x_y.jpeg", ".png"]
+    assert heatmap_stems(ids) == {
+        "00000012_000.png": "00000012_000",  # NIH's ids carry .png
+        "CXR1000_IM-0003-2001": "CXR1000_IM-0003-2001",  # OpenI's do not
+        "1.2.840.113619.2.55": "1.2.840.113619.2.55",  # a DICOM UID's dots are not an extension
+        "scan.DCM": "scan",
+        "a.png": "a.png", "a.jpg": "a.jpg",  # the stems would coincide: the whole ids
+        "b": "b", "b.png": "b.png",
+        "x/y.png": "x_y.png", "x_y.jpeg": "x_y.jpeg",  # a path separator replaced, then the same rule
+        ".png": ".png",  # nothing left without it
+    }
+    # ids still alike after the separators are replaced
+    assert heatmap_stems(["x/y", "x_y"]) == {"x/y": "x_y", "x_y": "x_y~2"}
+
+
+def test_caption_separates_the_model_from_the_truth():
+    # the case: a truly positive image whose probability sits just below its threshold
+    assert caption(0.99849, 0.99861, False, truth_word(1)) == \
+        "p 0.9985 · threshold 0.9986 · predicted negative · truth positive"
+    assert caption(0.7, 0.5, True, truth_word(0)) == "p 0.7000 · threshold 0.5000 · predicted positive · truth negative"
+    # uncertain, or new studies without labels: no truth said; a true box makes it positive whatever the label
+    assert caption(0.2, 0.5, False, truth_word(-1)) == "p 0.2000 · threshold 0.5000 · predicted negative"
+    assert truth_word(0, has_box=True) == "positive"

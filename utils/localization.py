@@ -22,19 +22,21 @@ again for boxes, and every probability here is the one in predictions.csv.
 """
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import shutil
 
 import numpy as np
 import pandas as pd
 import torch
-from skimage.measure import label
 
 from data.classes import CLASSES
-from data.files import write_text_atomic
+from data.files import temporary_path, write_text_atomic
 from data.labels.boxes import BOX_COLUMNS as TRUE_BOX_COLUMNS, read_box_csv
 from data.labels.nih import finding_class
 from models import upsample_maps
-from utils.heatmaps import heatmap_filename, heatmaps_to_uint8, render_image, scale_boxes
+from utils.heatmaps import (caption, heatmap_filename, heatmap_stems, heatmaps_to_uint8, picture_job, picture_title,
+                            scale_boxes, truth_word)
+from utils.localization_workers import Step5Pool, default_workers
+from utils.localization_workers import boxes_from_heatmaps  # noqa: F401 (its home before step 5's workers)
 from utils.metrics import classes_to_map
 from utils.run_folder import BOXES_CSV, HEATMAP_INDEX_CSV, HEATMAPS_DIR, LOCALIZATION_CSV
 
@@ -43,47 +45,9 @@ log = logging.getLogger(__name__)
 # boxes.csv: the true boxes' columns, and the score of each predicted box
 BOX_COLUMNS = [*TRUE_BOX_COLUMNS, "score"]
 CELLS_TO_GRID = 8  # boxes are found on the map upsampled to 8 pixels per feature cell (capped at the input size)
-CHUNK = 64  # images whose maps are upsampled at once
-WORKER_THREADS = min(8, os.cpu_count() or 1)  # step 5's threads: box finding and heatmap pictures
+CHUNK = 64  # images whose maps are upsampled and labelled at once: one task of a worker process
 
 DEFAULT_BOX_THRESHOLDS = (60, 180)
-
-
-def boxes_from_heatmaps(heat, thresholds=DEFAULT_BOX_THRESHOLDS):
-    """Boxes around the connected regions of heat >= t for every t, for each map of heat [N, h, w] (uint8, 0..255).
-
-    Returns a list of N float arrays [k, 5]: x, y, w, h in heatmap pixels and the region's mean heat / 255.
-    All N * len(thresholds) binary maps are labelled in one scikit-image call: they are stacked into one tall image with
-    an empty row between neighbours, so regions connect within a map (8-neighbourhood) but never across maps.
-    """
-    heat = np.asarray(heat)
-    if heat.ndim == 2:
-        heat = heat[None]
-    n, h, w = heat.shape
-    thresholds = list(thresholds)
-    k = n * len(thresholds)
-    tiles = np.zeros((k, h + 1, w), dtype=bool)
-    values = np.zeros((k, h + 1, w), dtype=np.float32)
-    for j, t in enumerate(thresholds):
-        # tile order: map i, threshold j -> i * len(thresholds) + j
-        tiles[j::len(thresholds), :h] = heat >= t
-        values[j::len(thresholds), :h] = heat
-    labels = label(tiles.reshape(k * (h + 1), w), connectivity=2)
-    # Each region's bounding box and mean heat from its pixels sorted by label: labels run in raster order, so the
-    # regions come tile by tile (map by map, then threshold by threshold) and each map's boxes stay together.
-    ys, xs = np.nonzero(labels)
-    if not len(ys):
-        return [np.zeros((0, 5), dtype=np.float32) for _ in range(n)]
-    which = labels[ys, xs]
-    order = np.argsort(which, kind="stable")
-    ys, xs, which = ys[order], xs[order], which[order]
-    starts = np.flatnonzero(np.r_[True, which[1:] != which[:-1]])
-    top, bottom = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts)
-    left, right = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)
-    mean = np.add.reduceat(values.reshape(-1, w)[ys, xs], starts) / np.diff(np.r_[starts, len(ys)]) / 255.0
-    tile = top // (h + 1)
-    boxes = np.stack([left, top - tile * (h + 1), right - left + 1, bottom - top + 1, mean], 1).astype(np.float32)
-    return np.split(boxes, np.searchsorted(tile // len(thresholds), np.arange(1, n)))
 
 
 def as_boxes(boxes):
@@ -264,8 +228,10 @@ def format_table(table):
 
 
 # heatmaps/index.csv: what each PNG shows (predicted: the probability reached the class's threshold, 0.5 without
-# thresholds; boxes: predicted boxes drawn; true_boxes: ground-truth boxes drawn)
-GALLERY_COLUMNS = ["file", "ImageID", "class", "probability", "predicted", "boxes", "true_boxes"]
+# thresholds; boxes: predicted boxes drawn; true_boxes: ground-truth boxes drawn; truth: the image's label, 1, 0 or
+# -1 for unknown, 1 where it has a true box; caption: utils.heatmaps.caption, the model's call apart from the truth)
+GALLERY_COLUMNS = ["file", "ImageID", "class", "probability", "predicted", "boxes", "true_boxes", "threshold", "truth",
+                   "caption"]
 
 
 def parse_levels(text):
@@ -316,20 +282,22 @@ def ground_truth(boxes_csv, image_sizes):
 
 
 def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classes=None,
-             box_thresholds=DEFAULT_BOX_THRESHOLDS, boxes_csv=None, max_images=None, threads=WORKER_THREADS):
+             box_thresholds=DEFAULT_BOX_THRESHOLDS, boxes_csv=None, max_images=None, workers=None):
     """Boxes, heatmap PNGs and (with boxes_csv) localization scores from evaluation's forward pass.
 
     frame: ImageID, path (and width, height) of the images predicted; predictions: utils.engine.Predictions with
     maps, its probs the reported ones (utils.calibration.reported_probs(...).reported, what predictions.csv holds:
     they choose the classes mapped and score the boxes, as given); input_size: the model's input side. Writes
     run_dir/boxes.csv (ImageID, class, x, y, w, h, score; original pixels; score = class probability x mean
-    normalized heat in the region), run_dir/heatmaps/<ImageID>__<class>.png for at most max_images images (those with
-    ground-truth boxes first) with heatmaps/index.csv, and with boxes_csv run_dir/localization.csv, each written
-    atomically. Images listed in boxes_csv are mapped for their true classes whatever the prediction,
-    as in the paper. Returns {"images", "heatmaps", "boxes", "iobb_0.5" ({class: accuracy at T(IoBB) = 0.5}),
-    "iobb_0.5_chance" ({class: the chance baseline's}), "box_counts" ({BOX_COUNTS measure: total})}; the last three
-    are empty without boxes_csv. threads: how many threads find boxes and draw pictures (the output is the same for
-    any number).
+    normalized heat in the region), run_dir/heatmaps/<ImageID>__<class>.png (the ImageID without its image extension:
+    utils.heatmaps.heatmap_stems) for at most max_images images (those with ground-truth boxes first), captioned with
+    the model's call apart from the truth, with heatmaps/index.csv (GALLERY_COLUMNS), and with boxes_csv
+    run_dir/localization.csv, each written atomically, and only once every box and picture is made: a run stopped or
+    failed in step 5 leaves none of them (the pictures wait in a temporary folder). Images listed in boxes_csv are mapped for their true classes whatever
+    the prediction, as in the paper. Returns {"images", "heatmaps", "boxes", "iobb_0.5" ({class: accuracy at T(IoBB) =
+    0.5}), "iobb_0.5_chance" ({class: the chance baseline's}), "box_counts" ({BOX_COUNTS measure: total})}; the last
+    three are empty without boxes_csv. workers: the worker processes that find boxes and draw pictures
+    (utils.localization_workers; default all cores, 0: all in this process); the output is the same for any number.
     """
     frame = frame.iloc[predictions.indices].reset_index(drop=True)
     heat_dir = os.path.join(run_dir, HEATMAPS_DIR)
@@ -340,48 +308,87 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     for image_id, c in true_boxes:
         true_classes.setdefault(image_id, set()).add(c)
     probs = predictions.probs
+    # the true labels (1, 0, -1 unknown) for the captions; new studies have none
+    labels = predictions.labels if np.shape(predictions.labels) == probs.shape else np.full(probs.shape, -1)
+    levels = np.full(len(CLASSES), 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     chosen = classes_to_map(probs, thresholds, classes)
     positive = classes_to_map(probs, thresholds)
     # Images with true boxes first, so the heatmap gallery (capped by max_images) shows what can be checked.
     order = sorted(range(len(frame)), key=lambda i: frame.at[i, "ImageID"] not in true_classes)
-    render_limit = len(frame) if max_images is None else max_images
+    render = set(order[:len(frame) if max_images is None else max_images])
     gts = [true_classes.get(image_id, set()) for image_id in frame["ImageID"]]
     wanted = [[k for k, c in enumerate(CLASSES) if chosen[i, k] or c in gts[i]] for i in range(len(frame))]
+    chunks = [order[start:start + CHUNK] for start in range(0, len(order), CHUNK)]
+    stems = heatmap_stems(frame["ImageID"].iloc[sorted(render)])
+    workers = default_workers() if workers is None else workers
 
-    def chunk_boxes(chunk):
-        """The chunk's maps and {image: {class index: boxes [k, 5] in original pixels}}, one labelling call for
-        every (image, class) map wanted in the chunk."""
+    def chunk_heat(number, chunk):
+        """The boxes task of one chunk: the heatmaps of every (image, class) map wanted in it, at the grid that
+        boxes are found on, with what names the chunk should a worker die on it."""
         maps = torch.from_numpy(predictions.maps[chunk]).float()
         grid = min(input_size, CELLS_TO_GRID * max(maps.shape[-2:]))
-        heat = heatmaps_to_uint8(upsample_maps(maps, (grid, grid)).numpy())
         pairs = [(b, k) for b, i in enumerate(chunk) for k in wanted[i]]
-        found = iter(boxes_from_heatmaps(heat[[b for b, _ in pairs], [k for _, k in pairs]], box_thresholds)
-                     if pairs else [])
-        return maps, {i: {k: scale_boxes(next(found), (grid, grid), sizes[i]) for k in wanted[i]} for i in chunk}
+        # Every class upsampled (torch's bilinear kernel rounds differently for another number of channels), but only
+        # the maps wanted scaled to 0..255: each map is scaled on its own.
+        heat = heatmaps_to_uint8(upsample_maps(maps, (grid, grid))[[b for b, _ in pairs], [k for _, k in pairs]]
+                                 .numpy()) if pairs else np.zeros((0, grid, grid), np.uint8)
+        ids = frame["ImageID"].iloc[[chunk[0], chunk[-1]]].tolist()
+        what = f"chunk {number + 1} of {len(chunks)} ({len(chunk)} images, {ids[0]} ... {ids[1]})"
+        return maps, grid, what, heat
 
-    pred_rows, eval_rows, rendered = [], [], []
-    # Labelling (SciPy, NumPy), drawing and PNG encoding (OpenCV, zlib) release the GIL: chunks are boxed and pictures
-    # made on threads, and the rows are gathered here in the images' order.
-    with ThreadPoolExecutor(threads) as pool:
-        starts = range(0, len(order), CHUNK)
-        chunks = [order[start:start + CHUNK] for start in starts]
-        for start, chunk, (maps, found) in zip(starts, chunks, pool.map(chunk_boxes, chunks)):
-            for b, i in enumerate(chunk):
-                if not wanted[i]:
-                    continue
-                image_id, gt, boxes = frame.at[i, "ImageID"], gts[i], found[i]
-                for k in wanted[i]:
-                    rows = [(image_id, CLASSES[k], *bx[:4], probs[i, k] * bx[4]) for bx in boxes[k]]
-                    pred_rows += rows if chosen[i, k] else []
-                    eval_rows += rows if CLASSES[k] in gt else []
-                if start + b < render_limit:
-                    truths = {k: true_boxes.get((image_id, CLASSES[k]), np.zeros((0, 4))) for k in wanted[i]}
-                    job = pool.submit(render_image, frame.at[i, "path"], image_id, sizes[i], maps[b], wanted[i],
-                                      probs[i], boxes, truths, heat_dir)
-                    rendered.append((job, i, boxes, truths))
-        gallery = [(heatmap_filename(frame.at[i, "ImageID"], CLASSES[k]), frame.at[i, "ImageID"], CLASSES[k],
-                    probs[i, k], int(positive[i, k]), len(boxes[k]), len(truths[k]))
-                   for job, i, boxes, truths in rendered for k in job.result()]
+    pictures_dir = temporary_path(heat_dir)  # renamed into heat_dir at the end: no partial set of pictures
+    pred_rows, eval_rows, gallery, pictures, boxes_in_flight = [], [], [], [], []
+    # torch keeps its threads here: a bilinear upsample's last bits depend on how its loop is split among them, and
+    # the maps are upsampled as before, so the pictures stay what they were
+    try:
+        with Step5Pool(workers, len(chunks) + len(render)) as pool:
+            def write_pictures(limit):
+                while len(pictures) > limit or (pictures and pictures[0][0].done()):
+                    job, names = pictures.pop(0)
+                    for name, png in zip(names, job.result()):
+                        with open(os.path.join(pictures_dir, name), "wb") as f:
+                            f.write(png)
+
+            def collect(chunk, maps, grid, job):
+                found = iter(job.result())
+                for b, i in enumerate(chunk):
+                    if not wanted[i]:
+                        continue
+                    image_id, gt = frame.at[i, "ImageID"], gts[i]
+                    boxes = {k: scale_boxes(next(found), (grid, grid), sizes[i]) for k in wanted[i]}
+                    for k in wanted[i]:
+                        rows = [(image_id, CLASSES[k], *bx[:4], probs[i, k] * bx[4]) for bx in boxes[k]]
+                        pred_rows.extend(rows if chosen[i, k] else [])
+                        eval_rows.extend(rows if CLASSES[k] in gt else [])
+                    if i in render:
+                        truths = {k: true_boxes.get((image_id, CLASSES[k]), np.zeros((0, 4))) for k in wanted[i]}
+                        names = [heatmap_filename(stems[image_id], CLASSES[k]) for k in wanted[i]]
+                        said = [(k, truth_word(labels[i, k], len(truths[k]) > 0)) for k in wanted[i]]
+                        captions = [caption(probs[i, k], levels[k], positive[i, k], truth) for k, truth in said]
+                        job = pool.submit("pictures", f"the heatmaps of {image_id}", *picture_job(
+                            frame.at[i, "path"], sizes[i], maps[b], wanted[i],
+                            [picture_title(CLASSES[k], text) for k, text in zip(wanted[i], captions)], boxes, truths))
+                        pictures.append((job, names))
+                        gallery.extend((name, image_id, CLASSES[k], probs[i, k], int(positive[i, k]), len(boxes[k]),
+                                        len(truths[k]), levels[k], {"positive": 1, "negative": 0}.get(truth, -1), text)
+                                       for name, (k, truth), text in zip(names, said, captions))
+                        write_pictures(2 * workers)  # bounded: the pictures wait in memory until written
+
+            os.makedirs(pictures_dir)
+            for number, chunk in enumerate(chunks):
+                maps, grid, what, heat = chunk_heat(number, chunk)
+                boxes_in_flight.append((chunk, maps, grid, pool.submit("boxes", what, heat, box_thresholds)))
+                # Chunks go out well ahead of the pictures, which queue behind them: the workers label while this
+                # process prepares pictures, and never wait for a chunk behind pictures. Bounded, for memory.
+                if len(boxes_in_flight) > 4 * workers:
+                    collect(*boxes_in_flight.pop(0))
+            while boxes_in_flight:
+                collect(*boxes_in_flight.pop(0))
+            write_pictures(0)
+        for name in os.listdir(pictures_dir):
+            os.replace(os.path.join(pictures_dir, name), os.path.join(heat_dir, name))
+    finally:
+        shutil.rmtree(pictures_dir, ignore_errors=True)
     write_text_atomic(os.path.join(heat_dir, HEATMAP_INDEX_CSV),
                       pd.DataFrame(gallery, columns=GALLERY_COLUMNS).to_csv(index=False))
     boxes_frame = pd.DataFrame(pred_rows, columns=BOX_COLUMNS).round({"x": 1, "y": 1, "w": 1, "h": 1, "score": 4})
@@ -399,4 +406,3 @@ def localize(frame, predictions, run_dir, *, input_size, thresholds=None, classe
     log.info("localize: %d images, %d heatmaps, %d boxes -> %s", len(frame), len(gallery), len(boxes_frame), run_dir)
     return {"images": len(frame), "heatmaps": len(gallery), "boxes": len(boxes_frame), "iobb_0.5": acc,
             "iobb_0.5_chance": chance, "box_counts": {k: sum(v.values()) for k, v in counts.items()}}
-
