@@ -12,6 +12,12 @@ from torch import nn
 from models.pooling import GlobalPool
 
 
+def input_args(in_channels=3, crop=None):
+    """The model args of an input other than the default (3 channels, the whole image stretched to the square), so
+    that the model args of checkpoints written before these existed stay exactly as they were."""
+    return {**({"in_channels": in_channels} if in_channels != 3 else {}), **({"crop": crop} if crop else {})}
+
+
 class CAMClassifier(nn.Module):
     def __init__(self, **model_args):
         super().__init__()
@@ -34,6 +40,11 @@ class CAMClassifier(nn.Module):
     @property
     def input_size(self):
         return self.model_args["input_size"]
+
+    @property
+    def crop(self):
+        """None: the whole image stretched to the square; "center": its centred square (data.transforms)."""
+        return self.model_args.get("crop")
 
     def conv_features(self, x):
         raise NotImplementedError
