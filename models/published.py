@@ -98,7 +98,7 @@ XRV_RELEASES = {
          0.05006329, _NAN, _NAN, _NAN, 0.019866971, 0.03823637, 0.11303808, 0.0069147074], 224),
     "resnet50-res512-all": (
         "pc-nih-rsna-siim-vin-resnet50-test512-e400-state.pt",
-        _outputs([x for x in XRV_LABELS if x not in ("Lung Lesion", "Enlarged Cardiomediastinum")]),
+        XRV_LABELS,  # 16 trained: Lung Lesion's and Enlarged Cardiomediastinum's op_threshs are nan
         [0.51570356, 0.50444704, 0.53787947, 0.50723547, 0.5025118, 0.5035252, 0.5038076, 0.51862943, 0.5078151,
          0.50724894, 0.5056339, 0.510706, 0.5053923, 0.5020846, _NAN, 0.5080557, 0.5138526, _NAN], 512),
 }
@@ -417,6 +417,11 @@ def recognize_state(state, path, release=None):
                     XRV_RELEASES[release][2] if release else None, 512)
     dense = densenet_keys(state)
     if _has(dense, "features.conv0.weight", "classifier.weight"):
+        if dense["features.conv0.weight"].shape[1] == 1:  # torchxrayvision's DenseNet saved as a state dict
+            dense.pop("op_threshs", None)
+            return _xrv("torchxrayvision DenseNet (state dict)", "chexnet", dense,
+                        XRV_RELEASES[release][1] if release else list(XRV_LABELS),
+                        XRV_RELEASES[release][2] if release else None, 224)
         return _port("a CheXNet port (state dict)", dense)
     raise PublishedModelError(f"its state dict is neither torchxrayvision's ResNet-50 nor a DenseNet-121 (first "
                               f"keys: {', '.join(list(state)[:3])})")
