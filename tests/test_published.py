@@ -399,3 +399,54 @@ def test_uncropped_maps_sit_on_the_centre_square():
     assert inner.max() > 10 and inner[0].mean() < inner[-1].mean()  # the square's rows, top to bottom
 
 
+
+
+# ------------------------------------------------------------------------- judged like our own, on the sample world
+
+@pytest.mark.slow
+def test_test_only_heatmaps_compare_and_fine_tuning(traintest, xrv_densenet, arnoweng, tmp_path, capsys):
+    """A saved torchxrayvision file and a CheXNet port on conftest's small world: --test-only with every table,
+    heatmaps and boxes scored against a box CSV, utils.compare between the two, and a short fine-tuning."""
+    from conftest import write_dataset
+    from utils import compare
+    csv = write_dataset(tmp_path / "world", n_train=16, n_val=12, n_test=12)
+    test_ids = pd.read_csv(csv).query("split == 'test'")["ImageID"].tolist()
+    boxes = tmp_path / "boxes.csv"
+    pd.DataFrame({"Image Index": test_ids[:3], "Finding Label": ["Cardiomegaly", "Effusion", "Nodule"],
+                  "x": [10, 30, 5], "y": [8, 20, 40], "w": [30, 20, 10], "h": [25, 20, 10]}).to_csv(boxes, index=False)
+    common = ["--csv", csv, "--test-only", "--workers", "0", "--bootstrap", "20", "--batch-size", "6"]
+    runs = {}
+    for name, path in (("xrv", xrv_densenet[1]), ("port", arnoweng[1])):
+        runs[name] = tmp_path / name
+        assert traintest(*common, "--load-model", path, "--output-dir", runs[name], "--boxes-csv", boxes,
+                         "--max-heatmaps", "3") == 0
+    run = runs["xrv"]
+    metrics = pd.read_csv(run / "metrics.csv")
+    everything = metrics[metrics.group == "all"].set_index("class")
+    assert math.isnan(everything.at["normal", "auroc"]) and everything.at["normal", "positives"] == 0  # NA
+    assert not math.isnan(everything.at["cardiomegaly", "auroc"])
+    assert (metrics["model"] == "densenet.pt (torchxrayvision.models.DenseNet)").all()
+    for name in ("calibration.csv", "thresholds.csv", "localization.csv", "report.html", "model_card.json"):
+        assert (run / name).is_file(), name
+    assert len(os.listdir(run / "heatmaps")) > 1
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert predictions["prob_normal"].isna().all() and predictions["prob_atelectasis"].notna().all()
+
+    assert compare.main([str(runs["xrv"]), str(runs["port"]), "--bootstrap", "20"]) in (0, None)
+    table = pd.read_csv(runs["port"] / "compare" / "xrv" / "compare.csv", keep_default_na=True).set_index("class")
+    assert table.loc[ONE_TO_ONE, "auroc_a"].notna().any() and math.isnan(table.at["tuberculosis", "auroc_b"])
+    capsys.readouterr()
+
+    tuned = tmp_path / "tuned"
+    assert traintest("--csv", csv, "--load-model", xrv_densenet[1], "--output-dir", tuned, "--epochs", "1",
+                     "--batch-size", "4", "--max-train-batches", "2", "--workers", "0", "--bootstrap", "10",
+                     "--max-heatmaps", "0", "--lr", "1e-5") == 0
+    best = torch.load(tuned / "checkpoint_best.pt", weights_only=True)
+    assert best["model_args"]["in_channels"] == 1 and best["model_args"]["crop"] == "center"
+    assert best["model_args"]["num_classes"] == len(CLASSES)
+    assert best["card"]["fine_tuned_from"] == "densenet.pt (torchxrayvision.models.DenseNet)"
+    tuned_metrics = pd.read_csv(tuned / "metrics.csv")
+    assert tuned_metrics[tuned_metrics.group == "all"].set_index("class")["auroc"].notna().sum() > 2
+    model, _ = load_model(str(tuned / "checkpoint_best.pt"))  # ours now: every class predicted
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.zeros(1, 1, 224, 224))).all()
