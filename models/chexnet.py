@@ -5,18 +5,15 @@ crop: in_channels=1, crop="center") and the CheXNet ports' checkpoints (models.p
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbones import convolutional_part, input_normalization, torchvision_network
+from models.backbones import convolutional_part, torchvision_network
 from models.base import CAMClassifier, input_args
 
 
 class CheXNet(CAMClassifier):
     def __init__(self, num_classes, *, mean=None, std=None, input_size=224, in_channels=3, crop=None,
                  backbone_state=None):
-        default_mean, default_std = input_normalization("densenet121", backbone_state is not None)
-        super().__init__(name="chexnet", num_classes=num_classes, mean=list(mean or default_mean),
-                         std=list(std or default_std), input_size=input_size, **input_args(in_channels, crop))
-        if in_channels != 3 and backbone_state is not None:
-            raise ValueError("ImageNet weights take 3 input channels")
+        super().__init__(name="chexnet", num_classes=num_classes,
+                         **input_args("densenet121", mean, std, input_size, in_channels, crop, backbone_state))
         self.features, dim = convolutional_part("densenet121", torchvision_network("densenet121", backbone_state))
         if in_channels != 3:
             self.features.conv0 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

@@ -33,7 +33,7 @@ import warnings
 import torch
 from torch import nn
 
-from models.backbones import IMAGENET_MEAN, IMAGENET_STD, load_state, StateDictError
+from models.backbones import IMAGENET_MEAN, IMAGENET_STD, OLD_DENSENET_KEY, StateDictError, load_state
 from models.factory import build_model
 
 # torchxrayvision's 18 outputs (model.targets), and the 14 of ChestX-ray14 in the CheXNet ports' order.
@@ -112,6 +112,10 @@ REGISTRY_NAMES = [REGISTRY_PREFIX + name for name in XRV_RELEASES]
 class PublishedModelError(ValueError):
     """A published model file that cannot be read safely, is of no known format or does not fit its network; or a
     registry name that does not exist. The message is one line."""
+
+
+class UnknownFormat(PublishedModelError):
+    """A file that holds none of the published formats."""
 
 
 class RefusedObject(PublishedModelError):
@@ -295,8 +299,6 @@ def module_state(root):
 
 # -------------------------------------------------------------------------------------------------- key mapping
 
-# torchvision's own pattern for the pre-0.4 DenseNet names (torchvision.models.densenet._load_state_dict).
-OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 RESNET_STAGES = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
 
 
@@ -392,18 +394,18 @@ def recognize(obj, path):
         return recognize_state(module_state(obj), path, release)
     if isinstance(obj, dict) and is_module(obj.get("model")):  # jrzech's {'model': <DenseNet>, ...}
         if not obj["model"]._qualname.startswith("torchvision.models.densenet."):
-            raise PublishedModelError(f"its 'model' is a pickled {obj['model']._qualname}, not a torchvision "
+            raise UnknownFormat(f"its 'model' is a pickled {obj['model']._qualname}, not a torchvision "
                                       f"DenseNet (jrzech/reproduce-chexnet)")
         return _port("jrzech/reproduce-chexnet", densenet_keys(module_state(obj["model"])))
     if is_module(obj):
-        raise PublishedModelError(f"it holds a pickled {obj._qualname}, not a torchxrayvision model or a CheXNet "
+        raise UnknownFormat(f"it holds a pickled {obj._qualname}, not a torchxrayvision model or a CheXNet "
                                   f"port's DenseNet")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # arnoweng's, zoogzog's
         return _port("arnoweng/zoogzog CheXNet", densenet_keys(obj["state_dict"]))
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return recognize_state(obj, path, release)
     found = f"entries {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
-    raise PublishedModelError(f"it is none of the published formats (torchxrayvision's DenseNet or ResNet, "
+    raise UnknownFormat(f"it is none of the published formats (torchxrayvision's DenseNet or ResNet, "
                               f"arnoweng's, zoogzog's or jrzech's CheXNet); it holds {found}")
 
 
@@ -423,14 +425,14 @@ def recognize_state(state, path, release=None):
                         XRV_RELEASES[release][1] if release else list(XRV_LABELS),
                         XRV_RELEASES[release][2] if release else None, 224)
         return _port("a CheXNet port (state dict)", dense)
-    raise PublishedModelError(f"its state dict is neither torchxrayvision's ResNet-50 nor a DenseNet-121 (first "
+    raise UnknownFormat(f"its state dict is neither torchxrayvision's ResNet-50 nor a DenseNet-121 (first "
                               f"keys: {', '.join(list(state)[:3])})")
 
 
 def _xrv(fmt, arch, state, labels, op_threshs, size):
     n = state["classifier.weight"].shape[0] if "classifier.weight" in state else None
     if labels is None or n != len(labels):
-        raise PublishedModelError(f"its classifier has {n} outputs, not the {len(XRV_LABELS)} of torchxrayvision's "
+        raise UnknownFormat(f"its classifier has {n} outputs, not the {len(XRV_LABELS)} of torchxrayvision's "
                                   f"models")
     spec = xrv_input(size)
     args = {"name": arch, "num_classes": len(labels), "mean": spec["mean"], "std": spec["std"], "input_size": size,
@@ -441,7 +443,7 @@ def _xrv(fmt, arch, state, labels, op_threshs, size):
 def _port(fmt, state):
     n = state["classifier.weight"].shape[0] if "classifier.weight" in state else None
     if n != len(CHEXNET_LABELS):
-        raise PublishedModelError(f"its classifier has {n} outputs, not ChestX-ray14's {len(CHEXNET_LABELS)}")
+        raise UnknownFormat(f"its classifier has {n} outputs, not ChestX-ray14's {len(CHEXNET_LABELS)}")
     spec = CHEXNET_INPUT
     args = {"name": "chexnet", "num_classes": n, "mean": spec["mean"], "std": spec["std"], "input_size": spec["size"],
             "crop": "center"}

@@ -2,18 +2,15 @@
 channel, 512 px), whose state dict models.published maps here. Unlike the Unified DCNN it has no transition layer."""
 from torch import nn
 
-from models.backbones import convolutional_part, input_normalization, torchvision_network
+from models.backbones import convolutional_part, torchvision_network
 from models.base import CAMClassifier, input_args
 
 
 class ResNet50(CAMClassifier):
     def __init__(self, num_classes, *, mean=None, std=None, input_size=224, in_channels=3, crop=None,
                  backbone_state=None):
-        default_mean, default_std = input_normalization("resnet50", backbone_state is not None)
-        super().__init__(name="resnet50-gap", num_classes=num_classes, mean=list(mean or default_mean),
-                         std=list(std or default_std), input_size=input_size, **input_args(in_channels, crop))
-        if in_channels != 3 and backbone_state is not None:
-            raise ValueError("ImageNet weights take 3 input channels")
+        super().__init__(name="resnet50-gap", num_classes=num_classes,
+                         **input_args("resnet50", mean, std, input_size, in_channels, crop, backbone_state))
         net = torchvision_network("resnet50", backbone_state)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

@@ -179,6 +179,17 @@ def test_op_threshs_become_thresholds():
 
 # -------------------------------------------------------------------------------------- logits, same tensor
 
+def assert_same_outputs(theirs, ours, x, index, sigmoid=False):
+    """Our outputs on the one-to-one classes equal theirs on the same tensor within 1e-5 at fp32 (sigmoid: their
+    head ends in a Sigmoid, so our logits' sigmoid); returns both."""
+    with torch.no_grad():
+        expected, got = theirs(x), ours(x)
+    got = torch.sigmoid(got) if sigmoid else got
+    for c in ONE_TO_ONE:
+        assert torch.allclose(got[:, CLASSES.index(c)], expected[:, index[c]], rtol=0, atol=1e-5)
+    return expected, got
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_densenet_logits_equal_torchxrayvisions(xrv_densenet, tmp_path, legacy):
     theirs, path = xrv_densenet
@@ -187,10 +198,7 @@ def test_densenet_logits_equal_torchxrayvisions(xrv_densenet, tmp_path, legacy):
         torch.save(theirs, path, _use_new_zipfile_serialization=False)
     ours, ckpt = load_model(str(path))
     x = torch.randn(2, 1, 224, 224, generator=torch.Generator().manual_seed(3)) * 600
-    with torch.no_grad():
-        expected, got = theirs(x), ours(x)
-    for c in ONE_TO_ONE:
-        assert torch.allclose(got[:, CLASSES.index(c)], expected[:, XRV_INDEX[c]], rtol=0, atol=1e-5)
+    expected, got = assert_same_outputs(theirs, ours, x, XRV_INDEX)
     infiltrates = (expected[:, 2] + expected[:, 1]) / 2
     assert torch.allclose(got[:, CLASSES.index("infiltrates")], infiltrates, rtol=0, atol=1e-5)
     assert torch.isnan(got[:, CLASSES.index("normal")]).all()
@@ -201,11 +209,8 @@ def test_densenet_logits_equal_torchxrayvisions(xrv_densenet, tmp_path, legacy):
 def test_resnet_logits_equal_torchxrayvisions(xrv_resnet):
     theirs, path = xrv_resnet
     ours, ckpt = load_model(str(path))
-    x = torch.randn(1, 1, 512, 512, generator=torch.Generator().manual_seed(4)) * 600
-    with torch.no_grad():
-        expected, got = theirs(x), ours(x)
-    for c in ONE_TO_ONE:
-        assert torch.allclose(got[:, CLASSES.index(c)], expected[:, XRV_INDEX[c]], rtol=0, atol=1e-5)
+    assert_same_outputs(theirs, ours, torch.randn(1, 1, 512, 512, generator=torch.Generator().manual_seed(4)) * 600,
+                        XRV_INDEX)
     # the file has its release name: its card's thresholds are torchxrayvision's op_threshs
     assert ckpt["thresholds"][CLASSES.index("atelectasis")] == pytest.approx(0.51570356)
     assert ours.card["name"] == "xrv:resnet50-res512-all" and ours.input_size == 512
@@ -217,11 +222,8 @@ def test_arnoweng_port_with_2017_names(arnoweng):
     assert "module.densenet121.features.denseblock1.denselayer1.norm.1.weight" in state
     assert not any(k.endswith("num_batches_tracked") for k in state)
     ours, _ = load_model(str(path))
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        expected, got = theirs(x), torch.sigmoid(ours(x))  # their head ends in a Sigmoid: ours is its logits'
-    for c in ONE_TO_ONE:
-        assert torch.allclose(got[:, CLASSES.index(c)], expected[:, PORT_INDEX[c]], rtol=0, atol=1e-5)
+    assert_same_outputs(theirs, ours, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5)),
+                        PORT_INDEX, sigmoid=True)
     assert ours.card["classes"] == published.CHEXNET_LABELS
 
 
@@ -233,10 +235,7 @@ def test_jrzech_whole_model(tmp_path):
     torch.save({"model": net, "best_loss": 0.2, "epoch": 3, "rng_state": torch.get_rng_state(), "LR": 1e-4},
                tmp_path / "checkpoint")
     ours, _ = load_model(str(tmp_path / "checkpoint"))
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        assert torch.allclose(torch.sigmoid(ours(x))[:, CLASSES.index("mass")], net(x)[:, PORT_INDEX["mass"]],
-                              rtol=0, atol=1e-5)
+    assert_same_outputs(net, ours, torch.randn(1, 3, 224, 224), PORT_INDEX, sigmoid=True)
 
 
 # --------------------------------------------------------------------------------------------- bad input
@@ -254,7 +253,8 @@ def test_a_pickle_that_would_run_a_command_is_refused_unrun(tmp_path):
     for legacy in (False, True):
         path = tmp_path / f"evil{legacy}.pt"
         torch.save({"model": RunsAShellCommand(marker)}, path, _use_new_zipfile_serialization=not legacy)
-        with pytest.raises(CheckpointError, match=r"refused: its pickle names (posix|os)\.system"):
+        with pytest.raises(CheckpointError, match=r"holds Python objects \((posix|os)\.system\) which no model file "
+                                                  r"holds \(refused: nothing of it was run\)"):
             load_model(str(path))
     assert not marker.exists()
 
@@ -263,9 +263,12 @@ def test_other_files_are_named_in_one_line(tmp_path, xrv_densenet):
     (tmp_path / "random.pt").write_bytes(os.urandom(300))
     (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"a": 1}))
     torch.save({"weights": [1, 2]}, tmp_path / "dict.pt")
-    for name, message in (("random.pt", "neither a traintest.py checkpoint nor a published model"),
-                          ("plain.pkl", "neither a traintest.py checkpoint nor a published model"),
-                          ("dict.pt", "none of the published formats")):
+    for name, message in (("random.pt", "is not a traintest.py checkpoint or a published model file: neither a "
+                                         "torch.save file nor a pickle"),
+                          ("plain.pkl", "is not a traintest.py checkpoint or a published model file: a plain Python "
+                                        "pickle"),
+                          ("dict.pt", "it has no 'model' weights and 'model_args' .*; nor is it a published model: "
+                                      "it is none of the published formats")):
         with pytest.raises(CheckpointError, match=message) as e:
             load_model(str(tmp_path / name))
         assert "\n" not in str(e.value)

@@ -151,12 +151,26 @@ def read_checkpoint(path, map_location="cpu", classes=CLASSES):
                               classes)
 
 
+def checkpoint_problem(ckpt, path):
+    """Why the loaded object `ckpt` is not one of our checkpoints, in one line."""
+    found = f"entries {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+    return f"{path} is not a traintest.py checkpoint: it has no 'model' weights and 'model_args' (it holds {found})"
+
+
+def pickle_kind(path):
+    """What the file at `path` is, from its first bytes: a torch.save file (zip, or the legacy format whose pickle
+    starts with torch's magic number) or a plain Python pickle."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04" or head[:1] == b"\x80" and head[2:4] == b"\x8a\x0a":
+        return "a torch.save file"
+    return "a plain Python pickle" if head[:1] == b"\x80" else "a pickle"
+
+
 def checked_checkpoint(ckpt, path, classes=CLASSES):
     """read_checkpoint's checks of a loaded checkpoint dict."""
     if not is_own_checkpoint(ckpt):
-        found = f"entries {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
-        raise CheckpointError(f"{path} is not a traintest.py checkpoint: it has no 'model' weights and 'model_args' "
-                              f"(it holds {found})")
+        raise CheckpointError(checkpoint_problem(ckpt, path))
     try:
         if "model_args" not in ckpt:
             ckpt["model_args"] = model_args_from_flags(ckpt["args"])
@@ -220,7 +234,7 @@ def load_model(spec):
         path, key = registry_path(spec) if spec.startswith(published.REGISTRY_PREFIX) else (spec, None)
     except published.PublishedModelError as e:
         raise CheckpointError(f"--load-model: {e}") from None
-    if not os.path.isfile(path):
+    if not os.path.isfile(path):  # its one-line message
         load_torch_file(path, "a traintest.py checkpoint or a published model file", CheckpointError)
     try:
         obj = load_torch_file(path, "a traintest.py checkpoint", CheckpointError)
@@ -235,16 +249,20 @@ def load_model(spec):
             if ckpt.get("thresholds") else "none stored: chosen on validation (--test-only) or 0.5 (--predict)",
             name=os.path.basename(path))
         return model.eval(), ckpt
+    what = "a traintest.py checkpoint or a published model file"
     try:
         model, found = published.load_published(path, CLASSES, loaded=obj)
     except published.RefusedObject as e:
-        raise CheckpointError(f"{path}: refused: its pickle names {e}, which a model file does not hold (nothing "
-                              f"of it was run)") from None
-    except published.PublishedModelError as e:
-        raise CheckpointError(f"{path} is not a model this toolkit reads: {e}") from None
+        raise CheckpointError(f"{path} is not {what}: {pickle_kind(path)}; it holds Python objects ({e}) which no "
+                              f"model file holds (refused: nothing of it was run)") from None
+    except published.UnknownFormat as e:
+        if obj is not None:  # tensors and containers only: what is missing for either kind
+            raise CheckpointError(f"{checkpoint_problem(obj, path)}; nor is it a published model: {e}") from None
+        raise CheckpointError(f"{path} is not {what}: {e}") from None
+    except published.PublishedModelError as e:  # a published format whose weights do not fit: named
+        raise CheckpointError(f"{path}: {e}") from None
     except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"{path} is neither a traintest.py checkpoint nor a published model file: "
-                              f"{unreadable_reason(path, e)}") from None
+        raise CheckpointError(f"{path} is not {what}: {unreadable_reason(path, e)}") from None
     key = key or published.release_key(path)
     thresholds = published.mapped_thresholds(found.op_threshs, found.labels, CLASSES)
     origin = (f"torchxrayvision's op_threshs of {key} (Youden's J on its calibration split), mapped onto our classes"
