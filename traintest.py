@@ -7,6 +7,7 @@
   python traintest.py --resume gs://BUCKET/runs/r                                  # and continued on the next VM
   python traintest.py --csv combined.csv --output-dir runs/eval --test-only --load-model runs/chexnet/checkpoint_best.pt
   python traintest.py --predict new_studies/ --load-model runs/chexnet/checkpoint_best.pt --output-dir predictions/
+  python traintest.py --csv combined.csv --test-only --load-model xrv:densenet121-res224-all --output-dir runs/xrv
   python traintest.py --csv combined.csv --train-sources padchest --test-sources openi ...  # external validation
   python traintest.py --test-only --load-model runs/a/checkpoint_best.pt --csv other.csv --eval-split all ...
   python -m utils.compare runs/a runs/b                                            # paired comparison of two runs
@@ -298,8 +299,8 @@ def evaluate_only(args, device, amp):
     model.to(device, memory_format=torch.channels_last)
     bad = [] if args.skip_bad_images else None
     if val is not None:
-        _, out = evaluate(model, loader(val, args, image_size, crop=model.crop), device, LOSSES[args.loss], amp=amp, desc="validation",
-                          bad=bad)
+        _, out = evaluate(model, loader(val, args, image_size, crop=model.crop), device, LOSSES[args.loss], amp=amp,
+                          desc="validation", bad=bad)
         thresholds, temperatures = fitted_thresholds(out.labels, out.probs, args.calibrate, choose_thresholds)
     if dist.is_main():
         write_thresholds(thresholds, args.output_dir)
@@ -316,7 +317,8 @@ def predict_new(args, device, amp):
     begin(args, card=model.card)
     model.to(device, memory_format=torch.channels_last)
     bad = []
-    out = predict(model, loader(frame, args, image_size, crop=model.crop), device, amp=amp, maps=args.max_heatmaps != 0, bad=bad)
+    out = predict(model, loader(frame, args, image_size, crop=model.crop), device, amp=amp,
+                  maps=args.max_heatmaps != 0, bad=bad)
     # a calibrated model's thresholds apply to its calibrated probabilities
     out = out._replace(probs=reported_probs(out.probs, ckpt.get("temperatures")).reported)
     write_predictions(args.output_dir, frame, out, thresholds, bad, args.predict)

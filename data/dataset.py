@@ -78,7 +78,9 @@ class ChestImages(Dataset):
     Two caches, so that epochs after the first decode nothing: cache_dir, the persistent one (data.cache: built once
     for these paths at this size, memory-mapped, shared by every process on the node and by later runs); or
     cache=True, one shared-memory uint8 tensor of this run, filled as images are first read (the workers, forked or
-    spawned, write into the same memory). `progress`: the persistent cache's build shows a progress bar.
+    spawned, write into the same memory). `progress`: the persistent cache's build shows a progress bar. `crop`: the
+    model's geometry (data.transforms.square_transform: None stretches the whole image, "center" takes its centred
+    square, as torchxrayvision's models expect); the persistent cache holds stretched images only.
     """
 
     def __init__(self, frame, image_size, classes=None, cache=False, cache_dir=None, progress=True, crop=None):

@@ -224,12 +224,13 @@ def load_checkpoint(path, map_location="cpu"):
     return model.eval(), ckpt
 
 
-def load_model(spec):
+def load_model(spec, build=True):
     """(model, ckpt) for --load-model `spec`: one of our checkpoints (load_checkpoint), a published model file
     (models.published: torchxrayvision's, the CheXNet ports'; read without running its pickle) or a registry name
     (xrv:densenet121-res224-all, ...: torchxrayvision's cache folder, downloaded there when absent). A published
     model's ckpt holds its mapped thresholds (None when none are published), no temperatures, and its card; the
-    model carries the card too (model.card), which model_card.json shows. CheckpointError (one line) otherwise."""
+    model carries the card too (model.card), which model_card.json shows. CheckpointError (one line) otherwise.
+    build=False: for one of our checkpoints, (None, ckpt), its weights not loaded into a model."""
     try:
         path, key = registry_path(spec) if spec.startswith(published.REGISTRY_PREFIX) else (spec, None)
     except published.PublishedModelError as e:
@@ -242,6 +243,8 @@ def load_model(spec):
         obj = None  # objects that the weights-only loader refuses: a whole-module pickle, or no model file at all
     if is_own_checkpoint(obj):
         ckpt = checked_checkpoint(obj, path)
+        if not build:
+            return None, ckpt
         model = checkpoint_model(ckpt, path)
         load_weights(model, ckpt["model"], path)
         model.card = ckpt.get("card") or published.own_card(
@@ -390,15 +393,15 @@ def training_model(args, last):
         model.card = resumed.get("card") or trained_card(model)
         return model, resumed
     if args.load_model:
-        start, _ = load_model(args.load_model)
-        if getattr(start, "published", False):
+        start, init = load_model(args.load_model, build=False)
+        if start is not None:  # a published model
             return fine_tuned(args, start), None
     model = new_model(args)
     model.card = trained_card(model)
     if args.load_model:
-        if start.model_args["name"] != args.model:
-            raise InputError(f"{args.load_model} holds a {start.model_args['name']} model, not {args.model}")
-        load_weights(model, start.state_dict(), args.load_model)
+        if init["model_args"]["name"] != args.model:
+            raise InputError(f"{args.load_model} holds a {init['model_args']['name']} model, not {args.model}")
+        load_weights(model, init["model"], args.load_model)
     return model, None
 
 

@@ -294,7 +294,7 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
         with autocast(device, amp):
             if maps:
                 logits, cams = class_activation_maps(net, x, size=None)
-                parts["maps"].append(uncropped_maps(cams, sizes, net.crop).cpu().numpy())
+                parts["maps"].append(uncropped_maps(cams, sizes, getattr(net, "crop", None)).cpu().numpy())
             else:
                 logits = model(x)
         parts["probs"].append(torch.sigmoid(logits.float()).cpu().numpy())
