@@ -22,7 +22,6 @@ the sigmoid of the logits (torchxrayvision's op_norm is not applied: its op_thre
 which gives the same binary decisions).
 """
 import collections
-import copyreg
 import math
 import os
 import pickle
@@ -186,7 +185,7 @@ def own_card(model_args, classes, thresholds_from, name=None):
 
 # ------------------------------------------------------------------------------------------------- safe unpickling
 
-class _Stand_in:
+class StandIn:
     """What a module class named by a pickle becomes: an object that only records the attributes pickled with it."""
 
     _qualname = "?"
@@ -209,13 +208,13 @@ _MODULE_PREFIXES = ("torch.nn.modules.", "torchvision.models.", "torchxrayvision
 def _stand_in(module, name):
     key = f"{module}.{name}"
     if key not in _STAND_INS:
-        _STAND_INS[key] = type(name, (_Stand_in,), {"_qualname": key})
+        _STAND_INS[key] = type(name, (StandIn,), {"_qualname": key})
     return _STAND_INS[key]
 
 
 def _reconstructor(cls, base, state):
     """copyreg._reconstructor for protocols 0 and 1, for stand-ins only (it would otherwise call base(state))."""
-    if not (isinstance(cls, type) and issubclass(cls, _Stand_in)) or base is not object:
+    if not (isinstance(cls, type) and issubclass(cls, StandIn)) or base is not object:
         raise RefusedObject(f"copyreg._reconstructor of {getattr(cls, '__name__', cls)!r}")
     return cls()
 
@@ -273,7 +272,7 @@ def safe_load(path):
 
 
 def is_module(obj):
-    return isinstance(obj, _Stand_in)
+    return isinstance(obj, StandIn)
 
 
 def module_state(root):
