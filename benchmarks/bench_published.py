@@ -6,10 +6,10 @@
         xrv.utils.read_xray_dcm), XRayCenterCrop, XRayResizer(224), forward one image at a time
 
 The same DenseNet (xrv.models.DenseNet(weights=None), seeded, saved with torch.save(model) as its release files are),
-fp32 both, on one folder of real radiographs (pydicom-data's chest CR as DICOM, and PNG and JPEG files written from
+fp32 both, the best of alternating rounds, on one folder of real radiographs (pydicom-data's chest CR as DICOM, and PNG and JPEG files written from
 its 8-bit decoding, repeated). Prints images/s of each and the ratio. Goal: ours >= 2x on a 2-core CPU.
 
-    python -m benchmarks.bench_published [--images 24] [--batch-size 16] [--workers N] [--device cpu]
+    python -m benchmarks.bench_published [--images 24] [--batch-size 16] [--workers N] [--rounds 2] [--device cpu]
 
 (from the repository root; torchxrayvision must be installed: it is a test dependency of this toolkit only)
 """
@@ -84,6 +84,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, help="--predict's loader workers (default: traintest.py's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best time of each is reported")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,15 +98,20 @@ def main(argv=None):
         model.to(device)
         xrv_loop(model, paths[:1], device)  # warm-up of both (allocator, kernels)
         ours(folder, model_file, os.path.join(tmp, "warm"), args)
+        runs = {"ours": lambda: ours(folder, model_file, os.path.join(tmp, "run"), args),
+                "xrv": lambda: xrv_loop(model, paths, device)}
         times = {}
-        for name, run in (("ours", lambda: ours(folder, model_file, os.path.join(tmp, "run"), args)),
-                          ("xrv", lambda: xrv_loop(model, paths, device))):
-            start, cpu = time.perf_counter(), time.process_time()
-            run()
-            times[name] = time.perf_counter() - start, time.process_time() - cpu
+        # alternating rounds, the best of each kept: on a machine shared with other work, a slow moment then
+        # penalizes neither side alone
+        for round_ in range(args.rounds):
+            for name in (("ours", "xrv") if round_ % 2 == 0 else ("xrv", "ours")):
+                start, cpu = time.perf_counter(), time.process_time()
+                runs[name]()
+                took = time.perf_counter() - start, time.process_time() - cpu
+                times[name] = min(times.get(name, took), took)
     rate = {k: args.images / wall for k, (wall, _) in times.items()}
     print(f"{args.images} radiographs (DICOM, PNG, JPEG of 1841 x 1955), DenseNet-121 at 224 px, fp32, "
-          f"{torch.get_num_threads()} torch threads, device {args.device}")
+          f"{torch.get_num_threads()} torch threads, device {args.device}, best of {args.rounds} rounds")
     for name in ("ours", "xrv"):
         wall, cpu = times[name]
         print(f"  {name:5s} {rate[name]:6.2f} images/s  ({wall:.2f} s wall, {cpu:.2f} s CPU of this process)")
