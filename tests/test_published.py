@@ -190,6 +190,7 @@ def assert_same_outputs(theirs, ours, x, index, sigmoid=False):
     return expected, got
 
 
+@pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 @pytest.mark.parametrize("legacy", [False, True])
 def test_densenet_logits_equal_torchxrayvisions(xrv_densenet, tmp_path, legacy):
     theirs, path = xrv_densenet
@@ -206,6 +207,7 @@ def test_densenet_logits_equal_torchxrayvisions(xrv_densenet, tmp_path, legacy):
     assert ours.card["architecture"] == "chexnet" and "1 channel" in ours.card["input"]
 
 
+@pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 def test_resnet_logits_equal_torchxrayvisions(xrv_resnet):
     theirs, path = xrv_resnet
     ours, ckpt = load_model(str(path))
@@ -216,6 +218,7 @@ def test_resnet_logits_equal_torchxrayvisions(xrv_resnet):
     assert ours.card["name"] == "xrv:resnet50-res512-all" and ours.input_size == 512
 
 
+@pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 def test_arnoweng_port_with_2017_names(arnoweng):
     theirs, path = arnoweng
     state = torch.load(path, weights_only=True)["state_dict"]
@@ -259,7 +262,7 @@ def test_a_pickle_that_would_run_a_command_is_refused_unrun(tmp_path):
     assert not marker.exists()
 
 
-def test_other_files_are_named_in_one_line(tmp_path, xrv_densenet):
+def test_other_files_are_named_in_one_line(tmp_path):
     (tmp_path / "random.pt").write_bytes(os.urandom(300))
     (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"a": 1}))
     torch.save({"weights": [1, 2]}, tmp_path / "dict.pt")
@@ -272,7 +275,11 @@ def test_other_files_are_named_in_one_line(tmp_path, xrv_densenet):
         with pytest.raises(CheckpointError, match=message) as e:
             load_model(str(tmp_path / name))
         assert "\n" not in str(e.value)
-    # a key mismatch is named, never loaded with strict=False
+
+
+@pytest.mark.slow
+def test_a_key_mismatch_is_named(tmp_path, xrv_densenet):
+    """Never loaded with strict=False, which would leave the weight at its initial value."""
     state = published.module_state(published.safe_load(str(xrv_densenet[1])))
     del state["features.norm5.running_var"]
     torch.save(state, tmp_path / "cut.pt")
@@ -284,6 +291,7 @@ def no_network(*args, **kwargs):
     raise urllib.error.URLError("no network (test)")
 
 
+@pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 def test_registry_resolves_to_torchxrayvisions_cache(monkeypatch, tmp_path, xrv_densenet):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
@@ -327,6 +335,7 @@ def test_a_cut_short_download_leaves_nothing(monkeypatch, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 def test_flags_that_contradict_the_card(traintest, radiographs, xrv_densenet, tmp_path, capsys):
     for flags, message in ((["--image-size", "320"], "--image-size 320 contradicts the card of densenet.pt"),
                            (["--model", "unified-vgg16"], "--model unified-vgg16 contradicts the card")):
@@ -356,6 +365,7 @@ def assert_agree(frame, expected, index, radiographs):
     return worst
 
 
+@pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 def test_predict_agrees_with_torchxrayvisions_pipeline(traintest, radiographs, xrv_densenet, tmp_path):
     theirs, path = xrv_densenet
     assert traintest("--predict", radiographs, "--load-model", path, "--output-dir", tmp_path / "run",
@@ -373,6 +383,7 @@ def test_predict_agrees_with_torchxrayvisions_pipeline(traintest, radiographs, x
     assert set(boxes["class"]) <= {c for c in CLASSES if card["mapping"][c] != "NA"}
 
 
+@pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 def test_predict_agrees_for_the_resnet(traintest, radiographs, xrv_resnet, tmp_path):
     theirs, path = xrv_resnet
     assert traintest("--predict", radiographs, "--load-model", path, "--output-dir", tmp_path / "run",
@@ -382,6 +393,7 @@ def test_predict_agrees_for_the_resnet(traintest, radiographs, xrv_resnet, tmp_p
     print("resnet: largest difference", assert_agree(predicted(tmp_path / "run"), expected, XRV_INDEX, radiographs))
 
 
+@pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 def test_predict_agrees_for_the_arnoweng_port(traintest, radiographs, arnoweng, tmp_path):
     theirs, path = arnoweng
     assert traintest("--predict", radiographs, "--load-model", path, "--output-dir", tmp_path / "run",
