@@ -348,9 +348,11 @@ def test_flags_that_contradict_the_card(traintest, radiographs, xrv_densenet, tm
 
 # ----------------------------------------------------------------------- --predict against their pipelines
 
-def predicted(run_dir):
-    frame = pd.read_csv(run_dir / "predictions.csv").set_index("ImageID").sort_index()
-    return frame
+def predicted(traintest, radiographs, model_file, run_dir, heatmaps=0):
+    """predictions.csv of traintest.py --predict over the radiographs with `model_file`, by ImageID."""
+    assert traintest("--predict", radiographs, "--load-model", model_file, "--output-dir", run_dir,
+                     "--workers", "0", "--max-heatmaps", str(heatmaps)) == 0
+    return pd.read_csv(run_dir / "predictions.csv").set_index("ImageID").sort_index()
 
 
 def assert_agree(frame, expected, index, radiographs):
@@ -368,11 +370,9 @@ def assert_agree(frame, expected, index, radiographs):
 @pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 def test_predict_agrees_with_torchxrayvisions_pipeline(traintest, radiographs, xrv_densenet, tmp_path):
     theirs, path = xrv_densenet
-    assert traintest("--predict", radiographs, "--load-model", path, "--output-dir", tmp_path / "run",
-                     "--workers", "0", "--max-heatmaps", "2") == 0
+    frame = predicted(traintest, radiographs, path, tmp_path / "run", heatmaps=2)
     with torch.no_grad():
         expected = torch.sigmoid(theirs(radiograph_batch(radiographs))).numpy()
-    frame = predicted(tmp_path / "run")
     print("densenet: largest difference", assert_agree(frame, expected, XRV_INDEX, radiographs))
     assert frame["prob_normal"].isna().all() and frame["label_normal"].isna().all()  # NA, never 0
     assert (frame["model"] == "densenet.pt (torchxrayvision.models.DenseNet)").all()
@@ -386,21 +386,19 @@ def test_predict_agrees_with_torchxrayvisions_pipeline(traintest, radiographs, x
 @pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 def test_predict_agrees_for_the_resnet(traintest, radiographs, xrv_resnet, tmp_path):
     theirs, path = xrv_resnet
-    assert traintest("--predict", radiographs, "--load-model", path, "--output-dir", tmp_path / "run",
-                     "--workers", "0", "--max-heatmaps", "0") == 0
+    frame = predicted(traintest, radiographs, path, tmp_path / "run")
     with torch.no_grad():
         expected = torch.sigmoid(theirs(radiograph_batch(radiographs, 512))).numpy()
-    print("resnet: largest difference", assert_agree(predicted(tmp_path / "run"), expected, XRV_INDEX, radiographs))
+    print("resnet: largest difference", assert_agree(frame, expected, XRV_INDEX, radiographs))
 
 
 @pytest.mark.slow  # torchxrayvision's networks on full-size radiographs, or traintest.py
 def test_predict_agrees_for_the_arnoweng_port(traintest, radiographs, arnoweng, tmp_path):
     theirs, path = arnoweng
-    assert traintest("--predict", radiographs, "--load-model", path, "--output-dir", tmp_path / "run",
-                     "--workers", "0", "--max-heatmaps", "0") == 0
+    frame = predicted(traintest, radiographs, path, tmp_path / "run")
     with torch.no_grad():
         expected = theirs(torch.cat([imagenet_input(p) for p in sorted(radiographs.iterdir())])).numpy()
-    print("port: largest difference", assert_agree(predicted(tmp_path / "run"), expected, PORT_INDEX, radiographs))
+    print("port: largest difference", assert_agree(frame, expected, PORT_INDEX, radiographs))
 
 
 def test_uncropped_maps_sit_on_the_centre_square():
