@@ -7,6 +7,7 @@
   python traintest.py --resume gs://BUCKET/runs/r                                  # and continued on the next VM
   python traintest.py --csv combined.csv --output-dir runs/eval --test-only --load-model runs/chexnet/checkpoint_best.pt
   python traintest.py --predict new_studies/ --load-model runs/chexnet/checkpoint_best.pt --output-dir predictions/
+  python traintest.py --csv combined.csv --test-only --load-model xrv:densenet121-res224-all --output-dir runs/xrv
   python traintest.py --csv combined.csv --train-sources padchest --test-sources openi ...  # external validation
   python traintest.py --test-only --load-model runs/a/checkpoint_best.pt --csv other.csv --eval-split all ...
   python -m utils.compare runs/a runs/b                                            # paired comparison of two runs
@@ -41,7 +42,7 @@ from data.views import parse_views
 from models import LOSSES, MIN_INPUT_SIZE, MODEL_NAMES, canonical_name
 from utils import dist
 from utils.calibration import fitted_thresholds, reported_probs
-from utils.checkpoint import input_size, load_checkpoint, load_weights, read_checkpoint, training_model
+from utils.checkpoint import input_size, load_model, load_weights, model_input_size, read_checkpoint, training_model
 from utils.cli import amp_setting, at_least, cache_dir_setting, checked, given_flags, on_off, parse_sources
 from utils.engine import LOOK_EVERY, NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch, validate
 from utils.evaluation import TEST, evaluation_sets, judge, write_predictions
@@ -72,7 +73,8 @@ def get_args_parser():
                     "after each checkpoint and at the end (only files that changed), so that --resume URL continues "
                     "it on another machine (a preempted spot VM's successor); write access is tried before any work")
     io.add_argument("--load-model", "--load_model", metavar="CKPT", help="checkpoint to evaluate (--test-only), to "
-                    "predict with (--predict), or to start training from")
+                    "predict with (--predict), or to start training from; or a published model: a torchxrayvision "
+                    "or CheXNet-port file, or xrv:NAME (e.g. xrv:densenet121-res224-all, from ~/.torchxrayvision)")
     io.add_argument("--save-model", "--save_model", metavar="PATH", help="also copy the best checkpoint to PATH")
     io.add_argument("--test-only", action="store_true", help="only evaluate --load-model on the test split")
     io.add_argument("--is_training", type=int, choices=[0, 1], help=argparse.SUPPRESS)  # the seed's --test-only
@@ -218,9 +220,9 @@ def run_rows(args):
     return selected_rows(frame, args.csv, args.views, args.train_sources, args.test_sources)
 
 
-def loader(frame, args, image_size, train=False, cache_dir=None):
+def loader(frame, args, image_size, train=False, cache_dir=None, crop=None):
     return make_loader(frame, image_size, CLASSES, batch_size=args.batch_size, workers=args.workers, train=train,
-                       seed=args.seed, cache=args.cache, cache_dir=cache_dir,
+                       seed=args.seed, cache=args.cache, cache_dir=cache_dir, crop=crop,
                        pin_memory=torch.cuda.is_available() and args.device != "cpu")
 
 
@@ -231,9 +233,9 @@ def train(args, device, amp, stop):
     train_frame, val_frame = training_splits(frame, args.csv, args.test_sources, args.limit)
     sets = evaluation_sets(frame, args.test_sources, limit=args.limit, csv_path=args.csv)
     model, resumed = training_model(args, path(args.output_dir, CHECKPOINT_LAST))
-    begin(args, new_run=not args.resume)
+    begin(args, new_run=not args.resume, card=model.card)
 
-    image_size = model.input_size
+    image_size, crop = model.input_size, model.crop
     model = dist.wrap(model.to(device, memory_format=torch.channels_last), device)
     if args.compile:
         model = torch.compile(model)
@@ -245,8 +247,8 @@ def train(args, device, amp, stop):
     scaler, loss_fn = grad_scaler(amp, device), LOSSES[args.loss]
     run = TrainingRun(args, model, optimizer, scheduler, scaler, resumed)
     cache_dir = cache_folder(args.csv, args.cache_dir, in_memory=args.cache)
-    train_loader = loader(train_frame, args, image_size, train=True, cache_dir=cache_dir)
-    val_loader = loader(val_frame, args, image_size, cache_dir=cache_dir)
+    train_loader = loader(train_frame, args, image_size, train=True, cache_dir=cache_dir, crop=crop)
+    val_loader = loader(val_frame, args, image_size, cache_dir=cache_dir, crop=crop)
     run.log_start(device, amp_name(amp), len(train_frame), len(val_frame), cache_dir)
     n_batches = min(len(train_loader), args.max_train_batches or len(train_loader))
 
@@ -280,8 +282,8 @@ def train(args, device, amp, stop):
 
 def evaluate_only(args, device, amp):
     """--test-only: the checkpoint on the test split of --csv, or on every row of a CSV it was not trained on."""
-    model, ckpt = load_checkpoint(args.load_model)
-    image_size = input_size(model.model_args["name"], args.image_size or model.input_size)
+    model, ckpt = load_model(args.load_model)
+    image_size = model_input_size(args, model)
     frame = run_rows(args)
     sets = evaluation_sets(frame, args.test_sources, args.eval_split == "all", args.limit, args.csv)
     thresholds, temperatures = ckpt.get("thresholds"), ckpt.get("temperatures")
@@ -289,7 +291,7 @@ def evaluate_only(args, device, amp):
     if val is not None and len(val) == 0:
         raise InputError(f"{args.load_model} stores no {'temperatures' if thresholds else 'thresholds'} and "
                          f"{args.csv} has no val rows to fit them on")
-    begin(args)
+    begin(args, card=model.card)
     trained_on = (ckpt.get("config") or {}).get("csv")
     if trained_on and os.path.abspath(trained_on) != os.path.abspath(args.csv) and args.eval_split == "test":
         log.info("%s was trained on %s; evaluating the test split of %s (--eval-split all: every image of it)",
@@ -297,8 +299,8 @@ def evaluate_only(args, device, amp):
     model.to(device, memory_format=torch.channels_last)
     bad = [] if args.skip_bad_images else None
     if val is not None:
-        _, out = evaluate(model, loader(val, args, image_size), device, LOSSES[args.loss], amp=amp, desc="validation",
-                          bad=bad)
+        _, out = evaluate(model, loader(val, args, image_size, crop=model.crop), device, LOSSES[args.loss], amp=amp,
+                          desc="validation", bad=bad)
         thresholds, temperatures = fitted_thresholds(out.labels, out.probs, args.calibrate, choose_thresholds)
     if dist.is_main():
         write_thresholds(thresholds, args.output_dir)
@@ -309,13 +311,14 @@ def predict_new(args, device, amp):
     """--predict PATH: probabilities and labels for new studies, then heatmaps, boxes and the report. A file that does
     not decode is a row of predict_errors.csv (path, error), and the others are predicted."""
     frame = image_frame(args.predict)
-    model, ckpt = load_checkpoint(args.load_model)
+    model, ckpt = load_model(args.load_model)
     thresholds = ckpt.get("thresholds") or [0.5] * NUM_CLASSES
-    image_size = input_size(model.model_args["name"], args.image_size or model.input_size)
-    begin(args)
+    image_size = model_input_size(args, model)
+    begin(args, card=model.card)
     model.to(device, memory_format=torch.channels_last)
     bad = []
-    out = predict(model, loader(frame, args, image_size), device, amp=amp, maps=args.max_heatmaps != 0, bad=bad)
+    out = predict(model, loader(frame, args, image_size, crop=model.crop), device, amp=amp,
+                  maps=args.max_heatmaps != 0, bad=bad)
     # a calibrated model's thresholds apply to its calibrated probabilities
     out = out._replace(probs=reported_probs(out.probs, ckpt.get("temperatures")).reported)
     write_predictions(args.output_dir, frame, out, thresholds, bad, args.predict)
@@ -329,8 +332,8 @@ def test(model, sets, args, device, amp, thresholds, temperatures, image_size, b
     results, mapped = {}, None
     for name, rows in sets.items():
         maps = args.max_heatmaps != 0 and mapped is None
-        loss, out = evaluate(model, loader(rows, args, image_size), device, LOSSES[args.loss], amp=amp, maps=maps,
-                             desc=name, bad=bad)
+        rows_loader = loader(rows, args, image_size, crop=dist.unwrap(model).crop)
+        loss, out = evaluate(model, rows_loader, device, LOSSES[args.loss], amp=amp, maps=maps, desc=name, bad=bad)
         if len(out.indices) == 0:
             raise InputError(f"none of the {len(rows)} {name} images of {args.csv} decoded")
         # the set's probabilities, once: judge() gets the model's and the reported ones (calibration.csv shows both),

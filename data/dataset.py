@@ -18,7 +18,7 @@ from data.decode import read_image
 from data.errors import ImageError, InputError
 from data.files import check_values, image_files, missing_files, read_table
 from data.formats import SPLITS
-from data.transforms import SquareResize
+from data.transforms import square_transform
 from data.views import parse_views, view_mask
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,16 @@ class ChestImages(Dataset):
     Two caches, so that epochs after the first decode nothing: cache_dir, the persistent one (data.cache: built once
     for these paths at this size, memory-mapped, shared by every process on the node and by later runs); or
     cache=True, one shared-memory uint8 tensor of this run, filled as images are first read (the workers, forked or
-    spawned, write into the same memory). `progress`: the persistent cache's build shows a progress bar.
+    spawned, write into the same memory). `progress`: the persistent cache's build shows a progress bar. `crop`: the
+    model's geometry (data.transforms.square_transform: None stretches the whole image, "center" takes its centred
+    square, as torchxrayvision's models expect); the persistent cache holds stretched images only.
     """
 
-    def __init__(self, frame, image_size, classes=None, cache=False, cache_dir=None, progress=True):
+    def __init__(self, frame, image_size, classes=None, cache=False, cache_dir=None, progress=True, crop=None):
         self.paths = frame["path"].astype(str).tolist()
-        self.resize = SquareResize(image_size)
+        self.resize = square_transform(image_size, crop)
+        if crop is not None and cache_dir is not None:  # data.cache stores the stretched squares only
+            raise ValueError("the persistent image cache holds whole images stretched to the square, not crops")
         if classes is not None and all(c in frame.columns for c in classes):
             self.labels = torch.tensor(frame[list(classes)].to_numpy(dtype=np.float32))
         else:

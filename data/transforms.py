@@ -26,6 +26,34 @@ class SquareResize:
         return torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0)
 
 
+def center_square(img):
+    """The centred square of side min(H, W) of an HxW image, cropped on its longer side exactly as torchxrayvision's
+    XRayCenterCrop crops (start = side // 2 - crop // 2), so that its models see the pixels they were trained on."""
+    h, w = img.shape[:2]
+    side = min(h, w)
+    top, left = h // 2 - side // 2, w // 2 - side // 2
+    return img[top:top + side, left:left + side]
+
+
+class CenterCropResize(SquareResize):
+    """uint8 HxW image -> uint8 tensor [1, size, size]: the centred square (center_square), resized. The geometry of
+    torchxrayvision's models (XRayCenterCrop, XRayResizer) and of jrzech's CheXNet (Resize + CenterCrop)."""
+
+    def __call__(self, img):
+        return super().__call__(center_square(img))
+
+
+# A model's `crop` (its model args, its card) -> the loader's geometry; None: the whole image stretched to the square.
+GEOMETRIES = {None: SquareResize, "center": CenterCropResize}
+
+
+def square_transform(size, crop=None):
+    """The transform that gives a model with `crop` its input square."""
+    if crop not in GEOMETRIES:
+        raise ValueError(f"unknown crop {crop!r}; one of {sorted(map(str, GEOMETRIES))}")
+    return GEOMETRIES[crop](size)
+
+
 class RandomHorizontalFlip:
     """Flips a random half of a batch [B, 1, H, W] horizontally, CheXNet's only augmentation. The draws come from
     `generator` (seeded by seed and epoch), so a resumed run flips the same images."""
@@ -42,15 +70,17 @@ class RandomHorizontalFlip:
 
 
 class Normalize:
-    """uint8 batch [B, 1, H, W] -> float [B, 3, H, W] on `device`: scaled to [0, 1], the gray channel repeated for
-    the three input channels, normalized by the model's mean and std, channels_last."""
+    """uint8 batch [B, 1, H, W] -> float [B, C, H, W] on `device`: scaled to [0, 1], the gray channel repeated for
+    the C = len(mean) input channels (3 for ImageNet backbones, 1 for torchxrayvision's models), normalized by the
+    model's mean and std, channels_last. torchxrayvision's [-1024, 1024] is mean 0.5, std 0.5 / 1024 here:
+    (x / 255 - 0.5) * 2048 = (2 x / 255 - 1) * 1024, its normalize(img, 255)."""
 
     def __init__(self, mean, std, device="cpu"):
         self.device = torch.device(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
     def __call__(self, batch):
         x = batch.to(self.device, non_blocking=True).float().div_(255)
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        x = (x.expand(-1, self.mean.shape[1], -1, -1) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last)

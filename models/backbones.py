@@ -36,8 +36,9 @@ BACKBONES = {
                           std=(0.5, 0.5, 0.5), aux_logits=False, init_weights=True, transform_input=False),
 }
 
-# The published DenseNet file uses the old key names "norm.1", "conv.2"; torchvision renames them when it loads.
-_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+# The published DenseNet file uses the old key names "norm.1", "conv.2"; torchvision renames them when it loads, with
+# this pattern (torchvision.models.densenet._load_state_dict's); so do the CheXNet ports' files (models.published).
+OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def imagenet_url(arch):
@@ -50,7 +51,7 @@ def adapt_imagenet_state(arch, state):
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if arch == "densenet121":
-        state = {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+        state = {OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
     if arch == "googlenet":
         state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
     return state

@@ -9,7 +9,19 @@ trained on.
 import torch.nn.functional as F
 from torch import nn
 
+from models.backbones import input_normalization
 from models.pooling import GlobalPool
+
+
+def input_args(arch, mean, std, input_size, in_channels=3, crop=None, backbone_state=None):
+    """The input's model args: mean and std (the ImageNet weights' when loaded), size, and in_channels and crop
+    only where they are not the default (3 channels, the whole image stretched to the square), so that the model
+    args of checkpoints written before these existed stay exactly as they were."""
+    if in_channels != 3 and backbone_state is not None:
+        raise ValueError("ImageNet weights take 3 input channels")
+    default_mean, default_std = input_normalization(arch, backbone_state is not None)
+    return {"mean": list(mean or default_mean), "std": list(std or default_std), "input_size": input_size,
+            **({"in_channels": in_channels} if in_channels != 3 else {}), **({"crop": crop} if crop else {})}
 
 
 class CAMClassifier(nn.Module):
@@ -34,6 +46,11 @@ class CAMClassifier(nn.Module):
     @property
     def input_size(self):
         return self.model_args["input_size"]
+
+    @property
+    def crop(self):
+        """None: the whole image stretched to the square; "center": its centred square (data.transforms)."""
+        return self.model_args.get("crop")
 
     def conv_features(self, x):
         raise NotImplementedError

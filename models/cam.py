@@ -35,3 +35,26 @@ def class_activation_maps(model, x, size="input"):
     if size is not None:
         maps = upsample_maps(maps.float(), size)
     return logits.float(), maps.float()
+
+
+def uncropped_maps(maps, sizes, crop, grid=None):
+    """Maps [B, C, h, w] of a model fed each image's centred square (crop "center", data.transforms.center_square),
+    resampled onto the whole image stretched to a grid x grid square (default 2h: the crop's detail kept across the
+    whole image), the form the maps of a model fed the whole image have, so that step 5 places boxes and heatmaps on
+    the image the same way for both. Outside the square the map holds its minimum (no heat). sizes: [B, 2] decoded
+    (height, width). crop None: the maps as they are."""
+    if crop is None:
+        return maps
+    grid = grid or 2 * maps.shape[-2]
+    centres = (torch.arange(grid, dtype=torch.float32, device=maps.device) + 0.5) / grid  # cell centres in [0, 1]
+    rows = []
+    for height, width in sizes.tolist():
+        side = min(height, width)
+        top, left = height // 2 - side // 2, width // 2 - side // 2
+        gy = 2 * (centres * height - top) / side - 1  # grid_sample's [-1, 1] over the square (align_corners=False)
+        gx = 2 * (centres * width - left) / side - 1
+        rows.append(torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1))
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    moved = F.grid_sample((maps - low).float(), torch.stack(rows), mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
+    return moved + low

@@ -1,4 +1,4 @@
-"""The model registry: five constructors by name, the seed's names as aliases, and build_model.
+"""The model registry: six constructors by name, the seed's names as aliases, and build_model.
 
 build_model(**model.model_args) rebuilds any model; a checkpoint stores exactly those arguments.
 """
@@ -6,6 +6,7 @@ import functools
 import inspect
 
 from models.chexnet import CheXNet
+from models.resnet import ResNet50
 from models.unified import UnifiedDCNN
 
 MODELS = {
@@ -14,12 +15,13 @@ MODELS = {
     "unified-vgg16": functools.partial(UnifiedDCNN, "vgg16"),
     "unified-alexnet": functools.partial(UnifiedDCNN, "alexnet"),
     "unified-googlenet": functools.partial(UnifiedDCNN, "googlenet"),
+    "resnet50-gap": ResNet50,
 }
 MODEL_NAMES = list(MODELS)
 # The smallest input side each network's pooling layers accept (tests/test_models.py checks that one pixel less fails):
 # below it torch stops mid-forward with "Output size is too small". ResNet-50 pads every stage, so any side works.
 MIN_INPUT_SIZE = {"chexnet": 29, "unified-resnet50": 1, "unified-vgg16": 16, "unified-alexnet": 31,
-                  "unified-googlenet": 15}
+                  "unified-googlenet": 15, "resnet50-gap": 1}
 # The seed's --model values keep working.
 ALIASES = {"densenet": "chexnet", "densenet121": "chexnet", "resnet": "unified-resnet50",
            "resnet50": "unified-resnet50", "vgg": "unified-vgg16", "vgg16": "unified-vgg16",
@@ -39,7 +41,7 @@ def canonical_name(name):
 def backbone_arch(name):
     """The torchvision network a model is built on."""
     name = canonical_name(name)
-    return "densenet121" if name == "chexnet" else name.split("-", 1)[1]
+    return {"chexnet": "densenet121", "resnet50-gap": "resnet50"}.get(name) or name.split("-", 1)[1]
 
 
 def model_options(name):

@@ -24,7 +24,9 @@ import os
 import pickle
 import random
 import re
+import shutil
 import socket
+import urllib.request
 import warnings
 
 import numpy as np
@@ -37,6 +39,7 @@ from utils.dist import is_local_main, local_main_first, unwrap
 from models import (BackboneStateError, StateDictError, backbone_arch, build_model, canonical_name, checked_input_size,
                     imagenet_url, input_normalization, load_state, model_options)
 from models.backbones import first_line
+from models import published
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,8 @@ def save_checkpoint(state, path):
 def model_checkpoint(model, **entries):
     """A checkpoint of `model` (DDP-wrapped or not): model_args, weights, classes, plus `entries`."""
     net = unwrap(model)
-    return {"model_args": net.model_args, "model": net.state_dict(), "classes": CLASSES, **entries}
+    card = {"card": net.card} if getattr(net, "card", None) else {}
+    return {"model_args": net.model_args, "model": net.state_dict(), "classes": CLASSES, **card, **entries}
 
 
 def training_checkpoint(model, optimizer, scheduler, scaler, **entries):
@@ -136,15 +140,37 @@ def unreadable_reason(path, error):
     return "neither a torch.save file nor a pickle (another kind of file, or random bytes)"
 
 
+def is_own_checkpoint(ckpt):
+    return isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and ("model_args" in ckpt or "args" in ckpt)
+
+
 def read_checkpoint(path, map_location="cpu", classes=CLASSES):
     """The checkpoint dict at `path`, with model_args (derived for the first format); CheckpointError when it is not
     ours or was trained on other classes than `classes`."""
-    ckpt = load_torch_file(path, "a traintest.py checkpoint", CheckpointError, map_location)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
-            or not ("model_args" in ckpt or "args" in ckpt):
-        found = f"entries {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
-        raise CheckpointError(f"{path} is not a traintest.py checkpoint: it has no 'model' weights and 'model_args' "
-                              f"(it holds {found})")
+    return checked_checkpoint(load_torch_file(path, "a traintest.py checkpoint", CheckpointError, map_location), path,
+                              classes)
+
+
+def checkpoint_problem(ckpt, path):
+    """Why the loaded object `ckpt` is not one of our checkpoints, in one line."""
+    found = f"entries {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+    return f"{path} is not a traintest.py checkpoint: it has no 'model' weights and 'model_args' (it holds {found})"
+
+
+def pickle_kind(path):
+    """What the file at `path` is, from its first bytes: a torch.save file (zip, or the legacy format whose pickle
+    starts with torch's magic number) or a plain Python pickle."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04" or head[:1] == b"\x80" and head[2:4] == b"\x8a\x0a":
+        return "a torch.save file"
+    return "a plain Python pickle" if head[:1] == b"\x80" else "a pickle"
+
+
+def checked_checkpoint(ckpt, path, classes=CLASSES):
+    """read_checkpoint's checks of a loaded checkpoint dict."""
+    if not is_own_checkpoint(ckpt):
+        raise CheckpointError(checkpoint_problem(ckpt, path))
     try:
         if "model_args" not in ckpt:
             ckpt["model_args"] = model_args_from_flags(ckpt["args"])
@@ -196,6 +222,102 @@ def load_checkpoint(path, map_location="cpu"):
     model = checkpoint_model(ckpt, path)
     load_weights(model, ckpt["model"], path)
     return model.eval(), ckpt
+
+
+def load_model(spec, build=True):
+    """(model, ckpt) for --load-model `spec`: one of our checkpoints (load_checkpoint), a published model file
+    (models.published: torchxrayvision's, the CheXNet ports'; read without running its pickle) or a registry name
+    (xrv:densenet121-res224-all, ...: torchxrayvision's cache folder, downloaded there when absent). A published
+    model's ckpt holds its mapped thresholds (None when none are published), no temperatures, and its card; the
+    model carries the card too (model.card), which model_card.json shows. CheckpointError (one line) otherwise.
+    build=False: for one of our checkpoints, (None, ckpt), its weights not loaded into a model."""
+    try:
+        path, key = registry_path(spec) if spec.startswith(published.REGISTRY_PREFIX) else (spec, None)
+    except published.PublishedModelError as e:
+        raise CheckpointError(f"--load-model: {e}") from None
+    if not os.path.isfile(path):  # its one-line message
+        load_torch_file(path, "a traintest.py checkpoint or a published model file", CheckpointError)
+    try:
+        obj = load_torch_file(path, "a traintest.py checkpoint", CheckpointError)
+    except CheckpointError:
+        obj = None  # objects that the weights-only loader refuses: a whole-module pickle, or no model file at all
+    if is_own_checkpoint(obj):
+        ckpt = checked_checkpoint(obj, path)
+        if not build:
+            return None, ckpt
+        model = checkpoint_model(ckpt, path)
+        load_weights(model, ckpt["model"], path)
+        model.card = ckpt.get("card") or published.own_card(
+            model.model_args, CLASSES, "F1-optimal on validation, stored in the checkpoint"
+            if ckpt.get("thresholds") else "none stored: chosen on validation (--test-only) or 0.5 (--predict)",
+            name=os.path.basename(path))
+        return model.eval(), ckpt
+    what = "a traintest.py checkpoint or a published model file"
+    try:
+        model, found = published.load_published(path, CLASSES, loaded=obj)
+    except published.RefusedObject as e:
+        raise CheckpointError(f"{path} is not {what}: {pickle_kind(path)}; it holds Python objects ({e}) which no "
+                              f"model file holds (refused: nothing of it was run)") from None
+    except published.UnknownFormat as e:
+        if obj is not None:  # tensors and containers only: what is missing for either kind
+            raise CheckpointError(f"{checkpoint_problem(obj, path)}; nor is it a published model: {e}") from None
+        raise CheckpointError(f"{path} is not {what}: {e}") from None
+    except published.PublishedModelError as e:  # a published format whose weights do not fit: named
+        raise CheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f"{path} is not {what}: {unreadable_reason(path, e)}") from None
+    key = key or published.release_key(path)
+    thresholds = published.mapped_thresholds(found.op_threshs, found.labels, CLASSES)
+    origin = (f"torchxrayvision's op_threshs of {key} (Youden's J on its calibration split), mapped onto our classes"
+              if thresholds else "none published: chosen on validation (--test-only) or 0.5 (--predict)")
+    model.card = published.model_card(f"xrv:{key}" if key else f"{os.path.basename(path)} ({found.format})",
+                                      model.model_args["name"], found.spec, found.labels, CLASSES, origin)
+    return model, {"thresholds": thresholds, "temperatures": None, "card": model.card, "published": found.format}
+
+
+def registry_path(spec, cache_dir=None):
+    """(the file of registry name `spec` in torchxrayvision's cache folder, downloaded there first when absent, its
+    registry key); PublishedModelError for a name that does not exist."""
+    key = published.registry_key(spec)
+    path, url = published.registry_file(key, cache_dir)
+    if not os.path.exists(path):
+        download_release(url, path)
+    return path, key
+
+
+def download_release(url, path, timeout=30):
+    """`url` downloaded to `path` through a temporary file beside it, renamed only once every byte the server
+    announced has arrived: a failed or cut-short download leaves nothing behind. WeightsUnavailable (one line, which
+    says which file to put where) when it cannot be downloaded."""
+    log.info("downloading %s to %s", url, path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(path) as tmp:
+            expected = int(response.headers.get("Content-Length") or -1)
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(response, f, 1 << 20)
+            if expected >= 0 and os.path.getsize(tmp) != expected:
+                raise OSError(f"cut short: {os.path.getsize(tmp)} of {expected} bytes")
+    except (OSError, ValueError) as e:  # URLError (no network), a timeout, a cut connection
+        raise WeightsUnavailable(f"{path} is not there and could not be downloaded from {url} ({first_line(e)}); "
+                                 f"download that file on a machine with network access and put it at {path}") from None
+
+
+def model_input_size(args, model):
+    """The input side to feed `model`. A published model's card fixes it, and its network: --image-size or --model
+    that contradict it are an InputError (before any work). Our checkpoints take --image-size as an override, checked
+    against the network (input_size)."""
+    name = model.model_args["name"]
+    if not getattr(model, "published", False):
+        return input_size(name, args.image_size or model.input_size)
+    card = model.card
+    if "image_size" in args.given and args.image_size != model.input_size:
+        raise InputError(f"--image-size {args.image_size} contradicts the card of {card['name']}: it takes "
+                         f"{card['input']}; drop --image-size")
+    if "model" in args.given and canonical_name(args.model) != name:
+        raise InputError(f"--model {args.model} contradicts the card of {card['name']}: it is a {name} "
+                         f"({card['architecture']}); drop --model")
+    return model.input_size
 
 
 def cached_weights_path(arch):
@@ -267,14 +389,40 @@ def training_model(args, last):
         raise InputError(f"--epochs {args.epochs}: {args.output_dir} has already trained {resumed['epoch']} epochs; "
                          f"give more to continue it")
     if resumed:
-        return checkpoint_model(resumed, last), resumed  # a resumed run is the same model
-    model = new_model(args)
+        model = checkpoint_model(resumed, last)  # a resumed run is the same model
+        model.card = resumed.get("card") or trained_card(model)
+        return model, resumed
     if args.load_model:
-        init = read_checkpoint(args.load_model)
+        start, init = load_model(args.load_model, build=False)
+        if start is not None:  # a published model
+            return fine_tuned(args, start), None
+    model = new_model(args)
+    model.card = trained_card(model)
+    if args.load_model:
         if init["model_args"]["name"] != args.model:
             raise InputError(f"{args.load_model} holds a {init['model_args']['name']} model, not {args.model}")
         load_weights(model, init["model"], args.load_model)
     return model, None
+
+
+def trained_card(model, name=None, **entries):
+    """The card of a model this run trains (model_card.json; its checkpoints carry it)."""
+    return {**published.own_card(model.model_args, CLASSES, "F1-optimal on validation (thresholds.csv)", name),
+            **entries}
+
+
+def fine_tuned(args, start):
+    """The model that fine-tuning a published model trains: its network and input convention (the card's; --model
+    and --image-size may not contradict them), and a 22-class head that starts from its mapped rows (an NA class's
+    row from zero), all of it trained. Its checkpoints are ours, with its card."""
+    model_input_size(args, start)
+    if args.pretrained:
+        raise InputError(f"--pretrained loads ImageNet weights, --load-model {args.load_model} its own: give one")
+    model = build_model(**start.model_args)
+    load_weights(model, start.state_dict(), args.load_model)
+    model.card = trained_card(model, name=f"{start.card['name']}, fine-tuned",
+                              input=start.card["input"], fine_tuned_from=start.card["name"])
+    return model
 
 
 def input_size(name, size):

@@ -48,7 +48,9 @@ def paired_frames(run_a, run_b):
         raise InputError(f"the two runs' test images differ: {len(only_a)} only in {path_a}, {len(only_b)} only in "
                          f"{path_b} (e.g. {example!r}); compare needs the same test split")
     b = b.set_index("ImageID").loc[a["ImageID"]].reset_index()
-    truth = [f"true_{c}" for c in CLASSES]
+    # a class that one of them does not predict (a published model's NA: no probabilities, true labels -1) is left
+    # out of the comparison, and of this check
+    truth = [f"true_{c}" for c, both in zip(CLASSES, scored_by_both(a, b)) if both]
     differs = (a[truth].to_numpy() != b[truth].to_numpy()).any(axis=1)
     if differs.any():
         raise InputError(f"{int(differs.sum())} images have different true labels in {path_a} and {path_b} "
@@ -56,9 +58,16 @@ def paired_frames(run_a, run_b):
     return a, b
 
 
+def scored_by_both(a, b):
+    """Boolean per class: both runs predict it (some probability is there in each)."""
+    return [a[f"prob_{c}"].notna().any() and b[f"prob_{c}"].notna().any() for c in CLASSES]
+
+
 def compare_table(a, b, n_boot=1000, seed=0):
-    """compare.csv and a note on the resampling unit."""
+    """compare.csv and a note on the resampling unit. A class one of the runs does not predict has no AUROCs and stays
+    out of the macro."""
     labels = a[[f"true_{c}" for c in CLASSES]].to_numpy()
+    labels = np.where(scored_by_both(a, b), labels, -1)
     prob_a = a[[f"prob_{c}" for c in CLASSES]].to_numpy(dtype=np.float64)
     prob_b = b[[f"prob_{c}" for c in CLASSES]].to_numpy(dtype=np.float64)
     groups = a["PatientID"] if "PatientID" in a.columns and a["PatientID"].notna().all() else None

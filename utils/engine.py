@@ -20,7 +20,7 @@ from tqdm import tqdm
 from data.dataset import ChestImages, worker_process_init
 from data.errors import InputError
 from data.transforms import Normalize, RandomHorizontalFlip
-from models import class_activation_maps
+from models import class_activation_maps, uncropped_maps
 from utils import dist
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,17 @@ class ResumableSampler(DistributedSampler):
 
 
 def make_loader(frame, image_size, classes, *, batch_size, workers, train=False, seed=0, cache=False, cache_dir=None,
-                pin_memory=False):
+                pin_memory=False, crop=None):
     """A DataLoader over `frame` with a ResumableSampler (also with one process: seeded, per-epoch shuffling that a
     resumed run replays exactly). uint8 batches; pinned memory when feeding a GPU. cache_dir: the persistent cache
-    (data.cache), built first when absent; cache: the in-memory one (data.dataset.ChestImages)."""
-    dataset = ChestImages(frame, image_size, classes, cache=cache, cache_dir=cache_dir)
+    (data.cache), built first when absent; cache: the in-memory one (data.dataset.ChestImages). crop: the model's
+    (a published model's centre crop: data.transforms); the persistent cache holds whole images only, so a cropping
+    model decodes every epoch instead (or keeps its crops in memory with cache=True)."""
+    if crop is not None and cache_dir is not None:
+        log.info("the model takes centre crops, which the persistent cache in %s does not hold: decoding every epoch "
+                 "(--cache keeps them in memory)", cache_dir)
+        cache_dir = None
+    dataset = ChestImages(frame, image_size, classes, cache=cache, cache_dir=cache_dir, crop=crop)
     sampler = ResumableSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=train, seed=seed,
                                drop_last=False)
     # its own generator: the loader draws its workers' seeds from it, not from the global RNG a checkpoint restores
@@ -288,7 +294,7 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
         with autocast(device, amp):
             if maps:
                 logits, cams = class_activation_maps(net, x, size=None)
-                parts["maps"].append(cams.cpu().numpy())
+                parts["maps"].append(uncropped_maps(cams, sizes, getattr(net, "crop", None)).cpu().numpy())
             else:
                 logits = model(x)
         parts["probs"].append(torch.sigmoid(logits.float()).cpu().numpy())
@@ -315,8 +321,17 @@ def predict(model, loader, device, *, amp=True, maps=False, desc="predict", max_
     if maps:  # to rank 0 only, which localizes: every rank holding every map would multiply the memory
         _, gathered = dist.gather_rows(local, {"maps": np.concatenate(parts["maps"])}, main_only=True)
     ok = ~failed
+    unpredicted = ~predicted_classes(net, n_classes)
+    if unpredicted.any():  # a published model's NA classes: left out of every loss and metric, as unknown labels are
+        rows["labels"][:, unpredicted] = -1
     return Predictions(indices[ok], rows["probs"][ok], rows["labels"][ok], rows["sizes"][ok],
                        gathered["maps"][ok] if gathered else None)
+
+
+def predicted_classes(net, n_classes):
+    """Boolean [C]: the classes the model predicts (all but a published model's NA classes, models.published)."""
+    predicted = getattr(net.classifier, "predicted", None)
+    return np.ones(n_classes, dtype=bool) if predicted is None else predicted.cpu().numpy().astype(bool)
 
 
 def evaluate(model, loader, device, loss_fn, *, amp=True, maps=False, desc="evaluate", max_batches=None, bad=None,
@@ -326,7 +341,8 @@ def evaluate(model, loader, device, loss_fn, *, amp=True, maps=False, desc="eval
     out = predict(model, loader, device, amp=amp, maps=maps, desc=desc, max_batches=max_batches, bad=bad, stop=stop)
     if len(out.probs) == 0:
         return math.nan, out
-    p = torch.from_numpy(out.probs).double().clamp(1e-7, 1 - 1e-7)
+    # NaN: a class the model does not predict, whose labels predict() made -1, which the loss leaves out
+    p = torch.from_numpy(out.probs).double().nan_to_num(0.5).clamp(1e-7, 1 - 1e-7)
     logits = torch.log(p) - torch.log1p(-p)
     return float(loss_fn(logits, torch.from_numpy(out.labels))), out
 

@@ -6,7 +6,7 @@ and the model's predictions on them, writes to the run folder:
   external source as 'external:<source>'), one row per class, 'macro' (the headline, over the 20 findings) and
   'micro', with patient-bootstrap 95% intervals;
 - predictions.csv: ImageID, PatientID, Source, view, set, probabilities, labels at the validation thresholds and the
-  true labels;
+  true labels, and the model (model_card.json's name; metrics.csv has it too);
 - calibration.csv and reliability.png: expected calibration error and log-loss on the test split, per class and
   pooled over the findings, before and (with --calibrate) after temperature scaling;
 - roc.png of the test split.
@@ -24,7 +24,7 @@ from utils.calibration import calibration_table, plot_reliability
 from utils.metrics import grouped_metrics, image_groups, plot_roc, predictions_frame, write_metrics
 from utils import dist
 from utils.run_folder import (CALIBRATION_CSV, METRICS_CSV, PREDICT_ERRORS_CSV, PREDICTIONS_CSV, RELIABILITY_PNG,
-                              ROC_PNG, write_file_errors)
+                              ROC_PNG, model_name, write_file_errors)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def write_predictions(run_dir, frame, predictions, thresholds, bad, source):
     if dist.is_main():
         write_file_errors(bad, errors_csv)
         write_text_atomic(os.path.join(run_dir, PREDICTIONS_CSV), predictions_frame(
-            frame.iloc[predictions.indices], predictions.probs, thresholds).to_csv(index=False))
+            frame.iloc[predictions.indices], predictions.probs, thresholds).assign(model=model_name(run_dir))
+            .to_csv(index=False))
     if len(predictions.indices) == 0:
         raise InputError(f"none of the {len(frame)} files at {source} decoded (see {errors_csv})")
     if bad:
@@ -91,9 +92,10 @@ def judge(run_dir, results, thresholds, n_boot=1000, seed=0):
         predictions.append(predictions_frame(rows, probs.reported, thresholds, labels).assign(set=name))
         if name == TEST:
             plot_roc(labels, probs.reported, CLASSES, os.path.join(run_dir, ROC_PNG))
-    table = pd.concat(tables, ignore_index=True)
+    # which model produced them: the name in model_card.json (utils.run_folder.begin wrote it)
+    table = pd.concat(tables, ignore_index=True).assign(model=model_name(run_dir))
     write_metrics(table, os.path.join(run_dir, METRICS_CSV))
-    frame = pd.concat(predictions, ignore_index=True)
+    frame = pd.concat(predictions, ignore_index=True).assign(model=model_name(run_dir))
     columns = [c for c in ("ImageID", "PatientID", "Source", "view", "set") if c in frame.columns]
     write_text_atomic(os.path.join(run_dir, PREDICTIONS_CSV),
                       frame[[*columns, *[c for c in frame.columns if c not in columns]]].to_csv(index=False))

@@ -228,10 +228,13 @@ def predictions_frame(frame, probs, thresholds, labels=None):
     """predictions.csv: ImageID (with PatientID, Source and view where the frame has them), the probabilities
     (prob_<class>: `probs`, the reported ones of utils.calibration.reported_probs, as given), the labels they get at
     the validation thresholds (label_<class>) and, given the true labels, true_<class> (1, 0, -1 = left out of the
-    metrics), so that any metric or a comparison of two runs (utils.compare) can be recomputed from this file alone."""
+    metrics), so that any metric or a comparison of two runs (utils.compare) can be recomputed from this file alone.
+    A class the model does not predict (a published model's NA) has empty probability and label cells."""
     ids = frame[[c for c in ("ImageID", "PatientID", "Source", "view") if c in frame.columns]].reset_index(drop=True)
-    parts = [ids, pd.DataFrame(probs, columns=[f"prob_{c}" for c in CLASSES]),
-             pd.DataFrame(classes_to_map(probs, thresholds).astype(int), columns=[f"label_{c}" for c in CLASSES])]
+    # a class the model does not predict (a published model's NA: probability NaN) has no label either, never 0
+    labelled = pd.DataFrame(classes_to_map(probs, thresholds).astype(int), columns=[f"label_{c}" for c in CLASSES])
+    labelled = labelled.astype("Int64").mask(np.isnan(np.asarray(probs, dtype=np.float64)))
+    parts = [ids, pd.DataFrame(probs, columns=[f"prob_{c}" for c in CLASSES]), labelled]
     if labels is not None:
         parts.append(pd.DataFrame(np.asarray(labels).astype(int), columns=[f"true_{c}" for c in CLASSES]))
     return pd.concat(parts, axis=1)

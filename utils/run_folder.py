@@ -64,6 +64,15 @@ PATH_FLAGS = ("csv", "weights", "boxes_csv", "load_model", "cache_dir")
 MODEL_FLAGS = ("model", "pretrained", "weights", "pooling", "lse_r", "map_size", "image_size", "load_model")
 
 
+def model_name(run_dir):
+    """The name in the run's model_card.json (metrics.csv and predictions.csv record it), '' without one."""
+    try:
+        with open(path(run_dir, MODEL_CARD_JSON), encoding="utf-8") as f:
+            return str(json.load(f).get("name", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def path(run_dir, name):
     return os.path.join(run_dir, name)
 
@@ -185,11 +194,13 @@ def start_run(args):
                       json.dumps({k: v for k, v in vars(args).items() if k != "given"}, indent=1))
 
 
-def begin(args, new_run=False):
+def begin(args, new_run=False, card=None):
     """Every input is checked: from here on the run folder changes (a new run's args.json after --overwrite's
-    deletions, train.log with the messages of the checks first)."""
+    deletions, train.log with the messages of the checks first, model_card.json: `card`, the model's)."""
     if new_run and dist.is_main():
         start_run(args)
+    if card is not None and dist.is_main():
+        write_text_atomic(path(args.output_dir, MODEL_CARD_JSON), json.dumps(card, indent=1))
     dist.barrier()
     log_to_file(path(args.output_dir, TRAIN_LOG))
 
