@@ -120,7 +120,8 @@ def get_args_parser():
                    help="mixed precision. CUDA (auto and on): bfloat16 autocast on GPUs that have it natively (Ampere "
                    "and later; no GradScaler), float16 with a GradScaler on older ones. CPU: bfloat16 autocast; auto "
                    "only on CPUs with native bfloat16 (AVX-512 BF16/AMX; elsewhere it is emulated and many times "
-                   "slower)")
+                   "slower); on CUDA auto takes fp16 instead where benchmarks.bench_gpu measured it faster for this "
+                   "GPU and model and its convergence check agreed (utils.runtime.MEASURED_AMP)")
     t.add_argument("--compile", action="store_true", help="wrap the model in torch.compile: minutes of compilation "
                    "at the start, then faster steps on a GPU (CheXNet, bf16, batch 256 on an H200: about 1.2x; "
                    "benchmarks/bench_gpu.py measures it). Off by default: not worth its compilation on a CPU, and "
@@ -260,7 +261,7 @@ def train(args, device, amp, stop):
             progress = train_one_epoch(model, train_loader, optimizer, loss_fn, device, epoch + 1, scaler=scaler,
                                        amp=amp, flip_generator=flips, max_batches=args.max_train_batches,
                                        desc=f"epoch {epoch + 1}/{args.epochs}", bad=run.bad, progress=progress,
-                                       stop=stop, look_every=args.log_every)
+                                       stop=stop, look_every=args.log_every, on_look=run.on_look)
             val = None if progress.stopped else validate(model, val_loader, device, loss_fn, amp=amp, bad=run.bad,
                                                          stop=stop)
             if val is None:  # a stop signal, in training or validation
@@ -366,7 +367,7 @@ def run(args):
     """The run the command line asks for; the line to print when a stop signal ended it early (None otherwise)."""
     with StopSignals() as stop:
         device = dist.init_distributed(args.device)
-        amp = use_amp(args.amp, device)
+        amp = use_amp(args.amp, device, args.model)
         if args.threads:
             torch.set_num_threads(args.threads)
         setup_logging()

@@ -174,7 +174,8 @@ def optimizer_step(loss, optimizer, scaler=None):
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=None, amp=True, flip_generator=None,
-                    max_batches=None, desc=None, bad=None, progress=None, stop=None, look_every=LOOK_EVERY):
+                    max_batches=None, desc=None, bad=None, progress=None, stop=None, look_every=LOOK_EVERY,
+                    on_look=None):
     """One pass over `loader`, or its rest from `progress` (a mid-epoch checkpoint's); returns the Progress, with
     the epoch's mean loss and images per second once it has ended.
 
@@ -182,6 +183,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
     `look_every` steps and at the end (one all-reduce then under DDP). A NaN/inf loss raises NonFiniteLoss (on every
     rank at once, so that no rank hangs in a collective), at the look after it: the steps in between are lost, and
     so is nothing else, since only an epoch's end or a stop writes a checkpoint, and both look first.
+
+    `on_look(step, loss_sum, seen)`, when given, is called at every look with the batches done and this rank's loss
+    summed over the epoch's images so far and their number (utils.training.TrainingRun.on_look: TensorBoard).
 
     `stop` (data.commands.StopSignals): after the step in which a stop signal arrived (under DDP: at the next look,
     when every rank has heard of it), the epoch ends early with Progress.stopped set; the caller writes the
@@ -213,10 +217,13 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch, *, scaler=
             where = f"batch {watch.bad_batch.item()}" if not watch.finite.item() else f"a batch up to {done}"
             value = watch.bad_value.item() if not watch.finite.item() else "not finite"
             raise NonFiniteLoss(f"loss is {value} at epoch {epoch}, {where}")
-        mean = (progress.loss_sum + watch.loss.item()) / max(progress.seen + seen, 1)
+        loss_sum, counted = progress.loss_sum + watch.loss.item(), progress.seen + seen
+        mean = loss_sum / max(counted, 1)
         rate = seen * dist.world_size() / max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.1f}")
         log.info("epoch %d batch %d/%d  running loss %.4f  %.1f img/s", epoch, done, n_batches, mean, rate)
+        if on_look is not None:
+            on_look(done, loss_sum, counted)
         return int(signalled and (stop.requested or signal.SIGTERM))
 
     loader.sampler.skip = progress.step * loader.batch_size  # where a mid-epoch checkpoint stopped
