@@ -1,4 +1,5 @@
 import html
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import pytest
 
 from data.classes import CLASSES
 from data.decode import read_image
+from data.errors import InputError
 from utils.calibration import fitted_thresholds, reported_probs
 from utils.compare import main as compare_main
 from utils.evaluation import judge
@@ -167,3 +169,85 @@ def test_report_renders_tables_and_heatmaps_in_headless_chromium(run_dir, tmp_pa
     assert heatmap_pixels(good_shot) > 5000, heatmap_pixels(good_shot)
     assert heatmap_pixels(bare_shot) > 5000
     assert heatmap_pixels(broken_shot) < 200, heatmap_pixels(broken_shot)
+
+
+HISTORY = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_loss": [0.41, 0.33, 0.29, 0.27],
+                        "val_loss": [0.38, 0.34, 0.35, 0.31], "val_auroc": [0.61, float("nan"), 0.72, 0.775],
+                        "lr": [1e-3, 1e-3, 1e-4, 1e-4], "images_per_s": [30.5, 31.0, 29.25, 30.0]})
+
+
+def history_run(folder):
+    """A run folder holding only history.csv, as utils.training.write_history leaves it."""
+    folder.mkdir()
+    HISTORY.to_csv(folder / "history.csv", index=False, na_rep="NA")
+    return folder
+
+
+def test_report_shows_the_training_history_as_curves_and_a_table(tmp_path):
+    run = history_run(tmp_path / "run")
+    page = open(write_report(str(run)), encoding="utf-8").read()
+    assert "<h2>Training</h2>" in page and 'src="training.png"' in page
+    picture = cv2.imread(str(run / "training.png"))
+    assert picture is not None and picture.shape[1] > 2 * picture.shape[0]  # three panels side by side
+    shown = table_with(page_tables(page), "val macro AUROC")
+    assert list(shown) == ["1", "2", "3", "4"]
+    assert shown["3"] == {"epoch": "3", "train loss": "0.2900", "val loss": "0.3500", "val macro AUROC": "0.7200",
+                          "lr": "0.0001", "images/s": "29.2"}
+    assert shown["2"]["val macro AUROC"] == "NA" and shown["4"]["val macro AUROC"] == "0.7750"
+
+
+def test_report_without_a_history_has_no_training_section(run_dir):
+    page = open(write_report(str(run_dir)), encoding="utf-8").read()
+    assert "<h2>Training</h2>" not in page and not (run_dir / "training.png").exists()
+
+
+def test_report_shows_the_model_card_key_by_key_and_escapes_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    card = {"name": "unified-alexnet <b>demo</b>", "architecture": "AlexNet features, transition layer, LSE pooling",
+            "classes": ["atelectasis", "cardiomegaly"], "mapping": {"Support Devices": "electrical device & lines"},
+            "input": {"size": "192", "normalization": "ImageNet mean/std"}}
+    (run / "model_card.json").write_text(json.dumps(card))
+    page = open(write_report(str(run)), encoding="utf-8").read()
+    assert "<h2>Model</h2>" in page and "<b>demo</b>" not in page
+    section = page.split("<h2>Model</h2>")[1]
+    text = html.unescape(re.sub(r"<[^>]+>", "|", section))
+    cells = [c for c in text.split("|") if c]
+    for key, value in (("name", "unified-alexnet <b>demo</b>"), ("classes", "atelectasis, cardiomegaly"),
+                       ("Support Devices", "electrical device & lines"), ("size", "192")):
+        assert cells[cells.index(key) + 1] == value, key
+    assert cells.index("architecture") < cells.index("classes") < cells.index("mapping")  # the card's order
+
+
+@pytest.mark.parametrize("text, problem", [("{not json", "not readable JSON"), ('["a list"]', "JSON list")])
+def test_report_names_a_model_card_it_cannot_read(tmp_path, text, problem):
+    (tmp_path / "model_card.json").write_text(text)
+    with pytest.raises(InputError, match=f"model_card.json: .*{problem}"):
+        write_report(str(tmp_path))
+
+
+# matplotlib's tab:orange, tab:green and tab:red: training.png's validation loss, validation AUROC and learning rate
+CURVES_BGR = ((14, 127, 255), (44, 160, 44), (40, 39, 214))
+
+
+def curve_pixels(picture, tolerance=40):
+    return int(sum((np.abs(picture - np.array(bgr)).max(axis=2) <= tolerance).sum() for bgr in CURVES_BGR))
+
+
+@pytest.mark.slow
+def test_report_renders_the_training_section_in_headless_chromium(tmp_path):
+    good = history_run(tmp_path / "good")
+    good_shot = screenshot(write_report(str(good)), tmp_path / "good.png", tmp_path)
+    broken = history_run(tmp_path / "broken")
+    html_path = write_report(str(broken))
+    (broken / "training.png").unlink()  # the picture gone: the table stays
+    broken_shot = screenshot(html_path, tmp_path / "broken.png", tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    empty_shot = screenshot(write_report(str(empty)), tmp_path / "empty.png", tmp_path)
+
+    assert curve_pixels(good_shot) > 300, curve_pixels(good_shot)
+    assert curve_pixels(broken_shot) < 30, curve_pixels(broken_shot)
+    # the training table's header band, with or without the picture; none on a page without a history
+    assert header_pixels(good_shot) > 1000 and header_pixels(broken_shot) > 1000, header_pixels(good_shot)
+    assert header_pixels(empty_shot) < 100

@@ -1,10 +1,11 @@
 """RUN/report.html: one page with the run's metrics, ROC curves, localization scores and heatmap gallery.
 
-Built from whatever of metrics.csv, roc.png, localization.csv, boxes.csv, predictions.csv and heatmaps/ the run folder
-holds. Images are referenced by relative paths, so the page opens from disk (file://) without a server, and the run
+Built from whatever of model_card.json, history.csv, metrics.csv, roc.png, localization.csv, boxes.csv,
+predictions.csv and heatmaps/ the run folder holds; training.png (the curves of history.csv) is drawn here. Images are referenced by relative paths, so the page opens from disk (file://) without a server, and the run
 folder can be copied or zipped whole.
 """
 import html
+import json
 import math
 import os
 import sys
@@ -16,8 +17,10 @@ import pandas as pd
 from data.commands import Parser, run_main
 from data.errors import EnvironmentFault, InputError
 from data.files import read_table, write_text_atomic
+from utils.metrics import save_figure
 from utils.run_folder import (BOXES_CSV, CALIBRATION_CSV, COMPARE_CSV, COMPARE_DIR, HEATMAP_INDEX_CSV, HEATMAPS_DIR,
-                              LOCALIZATION_CSV, METRICS_CSV, PREDICTIONS_CSV, RELIABILITY_PNG, REPORT_HTML, ROC_PNG)
+                              HISTORY_CSV, LOCALIZATION_CSV, METRICS_CSV, MODEL_CARD_JSON, PREDICTIONS_CSV,
+                              RELIABILITY_PNG, REPORT_HTML, ROC_PNG, TRAINING_PNG)
 
 MAX_GALLERY = 60
 
@@ -33,6 +36,8 @@ td.name { text-align: left; }
 tr.summary td { font-weight: 600; background: #eef3f8; }
 .chance { color: #888; }
 img.roc { width: 440px; border: 1px solid #ddd; }
+img.training { width: 640px; border: 1px solid #ddd; }
+table.card td { text-align: left; vertical-align: top; } table.card td.key { font-weight: 600; white-space: nowrap; }
 .gallery { display: flex; flex-wrap: wrap; gap: 10px; }
 figure { margin: 0; width: 270px; font-size: 11px; }
 figure img { width: 270px; display: block; background: #eee; min-height: 120px; }
@@ -161,6 +166,92 @@ def localization_html(table):
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def card_value_html(value):
+    """A model card's value as HTML, whatever its JSON shape: text escaped, a list of texts comma-separated (of
+    anything else, one item per line), an object as a table of its keys."""
+    if isinstance(value, dict):
+        rows = "".join(f'<tr><td class="key">{html.escape(str(k))}</td><td>{card_value_html(v)}</td></tr>'
+                       for k, v in value.items())
+        return f'<table class="card">{rows}</table>'
+    if isinstance(value, list):
+        flat = not any(isinstance(v, (dict, list)) for v in value)
+        return (", " if flat else "<br>").join(card_value_html(v) for v in value)
+    return html.escape("" if value is None else str(value))
+
+
+def model_html(run_dir):
+    """The Model section: RUN/model_card.json's object, key by key (the model that produced these results)."""
+    where = os.path.join(run_dir, MODEL_CARD_JSON)
+    if not os.path.isfile(where):
+        return []
+    try:
+        with open(where, encoding="utf-8") as f:
+            card = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{where}: not readable JSON ({e}); traintest.py writes the model's card there") from None
+    if not isinstance(card, dict):
+        raise InputError(f"{where}: holds a JSON {type(card).__name__}, not the model card (an object)")
+    return [f"<h2>Model</h2>{card_value_html(card)}"]
+
+
+def plot_training(history, path):
+    """training.png: the train and validation loss, the validation macro AUROC and the learning rate per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss, auroc, lr) = plt.subplots(1, 3, figsize=(12, 3.6))
+    epochs = history["epoch"]
+    loss.plot(epochs, history["train_loss"], "o-", color="tab:blue", label="train")
+    loss.plot(epochs, history["val_loss"], "o-", color="tab:orange", label="validation")
+    loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    loss.legend(fontsize=8)
+    auroc.plot(epochs, history["val_auroc"], "o-", color="tab:green")
+    auroc.set(xlabel="epoch", ylabel="macro AUROC", title="validation macro AUROC")
+    lr.plot(epochs, history["lr"], "o-", color="tab:red")
+    lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate (after the epoch)", yscale="log")
+    for ax in (loss, auroc, lr):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    save_figure(fig, path)
+
+
+TRAINING_NOTE = ('<div class="muted">per epoch, from history.csv: the mean training loss over the epoch\'s images, the '
+                 "validation loss and macro AUROC after it, and the learning rate the plateau schedule set after it "
+                 "(a resumed run continues the rows)</div>")
+
+
+def training_html(run_dir):
+    """The Training section: history.csv as curves (training.png, drawn here) and as a table."""
+    where = os.path.join(run_dir, HISTORY_CSV)
+    if not os.path.isfile(where):
+        return []
+    history = read_result(where, ["epoch", "train_loss", "val_loss", "val_auroc", "lr"])
+    if len(history) == 0:
+        return []
+    plot_training(history, os.path.join(run_dir, TRAINING_PNG))
+    table = history.rename(columns={"train_loss": "train loss", "val_loss": "val loss", "val_auroc": "val macro AUROC",
+                                    "images_per_s": "images/s"})
+    cells = [f"<tr>{''.join(f'<th>{html.escape(c)}</th>' for c in table.columns)}</tr>"]
+    for row in table.to_dict("records"):
+        cells.append("<tr>" + "".join(f"<td>{training_cell(c, v)}</td>" for c, v in row.items()) + "</tr>")
+    image = (f'<div><a href="{TRAINING_PNG}"><img class="training" src="{TRAINING_PNG}" alt="training curves"></a>'
+             "</div>")
+    return [f'<h2>Training</h2>{TRAINING_NOTE}<div class="row">{image}<div><table>{"".join(cells)}</table></div></div>']
+
+
+def training_cell(column, value):
+    """A history.csv value as the training table shows it: the epoch whole, the learning rate in 2 significant
+    digits, the rest with 4 decimals."""
+    if isinstance(value, float) and math.isnan(value):
+        return "NA"
+    if column == "epoch":
+        return f"{int(value)}"
+    if column == "lr":
+        return f"{value:.2g}"
+    return f"{value:.1f}" if column == "images/s" else f"{value:.4f}"
+
+
 def read_result(path, columns=(), **read_csv_kwargs):
     """A CSV the run wrote, with `columns`; InputError naming the file when it is not what the run writes."""
     return read_table(path, list(columns), what="a file traintest.py writes", error=InputError, **read_csv_kwargs)
@@ -210,6 +301,8 @@ def write_report(run_dir):
         summary.append(f"{len(boxes):,} boxes on {boxes['ImageID'].nunique():,} images")
     if summary:
         parts.append(f"<p>{' &middot; '.join(summary)}</p>")
+    parts.extend(model_html(run_dir))
+    parts.extend(training_html(run_dir))
 
     left, right, groups = "", "", None
     if os.path.isfile(path(METRICS_CSV)):

@@ -4,22 +4,50 @@ torchvision's references/classification/train.py keeps this in its epoch loop; h
 preemption) that --resume continues from its batch, the ranks of a DDP run and a bucket copy of the run folder make
 it worth a home of its own, so that traintest.py's loop reads at a glance: start the epoch, train, validate, end it
 (or checkpoint a stop).
+
+Rank 0 also writes what a person watches while the run goes on: RUN/history.csv (a row per epoch, rewritten whole
+at each epoch's end, so that a resumed run's continues it) and TensorBoard scalars in RUN/tb/ when the tensorboard
+package is installed (--tensorboard off: none). TensorBoard's step is the optimizer step: train/loss every
+--log-every steps (the mean over the images since the last look), the per-epoch scalars at the epoch's last step,
+so that a resumed run hides (purge_step) what the killed one logged after its last checkpoint.
 """
 import logging
 import math
 import time
 
+import pandas as pd
 import torch
 
 from data.errors import InputError
+from data.files import write_text_atomic
 from utils import dist
 from utils.calibration import fitted_thresholds
 from utils.checkpoint import model_checkpoint, resume_training, save_checkpoint, training_checkpoint
 from utils.engine import NonFiniteLoss, Progress
 from utils.metrics import choose_thresholds, mean_auroc
-from utils.run_folder import CHECKPOINT_BEST, CHECKPOINT_LAST, mirror, path, sync
+from utils.run_folder import CHECKPOINT_BEST, CHECKPOINT_LAST, HISTORY_CSV, TENSORBOARD_DIR, mirror, path, sync
 
 log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auroc", "lr", "images_per_s")
+
+
+def write_history(history, run_dir):
+    """RUN/history.csv: TrainingRun.history, a row per epoch (NA where the validation AUROC is undefined)."""
+    frame = pd.DataFrame(list(history), columns=list(HISTORY_COLUMNS))
+    write_text_atomic(path(run_dir, HISTORY_CSV), frame.to_csv(index=False, na_rep="NA", float_format="%.6g"))
+
+
+def summary_writer(run_dir, purge_step):
+    """A TensorBoard SummaryWriter of RUN/tb/, or None (with a log line) when the tensorboard package is missing.
+    purge_step: the first step a resumed run logs (None for a new run), so that TensorBoard hides the events a killed
+    run logged from there on."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # on use: tensorboard is an optional package
+    except ImportError:
+        log.info("no TensorBoard scalars: the tensorboard package is not installed (pip install tensorboard)")
+        return None
+    return SummaryWriter(path(run_dir, TENSORBOARD_DIR), purge_step=purge_step)
 
 
 class TrainingRun:
@@ -41,6 +69,8 @@ class TrainingRun:
                 self.bad += skipped
         self.bucket = mirror(args)
         self.started = time.perf_counter()
+        # TensorBoard (rank 0, opened at the first epoch's start): the steps of an epoch, and the sums of the last look
+        self.board, self.board_open, self.n_batches, self.looked, self.epoch_index = None, False, 0, (0.0, 0), 0
 
     def log_start(self, device, amp_name, n_train, n_val, cache_dir):
         args, net = self.args, dist.unwrap(self.model)
@@ -63,8 +93,34 @@ class TrainingRun:
         if self.cut:  # the epoch a stop signal cut short: the rest of its batches, with their flips
             flips.set_state(self.cut["flips"])
             progress, self.cut = Progress.of_rank(self.cut), None
+        self.n_batches = min(len(loader), self.args.max_train_batches or len(loader))
+        self.looked = (progress.loss_sum, progress.seen) if progress else (0.0, 0)
+        if self.args.tensorboard and dist.is_main() and not self.board_open:
+            self.board_open = True
+            # a resumed run logs after the step its checkpoint holds: what a killed run logged later is hidden
+            done = self.global_step(epoch, progress.step if progress else 0)
+            self.board = summary_writer(self.args.output_dir, done + 1 if done else None)
+        self.epoch_index = epoch
         self.started = time.perf_counter()
         return progress, flips
+
+    def global_step(self, epoch, step):
+        """TensorBoard's step: optimizer steps since the run began (`step` batches into `epoch`, from 0)."""
+        return epoch * self.n_batches + step
+
+    def on_look(self, step, loss_sum, seen):
+        """train_one_epoch's look at the loss after `step` batches of the epoch (this rank's loss summed over its
+        `seen` images so far): train/loss in TensorBoard, the mean over the images since the previous look."""
+        (before_sum, before_seen), self.looked = self.looked, (loss_sum, seen)
+        if self.board is not None and seen > before_seen:
+            self.board.add_scalar("train/loss", (loss_sum - before_sum) / (seen - before_seen),
+                                  self.global_step(self.epoch_index, step))
+
+    def close(self):
+        """The TensorBoard file closed (written out); a later epoch does not reopen it."""
+        if self.board is not None:
+            self.board.close()
+            self.board = None
 
     def save_stopped(self, epoch, progress, flips):
         """The mid-epoch checkpoint of a run a stop signal ended during `epoch` (index from 0), synced."""
@@ -75,13 +131,15 @@ class TrainingRun:
                 best_auroc=self.best_auroc, history=self.history, skipped=skipped, progress={
                     **progress.as_dict(), "batch_size": self.args.batch_size, "world_size": dist.world_size(),
                     "flips": flips.get_state()}), self.last)
+            self.close()
             sync(self.bucket, self.args.output_dir)
         dist.barrier()
 
     def end_epoch(self, epoch, progress, val_loss, val, n_val):
         """After `epoch`'s training (`progress`) and validation (loss, Predictions of its n_val images): the learning
         rate schedule, the history and its log line, the best checkpoint (with the thresholds, and the temperatures
-        of --calibrate, fitted on this validation) when the macro AUROC improved, the last checkpoint, the sync."""
+        of --calibrate, fitted on this validation) when the macro AUROC improved, the last checkpoint, history.csv,
+        the epoch's TensorBoard scalars (closed after the last epoch), the sync."""
         if len(val.indices) == 0:
             raise InputError(f"none of the {n_val} validation images of {self.args.csv} decoded")
         if not math.isfinite(val_loss):
@@ -107,5 +165,20 @@ class TrainingRun:
             save_checkpoint(training_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler,
                                                 config=self.config, epoch=epoch + 1, best_auroc=self.best_auroc,
                                                 history=self.history), self.last)
+            write_history(self.history, self.args.output_dir)
+            self.board_epoch(epoch, self.history[-1])
             sync(self.bucket, self.args.output_dir)
         dist.barrier()
+
+    def board_epoch(self, epoch, row):
+        """The epoch's scalars of `row` (a history row) at the epoch's last step; after the last epoch, closed (an
+        epoch without a defined validation AUROC logs NaN there, as history.csv's NA)."""
+        if self.board is None:
+            return
+        at = self.global_step(epoch + 1, 0)
+        for tag, key in (("train/epoch_loss", "train_loss"), ("val/loss", "val_loss"),
+                         ("val/macro_auroc", "val_auroc"), ("lr", "lr")):
+            self.board.add_scalar(tag, row[key], at)
+        self.board.flush()
+        if epoch + 1 >= self.args.epochs:
+            self.close()
