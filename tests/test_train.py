@@ -47,7 +47,7 @@ def test_unified_dcnn_trains_with_wcel_and_evaluates_with_a_class_absent_from_te
     assert f"amp {'bf16' if amp == 'on' else 'off'}" in err
     predictions = pd.read_csv(run / "predictions.csv")
     ids = [c for c in predictions.columns if not c.startswith(("prob_", "label_", "true_"))]
-    assert ids == ["ImageID", "PatientID", "Source", "set"] and len(predictions) == 24
+    assert ids == ["ImageID", "PatientID", "Source", "set", "model"] and len(predictions) == 24
     assert predictions.shape[1] == len(ids) + 3 * len(CLASSES)
     truth = pd.read_csv(csv).set_index("ImageID").loc[predictions["ImageID"], CLASSES].to_numpy()
     assert (predictions[[f"true_{c}" for c in CLASSES]].to_numpy() == truth).all()

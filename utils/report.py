@@ -270,11 +270,13 @@ def gallery_items(run_dir, limit=MAX_GALLERY):
         frame = frame.sort_values(["true_boxes", "probability"], ascending=False, kind="stable").head(limit)
         items = []
         for r in frame.to_dict("records"):
-            mark = "positive" if r["predicted"] else "negative"
+            # the model's call apart from the truth, as localize wrote it; an older run's index has no caption
+            said = (r["caption"] if isinstance(r.get("caption"), str) else
+                    f"p={r['probability']:.2f} ({'positive' if r['predicted'] else 'negative'})")
             n, n_true = r["boxes"], r["true_boxes"]
             truth = f", {n_true} true box{'es' if n_true != 1 else ''}" if n_true else ""
-            items.append((r["file"], f"<b>{html.escape(r['class'])}</b> p={r['probability']:.2f} ({mark}), "
-                                     f"{n} box{'es' if n != 1 else ''}{truth}<br>{html.escape(r['ImageID'])}"))
+            items.append((r["file"], f"<b>{html.escape(r['class'])}</b> {html.escape(said)}<br>"
+                                     f"{n} box{'es' if n != 1 else ''}{truth} · {html.escape(r['ImageID'])}"))
         return items
     if not os.path.isdir(heat_dir):
         return []
