@@ -79,7 +79,8 @@ def test_chexnet_trains_then_evaluates_and_predicts_from_its_checkpoint(tmp_path
                      "--save_model", tmp_path / "saved.pt") == 0
     assert (tmp_path / "saved.pt").is_file()
 
-    # Evaluation decodes each test image once: the heatmaps come from the same pass (their PNGs read it again).
+    # Evaluation decodes each test image once: the heatmaps come from the same pass; each of the 8 heatmap pictures
+    # reads its radiograph once more, for display (a second forward pass would read every image a third time).
     decoded = []
     read_gray = data.dataset.read_gray
     monkeypatch.setattr(data.dataset, "read_gray", lambda path: decoded.append(os.path.basename(path)) or
@@ -87,7 +88,7 @@ def test_chexnet_trains_then_evaluates_and_predicts_from_its_checkpoint(tmp_path
     again = tmp_path / "again"
     assert traintest("--csv", csv, "--run-dir", again, "--is_training", 0, "--load_model", tmp_path / "saved.pt",
                      "--workers", 0, "--bootstrap", 20, "--max-heatmaps", 8, "--heatmap-classes", "cardiomegaly") == 0
-    assert sorted(decoded) == sorted(f"test{i:03d}.png" for i in range(8))
+    assert sorted(decoded) == sorted(2 * [f"test{i:03d}.png" for i in range(8)])
     pd.testing.assert_frame_equal(metrics(again), metrics(run))
     assert len(pd.read_csv(again / "heatmaps" / "index.csv")) == 8
 
