@@ -47,7 +47,7 @@ from utils.cli import amp_setting, at_least, cache_dir_setting, checked, given_f
 from utils.engine import LOOK_EVERY, NonFiniteLoss, evaluate, make_loader, predict, train_one_epoch, validate
 from utils.evaluation import TEST, evaluation_sets, judge, write_predictions
 from utils.localization import localize, parse_levels, read_box_csv
-from utils.metrics import choose_thresholds, headline, parse_classes, predictions_frame, summary_line, write_thresholds
+from utils.metrics import choose_thresholds, headline, parse_classes, summary_line, write_thresholds
 from utils.report import write_report
 from utils.run_folder import (CHECKPOINT_LAST, begin, check_locations, interrupted_hint, locate, mirror, path,
                               resumed_args, stopped_line, sync, write_skipped)
