@@ -47,7 +47,8 @@ from utils.heatmaps import (caption, display_image, encode_png, heatmap_filename
                             overlay_heatmap, picture_job, picture_title, scale_boxes, truth_word)
 from utils.localization import (BOX_COLUMNS, CELLS_TO_GRID, CHUNK, DEFAULT_BOX_THRESHOLDS, GALLERY_COLUMNS, localize,
                                 original_sizes)
-from utils.localization_workers import boxes_from_heatmaps, default_workers
+from data.pools import default_workers
+from utils.localization_workers import boxes_from_heatmaps
 from utils.metrics import classes_to_map
 from utils.run_folder import BOXES_CSV, HEATMAP_INDEX_CSV, HEATMAPS_DIR
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from data.errors import InputError
 from data.files import atomic_path, remove_temporary_files, write_text_atomic
-from data.pools import PoolStart, forkserver_pool
+from data.pools import PoolStart, default_workers, forkserver_pool
 from data.transforms import SquareResize
 
 # Bump when the decoding or the resizing of training images changes: old caches then no longer match.
@@ -193,7 +193,7 @@ def image_cache(folder, paths, image_size, decode, init=None, workers=None, prog
                 if old.startswith(f"images-{size}px-{name}-") and (not old.startswith(os.path.basename(base))
                                                                    or old.endswith(".partial")):
                     os.remove(os.path.join(folder, old))
-            _build(base, paths, size, decode, init, workers or len(os.sched_getaffinity(0)), progress)
+            _build(base, paths, size, decode, init, workers or default_workers(), progress)
         except OSError as e:
             raise _storage_error(folder, e) from None
         return _open(base, len(paths), size)

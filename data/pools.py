@@ -5,18 +5,39 @@ working (decoding the first images itself) while they come up.
 
 A fork server is a clean process: no CUDA context and no threads of the caller's are copied into the helpers.
 """
+import ctypes
 import multiprocessing
+import os
 import signal
 import threading
 from concurrent import futures
 
+PR_SET_PDEATHSIG = 1
 
-def forkserver_pool(workers, preload, initializer=None):
+
+def default_workers():
+    """All the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def forkserver_pool(workers, preload, initializer=None, initargs=()):
     """A ProcessPoolExecutor of `workers` processes forked from the fork server, which imports the modules named in
     `preload` first (a fork server already running in this process keeps what it preloaded)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(preload))
-    return futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer)
+    return futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer, initargs=initargs)
+
+
+def die_with_parent():
+    """In a helper process: Linux ends it when its parent (the fork server, which dies with the main process) dies,
+    even when that one is SIGKILLed. Elsewhere: nothing."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 class PoolStart:

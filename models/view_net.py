@@ -9,7 +9,6 @@ hospital's windowing reach the convolutions as the same numbers; global average 
 what is in the image rather than on where a crop or a border put it. utils.view_classifier trains it from random
 initialization on the run's own known views, with augmentations that imitate other scanners.
 """
-import torch
 from torch import nn
 
 STEM, WIDTHS = 8, (16, 32, 64)  # channels: ~25k weights; a training step of 64 images at 64 px ~0.06 s on a core

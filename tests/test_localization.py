@@ -12,8 +12,9 @@ import pytest
 from conftest import REAL_DATA
 from data.errors import LabelFileError
 from utils.heatmaps import caption, heatmap_stems, heatmaps_to_uint8, scale_boxes, truth_word
-from utils.localization import (PAPER_ACCURACY, box_overlaps, boxes_from_heatmaps, clip_to_images, format_table,
-                                ground_truth, localization_table, match_image_ids, read_box_csv)
+from utils.localization import (PAPER_ACCURACY, box_overlaps, clip_to_images, format_table, ground_truth,
+                                localization_table, match_image_ids, read_box_csv)
+from utils.localization_workers import boxes_from_heatmaps
 
 NIH_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
 REAL_BOXES = os.path.join(REAL_DATA, "BBox_List_2017.csv.gz")

@@ -32,11 +32,11 @@ from data.classes import CLASSES
 from data.files import temporary_path, write_text_atomic
 from data.labels.boxes import BOX_COLUMNS as TRUE_BOX_COLUMNS, read_box_csv
 from data.labels.nih import finding_class
+from data.pools import default_workers
 from models import upsample_maps
 from utils.heatmaps import (caption, heatmap_filename, heatmap_stems, heatmaps_to_uint8, picture_job, picture_title,
                             scale_boxes, truth_word)
-from utils.localization_workers import Step5Pool, default_workers
-from utils.localization_workers import boxes_from_heatmaps  # noqa: F401 (its home before step 5's workers)
+from utils.localization_workers import Step5Pool
 from utils.metrics import classes_to_map
 from utils.run_folder import BOXES_CSV, HEATMAP_INDEX_CSV, HEATMAPS_DIR, LOCALIZATION_CSV
 

@@ -15,7 +15,6 @@ line (EnvironmentFault), after every other worker is ended. A stop signal in the
 worker too; the workers ignore the stop signals themselves (data.commands.helper_process_signals).
 """
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -29,18 +28,10 @@ from scipy import ndimage
 
 from data.commands import helper_process_signals
 from data.errors import EnvironmentFault
+from data.pools import die_with_parent, forkserver_pool
 from utils.heatmaps import draw_pictures
 
-PR_SET_PDEATHSIG = 1
 EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
-
-
-def default_workers():
-    """All the cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def boxes_from_heatmaps(heat, thresholds=(60, 180)):
@@ -87,10 +78,7 @@ def _init_worker(started):
     _started = started
     cv2.setNumThreads(1)  # one core per worker process; the pool provides the parallelism
     helper_process_signals()  # the stop signals are the main process's: it ends the workers
-    try:  # Linux: die with the fork server, which dies with the main process, even when that one is SIGKILLed
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    die_with_parent()
 
 
 TASKS = {"boxes": boxes_from_heatmaps, "pictures": draw_pictures}
@@ -116,11 +104,10 @@ class Step5Pool:
 
     def __enter__(self):
         if self.workers > 0:
-            ctx = multiprocessing.get_context("forkserver")  # no fork of a process running threads
-            ctx.set_forkserver_preload(["utils.localization_workers"])
-            self.started = ctx.Array("q", max(1, self.tasks), lock=False)
-            self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                                        initargs=(self.started,))
+            # from the fork server (data.pools): no fork of a process running threads
+            self.started = multiprocessing.get_context("forkserver").Array("q", max(1, self.tasks), lock=False)
+            self.executor = forkserver_pool(self.workers, ["utils.localization_workers"], _init_worker,
+                                            (self.started,))
             with _main_module_left_out():
                 for _ in range(self.workers):  # each submit to a pool with no idle worker starts one
                     self.executor.submit(os.getpid)

@@ -33,6 +33,7 @@ from data.formats import MANIFEST_COLUMNS
 from data.ingest.archives import loose_folder_of, plan_units, safe_file_name, shard_units
 from data.ingest.ledger import ERROR_COLUMNS, Ledger, settings_for, unit_identity
 from data.ingest.lock import OutLock
+from data.pools import default_workers
 from data.ingest.workers import WorkerPool, keep_image_memory, process_unit
 
 def csv_text(rows, columns):
@@ -131,7 +132,7 @@ def ingest(source, out, size=512, workers=None, shard=(0, 1), keep_archives=Fals
                          f".jpeg, .dcm) to ingest")
     units = shard_units(all_units, *shard)
     identities = {u.name: unit_identity(u, file_identities) for u in all_units}
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    workers = default_workers() if workers is None else workers
     local_root = source if os.path.isdir(source) else os.path.dirname(source)
 
     def fetch(unit):

@@ -17,13 +17,12 @@ from data.decode import ImageError, decode_image_bytes, resize_longest
 from data.errors import EnvironmentFault, InputError
 from data.files import write_bytes_atomic
 from data.ingest.archives import MAX_NAME_BYTES, file_key, iter_members, output_name, read_job_bytes
-from data.pools import PoolStart, forkserver_pool
+from data.pools import PoolStart, die_with_parent, forkserver_pool
 
 # Fixed settings and no timestamps: the same input always gives the same PNG bytes.
 # The "up" filter alone at deflate level 1: as small as level 3 with adaptive filters on radiographs,
 # and under half the time.
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
-PR_SET_PDEATHSIG = 1
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
@@ -45,10 +44,7 @@ def _init_worker():
     keep_image_memory()
     # the stop signals are the main process's: it ends the workers, which print no traceback of their own
     helper_process_signals()
-    try:  # Linux: die with the fork server, which dies with the main process, even when that one is SIGKILLed
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    die_with_parent()
 
 
 def write_image(png, name, images_dir):
